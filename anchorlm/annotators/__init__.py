@@ -1,0 +1,40 @@
+"""Pluggable annotators: each turns a batch of (document, chunk text) into a list of tags per chunk.
+
+    metadata  tags from corpus fields (`topic:<category>`)
+    keywords  offline content tags: TF-IDF keywords, a capitalised entity, a style and a length
+    llm       an instruction-tuned LM writes the tags (local transformers model or an HTTP endpoint)
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from anchorlm.config import AnnotateConfig
+
+
+class Annotator(Protocol):
+    name: str
+
+    def fit(self, docs: list[dict], text_field: str) -> dict:
+        """Learn corpus-level state (may be a no-op); returns it, JSON-serialisable."""
+
+    def load_state(self, state: dict) -> None: ...
+
+    def annotate(self, items: list[tuple[dict, str]]) -> list[list[str]]:
+        """Tags for each (document, chunk text)."""
+
+
+def get_annotator(name: str, cfg: AnnotateConfig) -> Annotator:
+    if name == "metadata":
+        from anchorlm.annotators.metadata import MetadataAnnotator
+
+        return MetadataAnnotator(cfg.metadata_fields)
+    if name == "keywords":
+        from anchorlm.annotators.keywords import KeywordAnnotator
+
+        return KeywordAnnotator(cfg.keywords_per_chunk, cfg.keyword_extras)
+    if name == "llm":
+        from anchorlm.annotators.llm import LLMAnnotator
+
+        return LLMAnnotator(cfg.llm)
+    raise ValueError(f"unknown annotator {name!r}; choose metadata, keywords or llm")

@@ -1,0 +1,170 @@
+"""`anchorlm`: a thin command line over the library; one subcommand per stage.
+
+    anchorlm demo [--config configs/demo.yaml] [--out runs/demo]
+    anchorlm annotate --config C --out DIR
+    anchorlm tokenizer --annotated DIR --out DIR
+    anchorlm tokenize --annotated DIR --tokenizer DIR --variant plain|annotated --out DIR
+    anchorlm pretrain --data DIR --tokenizer DIR --out DIR
+    anchorlm sft-data --annotated DIR --out DIR
+    anchorlm posttrain --model DIR --data train.jsonl --method sft|anchored --out DIR
+    anchorlm sample --model DIR --prompts prompts.jsonl [--anchored] --out samples.jsonl
+    anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
+    anchorlm report --results results.json --out DIR
+
+Every subcommand takes `--config FILE` (a YAML recipe) and `--set section.field=value` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anchorlm", description="Annotation-anchored training of language models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def cmd(name, help_):
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--config", help="YAML recipe (see configs/)")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set pretrain.token_budget=200000")
+        return s
+
+    s = cmd("demo", "run the whole pipeline on the bundled corpus and print the table")
+    s.add_argument("--out", help="output directory (default: the config's out_dir)")
+    s = cmd("annotate", "annotate a corpus, chunk by chunk (resumable)")
+    s.add_argument("--corpus", help="corpus file or dir (default: corpus.path)")
+    s.add_argument("--out", required=True)
+    s = cmd("tokenizer", "train the BPE tokenizer on an annotated corpus")
+    s.add_argument("--annotated", required=True, help="output dir of `anchorlm annotate`")
+    s.add_argument("--out", required=True)
+    s = cmd("tokenize", "pack an annotated corpus into training blocks")
+    s.add_argument("--annotated", required=True)
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--variant", choices=["plain", "annotated"], required=True)
+    s.add_argument("--out", required=True)
+    s = cmd("pretrain", "pretrain (or continue) a causal LM on packed blocks (resumable)")
+    s.add_argument("--data", required=True, help="output dir of `anchorlm tokenize`")
+    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--out", required=True)
+    s = cmd("sft-data", "build the demo's narrow SFT data and held-out prompts")
+    s.add_argument("--annotated", required=True)
+    s.add_argument("--out", required=True)
+    s = cmd("posttrain", "post-train with `sft` or `anchored` masking (resumable)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="JSONL of {instruction, response, tags}")
+    s.add_argument("--method", choices=["sft", "anchored"])
+    s.add_argument("--out", required=True)
+    s = cmd("sample", "draw N samples per prompt, plain or anchored")
+    s.add_argument("--model", required=True)
+    s.add_argument("--prompts", required=True, help="JSONL of {id, prompt}")
+    s.add_argument("--anchored", action="store_true", help="the model writes its annotation first")
+    s.add_argument("--out", required=True)
+    s = cmd("evaluate", "diversity and quality of sample files, and the summary figures")
+    s.add_argument("--samples", nargs="+", required=True, metavar="VARIANT=FILE")
+    s.add_argument("--out", required=True)
+    s = cmd("report", "write results.json, report.md and plots from evaluate's JSON")
+    s.add_argument("--results", required=True)
+    s.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from anchorlm.config import load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"anchorlm: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, cfg) or 0
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"anchorlm {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args, cfg) -> int | None:
+    c = args.cmd
+    if c == "demo":
+        from anchorlm.pipeline import run_pipeline
+
+        if args.out:
+            cfg.out_dir = args.out
+        run_pipeline(cfg)
+    elif c == "annotate":
+        from anchorlm.annotate import annotate_corpus
+
+        if args.corpus:
+            cfg.corpus.path = args.corpus
+        print(annotate_corpus(cfg.corpus, cfg.annotate, args.out)["counts"])
+    elif c == "tokenizer":
+        from anchorlm.annotate import read_annotated
+        from anchorlm.tokenizer import train_tokenizer
+
+        train_tokenizer(read_annotated(args.annotated), cfg.tokenizer, args.out)
+    elif c == "tokenize":
+        from anchorlm.annotate import read_annotated
+        from anchorlm.data.pack import pack
+        from anchorlm.tokenizer import load_tokenizer
+
+        m = pack(read_annotated(args.annotated), load_tokenizer(args.tokenizer), args.variant == "annotated",
+                 cfg.pretrain.seq_len, args.out, cfg.pretrain.seed)
+        print(m["counts"])
+    elif c == "pretrain":
+        from anchorlm.train.pretrain import pretrain
+
+        print(pretrain(cfg.pretrain, args.data, args.tokenizer, args.out)["counts"])
+    elif c == "sft-data":
+        from anchorlm.data.sft import build_sft_data
+
+        print(build_sft_data(cfg.corpus, cfg.annotate, args.annotated, cfg.sft_data, args.out)["counts"])
+    elif c == "posttrain":
+        from anchorlm.data.sft import read_jsonl
+        from anchorlm.train.posttrain import posttrain
+
+        if args.method:
+            cfg.posttrain.method = args.method
+        print(posttrain(cfg.posttrain, args.model, read_jsonl(args.data), args.out)["counts"])
+    elif c == "sample":
+        from anchorlm.data.sft import read_jsonl
+        from anchorlm.sample import sample
+
+        rows = sample(cfg.sample, args.model, _prompts(read_jsonl(args.prompts), args.prompts), args.out, args.anchored)
+        print(f"wrote {len(rows)} samples to {args.out}")
+    elif c == "evaluate":
+        from anchorlm.evaluate import evaluate
+        from anchorlm.report import table
+
+        samples = dict(_pair(s) for s in args.samples)
+        print(table(evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out)))
+    elif c == "report":
+        from anchorlm.report import write_report
+
+        print(write_report(Path(args.results), args.out))
+    return None
+
+
+def _pair(s: str) -> tuple[str, str]:
+    if "=" not in s:
+        raise ValueError(f"--samples takes VARIANT=FILE, got {s!r}")
+    k, v = s.split("=", 1)
+    return k, v
+
+
+def _prompts(rows: list[dict], path: str) -> list[dict]:
+    """Accept {id, prompt} rows; `prompt` may also be called `instruction` or `text`."""
+    out = []
+    for i, r in enumerate(rows):
+        text = r.get("prompt") or r.get("instruction") or r.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: row {i + 1} has no non-empty 'prompt' field")
+        out.append({"id": r.get("id", i), "prompt": text})
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Read a corpus: JSONL (optionally .gz), Parquet, or a `datasets` dataset saved on disk.
+
+Each document is a dict with the text field plus any metadata fields. Bad rows (invalid JSON,
+undecodable bytes, a missing or empty text field) raise :class:`BadRowError` naming file and line,
+or, with ``on_bad_row='skip'``, are skipped and counted in ``CorpusStats``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from anchorlm.config import CorpusConfig
+
+
+class BadRowError(ValueError):
+    """A corpus row that cannot be used; the message names the file, the line and what to fix."""
+
+
+@dataclass
+class CorpusStats:
+    read: int = 0
+    skipped: dict = field(default_factory=lambda: defaultdict(int))
+    heldout: int = 0
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "heldout": self.heldout, "skipped": dict(self.skipped)}
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
+    """(line number, row or the error it raised) for every row in the file."""
+    name = path.name
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(path))
+        if hasattr(ds, "keys"):  # a DatasetDict: take its splits in order
+            ds = [r for split in ds.values() for r in split]
+        for i, row in enumerate(ds, 1):
+            yield i, dict(row)
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield i, row
+    elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            for i, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                    yield i, row if isinstance(row, dict) else ValueError("row is not a JSON object")
+                except UnicodeDecodeError as e:
+                    yield i, ValueError(f"bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
+                except json.JSONDecodeError as e:
+                    yield i, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
+    else:
+        raise BadRowError(f"{path}: unknown corpus format; use .jsonl, .jsonl.gz, .parquet or a datasets dir")
+
+
+def read_corpus(cfg: CorpusConfig, stats: CorpusStats | None = None,
+                include_heldout: bool = False) -> Iterator[dict]:
+    """Yield valid documents; held-out ones only when `include_heldout` is set."""
+    path = Path(cfg.path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus not found: {path} (set corpus.path)")
+    stats = stats if stats is not None else CorpusStats()
+    docs = []
+    for line, row in _rows(path):
+        if isinstance(row, Exception):
+            problem = str(row)
+        else:
+            text = row.get(cfg.text_field)
+            problem = ("missing the text field " + repr(cfg.text_field) if text is None else
+                       f"field {cfg.text_field!r} is not a string" if not isinstance(text, str) else
+                       f"field {cfg.text_field!r} is empty" if not text.strip() else "")
+        if problem:
+            if cfg.on_bad_row == "error":
+                raise BadRowError(f"{path}:{line}: {problem} (fix the row, or set corpus.on_bad_row=skip)")
+            stats.skipped[problem.split(" (")[0]] += 1
+            continue
+        row.setdefault("id", f"{path.name}:{line}")
+        if row.get(cfg.split_field) == cfg.heldout_value:
+            stats.heldout += 1
+            if not include_heldout:
+                continue
+        stats.read += 1
+        docs.append(row)
+    yield from _cap_per_category(docs, cfg)
+
+
+def _cap_per_category(docs: list[dict], cfg: CorpusConfig) -> list[dict]:
+    if not cfg.max_chars_per_category:
+        return docs
+    rng = random.Random(cfg.seed)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    used: dict = defaultdict(int)
+    keep = set()
+    for i in order:
+        cat = docs[i].get(cfg.category_field)
+        if used[cat] < cfg.max_chars_per_category:
+            used[cat] += len(docs[i][cfg.text_field])
+            keep.add(i)
+    return [d for i, d in enumerate(docs) if i in keep]
+
+
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """Split on blank lines; split chunks longer than `max_chars` again at sentence or word ends."""
+    out = []
+    for para in re.split(r"\n\s*\n", text.strip("\n")):
+        para = para.rstrip()
+        if not para.strip():
+            continue
+        while len(para) > max_chars:
+            cut = max(para.rfind(". ", 0, max_chars), para.rfind("\n", 0, max_chars))
+            if cut < max_chars // 2:
+                cut = para.rfind(" ", 0, max_chars)
+            if cut <= 0:
+                cut = max_chars
+            out.append(para[:cut + 1].rstrip())
+            para = para[cut + 1:].lstrip()
+        if para.strip():
+            out.append(para)
+    return out

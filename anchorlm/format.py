@@ -1,0 +1,138 @@
+"""The one owner of the annotation format: special tokens, tags, rendering, parsing, stripping.
+
+A document with per-chunk annotations renders as ``<z1> x1 <z2> x2 ...`` where each ``<z>`` is
+``<|ann|>key:value key:value<|/ann|>``. Every special token starts with ``<|``; document text has
+each ``<|`` turned into ``< |`` before it is rendered or tokenised, so text can never forge an
+annotation (or any other control token), whatever it contains.
+"""
+
+from __future__ import annotations
+
+import re
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+ANN_OPEN = "<|ann|>"
+ANN_CLOSE = "<|/ann|>"
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+SPECIAL_TOKENS = [EOS, PAD, ANN_OPEN, ANN_CLOSE, USER, ASSISTANT]
+
+# The paper's keys, plus `keyword` for the offline content annotator.
+KEYS = ("topic", "domain", "entity", "action", "location", "time", "sentiment", "style",
+        "language", "keyword", "length")
+_TAG = re.compile(r"([a-z]+):([A-Za-z0-9][A-Za-z0-9_.'&+-]*)")
+_ANN_SPAN = re.compile(re.escape(ANN_OPEN) + r"(.*?)(?:" + re.escape(ANN_CLOSE) + r"|$)", re.S)
+
+
+def sanitize(text: str) -> str:
+    """Make document text unable to contain any special token (``<|`` becomes ``< |``)."""
+    return text.replace("<|", "< |")
+
+
+def make_tag(key: str, value: str) -> str:
+    """Build one ``key:value`` tag; spaces in the value become ``_``, other unsafe characters go."""
+    if key not in KEYS:
+        raise ValueError(f"unknown annotation key {key!r}; expected one of {', '.join(KEYS)}")
+    v = re.sub(r"\s+", "_", value.strip())
+    v = re.sub(r"[^A-Za-z0-9_.'&+-]", "", v).strip("_.'&+-")
+    if not v:
+        raise ValueError(f"empty value for annotation key {key!r} (from {value!r})")
+    return f"{key}:{v}"
+
+
+def parse_tags(s: str) -> list[str] | None:
+    """Parse ``key:value key:value``; None when anything in it is malformed or the key unknown."""
+    parts = s.split()
+    if not parts:
+        return None
+    for p in parts:
+        m = _TAG.fullmatch(p)
+        if not m or m.group(1) not in KEYS:
+            return None
+    return parts
+
+
+def render_annotation(tags: list[str]) -> str:
+    return ANN_OPEN + " ".join(tags) + ANN_CLOSE
+
+
+def render(chunks: list[tuple[list[str], str]]) -> str:
+    """Render annotated chunks as ``<z1> x1 <z2> x2 ...`` (chunks separated by a blank line)."""
+    return "\n\n".join(render_annotation(tags) + sanitize(text) for tags, text in chunks)
+
+
+def parse(rendered: str) -> list[tuple[list[str], str]]:
+    """Inverse of :func:`render` for well-formed input: the list of (tags, text) chunks."""
+    out = []
+    pieces = rendered.split(ANN_OPEN)
+    if pieces[0].strip():
+        out.append(([], pieces[0].strip("\n")))
+    for piece in pieces[1:]:
+        ann, sep, text = piece.partition(ANN_CLOSE)
+        if not sep:
+            raise ValueError(f"annotation opened but never closed: {piece[:60]!r}")
+        tags = parse_tags(ann)
+        if tags is None:
+            raise ValueError(f"malformed annotation {ann!r}")
+        out.append((tags, text.strip("\n")))
+    return out
+
+
+def strip_annotations(text: str) -> str:
+    """Remove every annotation span (an unclosed one runs to the end) from generated text."""
+    return _ANN_SPAN.sub("", text).replace(ANN_CLOSE, "")
+
+
+def split_generation(text: str) -> tuple[list[str] | None, str]:
+    """Split an anchored generation ``<|ann|>tags<|/ann|>response`` into (tags or None, response)."""
+    m = re.match(r"\s*" + re.escape(ANN_OPEN) + r"(.*?)" + re.escape(ANN_CLOSE), text, re.S)
+    if not m:
+        return None, strip_annotations(text).strip()
+    return parse_tags(m.group(1)), strip_annotations(text[m.end():]).strip()
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    # split_special_tokens: even unsanitised text is never matched against special tokens
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def encode_annotation(tokenizer, tags: list[str]) -> tuple[list[int], list[bool]]:
+    """Token ids of ``<|ann|>tags<|/ann|>`` and, per token, whether it belongs to a tag value.
+
+    Keys (with their ``:`` and the separating space) and values are encoded as separate pieces,
+    so the same ids are produced in pretraining and post-training and values can be masked alone.
+    """
+    t = tokenizer.convert_tokens_to_ids
+    ids, is_value = [t(ANN_OPEN)], [False]
+    for i, tag in enumerate(tags):
+        key, value = tag.split(":", 1)
+        k = _ids(tokenizer, (" " if i else "") + key + ":")
+        v = _ids(tokenizer, value)
+        ids += k + v
+        is_value += [False] * len(k) + [True] * len(v)
+    ids.append(t(ANN_CLOSE))
+    is_value.append(False)
+    return ids, is_value
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of document text, sanitised so no special token can appear."""
+    return _ids(tokenizer, sanitize(text))
+
+
+def encode_document(tokenizer, chunks: list[tuple[list[str], str]], annotated: bool) -> list[int]:
+    """Ids of one document for pretraining: chunks (annotated or not), then EOS."""
+    ids: list[int] = []
+    for i, (tags, text) in enumerate(chunks):
+        if annotated and tags:
+            ids += encode_annotation(tokenizer, tags)[0]
+        ids += encode_text(tokenizer, text + ("\n\n" if i < len(chunks) - 1 else ""))
+    ids.append(tokenizer.convert_tokens_to_ids(EOS))
+    return ids
+
+
+def encode_prompt(tokenizer, instruction: str) -> list[int]:
+    """Ids of a prompt for our own tokenizer: ``<|user|>instruction<|assistant|>``."""
+    t = tokenizer.convert_tokens_to_ids
+    return [t(USER)] + encode_text(tokenizer, instruction) + [t(ASSISTANT)]

@@ -1,0 +1,27 @@
+"""Build a small Llama-style causal LM from the config, or continue from a checkpoint."""
+
+from __future__ import annotations
+
+from anchorlm.config import ModelConfig
+
+
+def build_model(cfg: ModelConfig, tokenizer, init_from: str = ""):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if init_from:
+        model = AutoModelForCausalLM.from_pretrained(init_from)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config)
+
+
+def non_embedding_params(model) -> int:
+    emb = model.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - emb

@@ -1,0 +1,97 @@
+"""Stage 5: post-train on SFT data, with `sft` or `anchored` masking.
+
+  sft       prompt || response                loss on the response only
+  anchored  prompt || annotation || response  loss masked on the prompt and the annotation, so SFT
+            teaches the writer Q*(y|x,z) and leaves the plan distribution R(z|x) as pretraining made
+            it. In a `value_mask_fraction` of examples only the tag values are masked: the keys and
+            delimiters stay in the loss and the model keeps the tag syntax.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from anchorlm.config import PosttrainConfig, to_dict
+from anchorlm.format import EOS, encode_annotation, encode_prompt, encode_text
+from anchorlm.manifest import write_manifest
+
+IGNORE = -100
+
+
+def build_example(tok, ex: dict, method: str, value_only: bool = False,
+                  mask_annotation: bool = True) -> dict:
+    """input_ids and labels (IGNORE where no loss) for one SFT example."""
+    prompt = encode_prompt(tok, ex["instruction"])
+    resp = encode_text(tok, ex["response"]) + [tok.convert_tokens_to_ids(EOS)]
+    ids, labels = list(prompt), [IGNORE] * len(prompt)
+    if method == "anchored":
+        ann, is_value = encode_annotation(tok, ex["tags"])
+        if not mask_annotation:
+            ann_labels = list(ann)
+        elif value_only:
+            ann_labels = [IGNORE if v else i for i, v in zip(ann, is_value)]
+        else:
+            ann_labels = [IGNORE] * len(ann)
+        ids += ann
+        labels += ann_labels
+    return {"input_ids": ids + resp, "labels": labels + resp}
+
+
+def build_dataset(tok, examples: list[dict], cfg: PosttrainConfig) -> tuple[list[dict], int]:
+    """Tokenised examples (over-long ones dropped) and how many had value-only masking."""
+    rng = random.Random(cfg.seed)
+    rows, n_value_only = [], 0
+    for ex in examples:
+        value_only = cfg.method == "anchored" and rng.random() < cfg.value_mask_fraction
+        row = build_example(tok, ex, cfg.method, value_only, cfg.mask_annotation)
+        if len(row["input_ids"]) <= cfg.max_len:
+            rows.append(row)
+            n_value_only += value_only
+    if not rows:
+        raise ValueError(f"every SFT example is longer than posttrain.max_len={cfg.max_len} tokens")
+    return rows, n_value_only
+
+
+class PadCollator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows):
+        import torch
+
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k] = torch.tensor(r["input_ids"])
+            labels[i, :k] = torch.tensor(r["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def posttrain(cfg: PosttrainConfig, model_dir: str | Path, examples: list[dict], out_dir: str | Path,
+              callbacks=()) -> dict:
+    """Post-train the model in `model_dir` on `examples`; saves to `out_dir`. Returns the manifest."""
+    from transformers import AutoModelForCausalLM, set_seed
+
+    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.train.loop import train
+
+    tok = load_tokenizer(model_dir)
+    rows, n_value_only = build_dataset(tok, examples, cfg)
+    set_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    _, history = train(model, tok, rows, PadCollator(tok.pad_token_id), out_dir, max_steps=steps,
+                       batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, warmup_ratio=0.05,
+                       save_steps=max(steps // 4, 10), logging_steps=max(steps // 10, 1),
+                       report_to=cfg.report_to, callbacks=callbacks)
+    losses = [h["loss"] for h in history if "loss" in h]
+    return write_manifest(out_dir, "posttrain", {**to_dict(cfg), "init": str(model_dir)}, {
+        "examples": len(rows), "dropped_too_long": len(examples) - len(rows), "steps": steps,
+        "value_only_examples": n_value_only,
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})

@@ -1,0 +1,48 @@
+"""Stage 4: pretrain a causal LM from scratch (or continue one) on packed blocks.
+
+Plain and annotated variants train on the same token budget: `token_budget // (batch * seq_len)`
+steps each, so annotation tokens replace content tokens at equal compute, as in the paper.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anchorlm.config import PretrainConfig, to_dict
+from anchorlm.manifest import write_manifest
+
+
+def collate_blocks(rows):
+    import torch
+
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+def pretrain(cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+             callbacks=()) -> dict:
+    """Train on the blocks in `data_dir`; the model is saved to `out_dir`. Returns the manifest."""
+    from datasets import load_from_disk
+    from transformers import set_seed
+
+    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.train.loop import train
+    from anchorlm.train.model import build_model, non_embedding_params
+
+    tok = load_tokenizer(tokenizer_dir)
+    ds = load_from_disk(str(data_dir))
+    if len(ds[0]["input_ids"]) != cfg.seq_len:
+        raise ValueError(f"{data_dir} holds blocks of {len(ds[0]['input_ids'])} tokens but "
+                         f"pretrain.seq_len is {cfg.seq_len}; re-run the tokenize stage")
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, tok, cfg.init_from)
+    steps = cfg.token_budget // (cfg.batch_size * cfg.seq_len)
+    _, history = train(model, tok, ds, collate_blocks, out_dir, max_steps=steps, batch_size=cfg.batch_size,
+                       lr=cfg.lr, seed=cfg.seed, warmup_ratio=cfg.warmup_ratio,
+                       weight_decay=cfg.weight_decay, save_steps=cfg.save_steps,
+                       logging_steps=cfg.logging_steps, report_to=cfg.report_to, callbacks=callbacks)
+    losses = [h["loss"] for h in history if "loss" in h]
+    return write_manifest(out_dir, "pretrain", to_dict(cfg), {
+        "steps": steps, "tokens": steps * cfg.batch_size * cfg.seq_len, "blocks_available": len(ds),
+        "epochs": round(steps * cfg.batch_size / len(ds), 3), "non_embedding_params": non_embedding_params(model),
+        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})
