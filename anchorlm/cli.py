@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from anchorlm.config import load_config
 
+    if args.cmd == "demo" and not args.config:
+        args.config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
     try:
         cfg = load_config(args.config, args.set)
     except (ValueError, FileNotFoundError) as e:

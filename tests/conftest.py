@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The whole pipeline on configs/smoke.yaml, run once through the CLI as a user would."""
+    out = tmp_path_factory.mktemp("smoke")
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", str(ROOT / "configs/smoke.yaml"),
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A BPE tokenizer trained on the test corpus, with the annotation special tokens."""
+    from anchorlm.config import AnnotateConfig, CorpusConfig, TokenizerConfig
+    from anchorlm.annotate import annotate_corpus, read_annotated
+    from anchorlm.tokenizer import train_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    corpus = CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz"), max_chars_per_category=3000)
+    annotate_corpus(corpus, AnnotateConfig(keywords_per_chunk=1), d / "ann")
+    return train_tokenizer(read_annotated(d / "ann"), TokenizerConfig(vocab_size=600), d / "tok")

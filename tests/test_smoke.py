@@ -1,0 +1,67 @@
+"""The whole pipeline on configs/smoke.yaml, run through the CLI (see the `smoke_run` fixture)."""
+
+import json
+import math
+
+from anchorlm.data.sft import read_jsonl
+
+REQUIRED = [("diversity", "embedding_distance"), ("diversity", "vendi"), ("diversity", "attribute_entropy"),
+            ("quality", "style_adherence"), ("quality", "fluency_nll")]
+
+
+def test_results_schema(smoke_run):
+    r = json.loads((smoke_run / "results.json").read_text())
+    for v in ("base", "sft", "aat"):
+        for sec, key in REQUIRED:
+            assert isinstance(r["variants"][v][sec][key], float), (v, sec, key)
+    for m in ("embedding_distance", "attribute_entropy"):
+        for k in ("collapse_reduction", "gap_closed"):
+            assert isinstance(r["summary"][m][k], float)
+    # fluency is a real NLL under SmolLM2: positive and finite
+    assert all(0 < r["variants"][v]["quality"]["fluency_nll"] < 20 for v in ("base", "sft", "aat"))
+    assert r["classifier"]["heldout_accuracy"] > 2 * r["classifier"]["chance"]
+
+
+def test_report_files_and_printed_table(smoke_run):
+    md = (smoke_run / "report.md").read_text()
+    assert "| base |" in md and "| aat |" in md and "gap closed" in md
+    for png in ("diversity.png", "diversity_vs_quality.png"):
+        assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| sft |" in (smoke_run / "stdout.txt").read_text()
+
+
+def test_post_training_taught_the_style(smoke_run):
+    r = json.loads((smoke_run / "results.json").read_text())["variants"]
+    assert r["base"]["quality"]["style_adherence"] == 0.0
+    assert r["sft"]["quality"]["style_adherence"] >= 0.3
+    assert r["aat"]["quality"]["style_adherence"] >= 0.3
+
+
+def test_anchored_samples_carry_their_annotation(smoke_run):
+    rows = read_jsonl(smoke_run / "samples/aat.jsonl")
+    assert all("annotation_raw" in r and "<|" not in r["response"] for r in rows)
+    assert any(r["annotation_ok"] for r in rows)
+    assert all(r["annotation"] is None or all(":" in t for t in r["annotation"]) for r in rows)
+
+
+def test_heldout_prompts_are_not_in_sft_data(smoke_run):
+    train = {r["instruction"] for r in read_jsonl(smoke_run / "sft_data/train.jsonl")}
+    evals = {r["prompt"] for r in read_jsonl(smoke_run / "sft_data/eval_prompts.jsonl")}
+    assert evals and not train & evals
+
+
+def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    before = json.loads((smoke_run / "results.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "anchorlm.cli", "demo", "--config", "configs/smoke.yaml",
+                           "--out", str(smoke_run)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pretrain" not in proc.stdout and "post-train" not in proc.stdout
+    after = json.loads((smoke_run / "results.json").read_text())
+    for v in before["variants"]:
+        for m, x in before["variants"][v]["diversity"].items():
+            assert math.isclose(x, after["variants"][v]["diversity"][m], rel_tol=1e-6), (v, m)

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from anchorlm.config import ModelConfig, PretrainConfig
+from anchorlm.data.pack import pack
+from anchorlm.train.pretrain import pretrain
+
+TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+
+
+def _cfg(**kw):
+    return PretrainConfig(model=TINY, seq_len=32, batch_size=4, token_budget=32 * 4 * 12, lr=3e-3,
+                          save_steps=5, logging_steps=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def blocks(tiny_tokenizer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("blocks")
+    docs = [{"chunks": [{"tags": ["topic:science"], "text": f"Atom number {i} is small. " * 3}]} for i in range(60)]
+    tiny_tokenizer.save_pretrained(d / "tok")
+    pack(docs, tiny_tokenizer, True, 32, d / "data")
+    return d
+
+
+def _weights(path):
+    from transformers import AutoModelForCausalLM
+
+    return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path)).state_dict().items()}
+
+
+class _Kill:
+    """Raise after the first checkpoint is written, as a kill would stop the run."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class K(TrainerCallback):
+            def on_save(self, args, state, control, **kw):
+                raise KeyboardInterrupt("killed after a checkpoint")
+
+        return K()
+
+
+def test_pretraining_loss_falls_and_same_seed_same_weights(blocks, tmp_path):
+    m = pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "a")
+    assert m["counts"]["final_loss"] < m["counts"]["first_loss"] - 0.5
+    pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "b")
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_killed_pretraining_resumes_to_the_uninterrupted_result(blocks, tmp_path):
+    pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "resumed", callbacks=[_Kill()])
+    assert (tmp_path / "resumed/checkpoints/checkpoint-5").exists()
+    assert not (tmp_path / "resumed/manifest.json").exists()
+    pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "resumed")
+    wf, wr = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
+    for k in wf:
+        torch.testing.assert_close(wr[k], wf[k], rtol=1e-5, atol=1e-6)
+
+
+def test_continue_from_a_checkpoint(blocks, tmp_path):
+    first = pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "first")["counts"]
+    m = pretrain(_cfg(init_from=str(tmp_path / "first")), blocks / "data", blocks / "tok", tmp_path / "second")
+    # the continued run starts where the first ended, not at a fresh model's ln(vocab)
+    assert m["counts"]["first_loss"] < first["first_loss"] - 0.5
+    assert abs(m["counts"]["first_loss"] - first["final_loss"]) < 0.3
+
+
+def test_plain_and_annotated_streams_differ_only_by_annotations(tiny_tokenizer, tmp_path):
+    from datasets import load_from_disk
+
+    from anchorlm.format import ANN_OPEN, encode_document, strip_annotations
+
+    chunks = [(["topic:food"], "Soup and bread."), (["topic:food", "style:verse"], "Salt\nand\npepper.")]
+    ann = tiny_tokenizer.decode(encode_document(tiny_tokenizer, chunks, True))
+    plain = tiny_tokenizer.decode(encode_document(tiny_tokenizer, chunks, False))
+    assert strip_annotations(ann) == plain == "Soup and bread.\n\nSalt\nand\npepper.<|endoftext|>"
+    docs = [{"chunks": [{"tags": t, "text": x} for t, x in chunks]}] * 20
+    pack(docs, tiny_tokenizer, False, 16, tmp_path / "plain")
+    pack(docs, tiny_tokenizer, True, 16, tmp_path / "ann")
+    o = tiny_tokenizer.convert_tokens_to_ids(ANN_OPEN)
+    assert o not in sum(load_from_disk(str(tmp_path / "plain"))["input_ids"], [])
+    assert sum(load_from_disk(str(tmp_path / "ann"))["input_ids"], []).count(o) >= 30
