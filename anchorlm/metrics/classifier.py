@@ -14,6 +14,8 @@ import numpy as np
 from anchorlm.config import CorpusConfig
 from anchorlm.data.corpus import read_corpus
 
+PREFIX_CHARS = 400
+
 
 def _per_category(docs, cfg: CorpusConfig, k: int, seed: int):
     by = defaultdict(list)
@@ -41,13 +43,13 @@ class AttributeClassifier:
                               docs_per_category, self.seed)
         held = _per_category([d for d in docs if d.get(split) == corpus.heldout_value], corpus,
                              max(docs_per_category // 4, 5), self.seed)
-        # the first 1000 characters: responses are short, and so are most corpus documents
-        x = self.embed([d[corpus.text_field][:1000] for d in train])
+        # the first 400 characters: samples are about that long, and so are most corpus documents
+        x = self.embed([d[corpus.text_field][:PREFIX_CHARS] for d in train])
         y = [str(d.get(corpus.category_field)) for d in train]
         self.clf = LogisticRegression(max_iter=2000, C=4.0, random_state=self.seed).fit(x, y)
         acc = None
         if held:
-            xh = self.embed([d[corpus.text_field][:1000] for d in held])
+            xh = self.embed([d[corpus.text_field][:PREFIX_CHARS] for d in held])
             acc = float(np.mean(self.clf.predict(xh) == np.array([str(d.get(corpus.category_field)) for d in held])))
         return {"classes": len(self.clf.classes_), "train_docs": len(train), "heldout_docs": len(held),
                 "heldout_accuracy": acc, "chance": 1 / len(self.clf.classes_)}
