@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
 # pinned: an unpinned torch pulls gigabytes of CUDA packages
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[dev]"

@@ -56,8 +56,9 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
     if state_path.exists():
         state = json.loads(state_path.read_text())
         if state["fingerprint"] != fp:
-            raise RuntimeError(f"{out} holds an annotation run with another config; "
-                               "use a new output dir or delete this one")
+            raise RuntimeError(
+                f"{out} holds an annotation run with another config; use a new output dir or delete this one"
+            )
         for a in annotators:
             a.load_state(state["annotators"][a.name])
     else:
@@ -70,10 +71,12 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
 
     done = _completed_lines(data_path)
     n_chunks = 0
-    with open(data_path, "a", encoding="utf-8") as fh, \
-            tqdm(total=len(docs), initial=done, desc="annotate", unit="doc") as bar:
+    with (
+        open(data_path, "a", encoding="utf-8") as fh,
+        tqdm(total=len(docs), initial=done, desc="annotate", unit="doc") as bar,
+    ):
         for s in range(done, len(docs), DOCS_PER_BATCH):
-            batch = docs[s:s + DOCS_PER_BATCH]
+            batch = docs[s : s + DOCS_PER_BATCH]
             items = [(d, c) for d in batch for c in chunk_text(d[corpus.text_field], cfg.max_chunk_chars)]
             tags = [[] for _ in items]
             for a in annotators:
@@ -82,8 +85,11 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
             k = 0
             for d in batch:
                 n = len(chunk_text(d[corpus.text_field], cfg.max_chunk_chars))
-                row = {"id": d["id"], "category": d.get(corpus.category_field),
-                       "chunks": [{"text": items[k + j][1], "tags": tags[k + j]} for j in range(n)]}
+                row = {
+                    "id": d["id"],
+                    "category": d.get(corpus.category_field),
+                    "chunks": [{"text": items[k + j][1], "tags": tags[k + j]} for j in range(n)],
+                }
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 k += n
             n_chunks += len(items)
@@ -91,9 +97,18 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
             bar.update(len(batch))
 
     failures = {a.name: getattr(a, "failures", 0) for a in annotators}
-    return write_manifest(out, "annotate", {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
-                          {"documents": len(docs), "resumed_at": done, "chunks_this_run": n_chunks,
-                           "corpus": stats.as_dict(), "annotator_failures": failures})
+    return write_manifest(
+        out,
+        "annotate",
+        {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
+        {
+            "documents": len(docs),
+            "resumed_at": done,
+            "chunks_this_run": n_chunks,
+            "corpus": stats.as_dict(),
+            "annotator_failures": failures,
+        },
+    )
 
 
 def read_annotated(out_dir: str | Path) -> list[dict]:

@@ -22,14 +22,21 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="anchorlm", description="Annotation-anchored training of language models.")
+    p = argparse.ArgumentParser(
+        prog="anchorlm", description="Annotation-anchored training of language models."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def cmd(name, help_):
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--config", help="YAML recipe (see configs/)")
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set pretrain.token_budget=200000")
+        s.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config field, e.g. --set pretrain.token_budget=200000",
+        )
         return s
 
     s = cmd("demo", "run the whole pipeline on the bundled corpus and print the table")
@@ -113,8 +120,14 @@ def _run(args, cfg) -> int | None:
         from anchorlm.data.pack import pack
         from anchorlm.tokenizer import load_tokenizer
 
-        m = pack(read_annotated(args.annotated), load_tokenizer(args.tokenizer), args.variant == "annotated",
-                 cfg.pretrain.seq_len, args.out, cfg.pretrain.seed)
+        m = pack(
+            read_annotated(args.annotated),
+            load_tokenizer(args.tokenizer),
+            args.variant == "annotated",
+            cfg.pretrain.seq_len,
+            args.out,
+            cfg.pretrain.seed,
+        )
         print(m["counts"])
     elif c == "pretrain":
         from anchorlm.train.pretrain import pretrain
@@ -135,7 +148,9 @@ def _run(args, cfg) -> int | None:
         from anchorlm.data.sft import read_jsonl
         from anchorlm.sample import sample
 
-        rows = sample(cfg.sample, args.model, _prompts(read_jsonl(args.prompts), args.prompts), args.out, args.anchored)
+        rows = sample(
+            cfg.sample, args.model, _prompts(read_jsonl(args.prompts), args.prompts), args.out, args.anchored
+        )
         print(f"wrote {len(rows)} samples to {args.out}")
     elif c == "evaluate":
         from anchorlm.evaluate import evaluate

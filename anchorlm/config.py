@@ -88,7 +88,9 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"model.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
 
 
 @dataclass
@@ -191,8 +193,10 @@ def build(cls, data: dict, where: str = ""):
     names = {fl.name for fl in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown config key(s) {[f'{where}.{k}'.lstrip('.') for k in unknown]}; "
-                         f"valid keys of {where or 'the config'}: {sorted(names)}")
+        raise ValueError(
+            f"unknown config key(s) {[f'{where}.{k}'.lstrip('.') for k in unknown]}; "
+            f"valid keys of {where or 'the config'}: {sorted(names)}"
+        )
     return cls(**data)
 
 

@@ -27,13 +27,22 @@ SUMMARY_METRICS = ("embedding_distance", "attribute_entropy", "vendi")
 
 
 def _group_metrics(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict:
-    return {"embedding_distance": mean_pairwise_cosine_distance(emb), "vendi": vendi_score(emb),
-            "attribute_entropy": entropy(labels), "distinct_1": distinct_n(texts, 1),
-            "distinct_2": distinct_n(texts, 2)}
+    return {
+        "embedding_distance": mean_pairwise_cosine_distance(emb),
+        "vendi": vendi_score(emb),
+        "attribute_entropy": entropy(labels),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+    }
 
 
-def evaluate(cfg: EvaluateConfig, sft: SFTDataConfig, corpus: CorpusConfig,
-             samples: dict[str, str | Path], out_path: str | Path) -> dict:
+def evaluate(
+    cfg: EvaluateConfig,
+    sft: SFTDataConfig,
+    corpus: CorpusConfig,
+    samples: dict[str, str | Path],
+    out_path: str | Path,
+) -> dict:
     """Score each variant's samples file (JSONL from `anchorlm sample`); write results JSON."""
     from anchorlm.metrics.classifier import AttributeClassifier
     from anchorlm.models import load_causal_lm, load_embedder
@@ -63,26 +72,36 @@ def evaluate(cfg: EvaluateConfig, sft: SFTDataConfig, corpus: CorpusConfig,
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             by_prompt[pid].append(_group_metrics([texts[i] for i in idx], emb[idx], [labels[i] for i in idx]))
         pids = sorted(by_prompt, key=str)
-        per_prompt[name] = {m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY}
+        per_prompt[name] = {
+            m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY
+        }
         k = cfg.fluency_max_per_variant or len(rows)
         pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
         nll = fluency_nll([shown[i] for i in pick], ref_model, ref_tok)
-        quality = {"style_adherence": float(np.mean([follows_style(sft, t) for t in shown])),
-                   "fluency_nll": mean_finite(nll), "fluency_scored": len(pick),
-                   "empty_responses": float(np.mean([not t.strip() for t in texts]))}
+        quality = {
+            "style_adherence": float(np.mean([follows_style(sft, t) for t in shown])),
+            "fluency_nll": mean_finite(nll),
+            "fluency_scored": len(pick),
+            "empty_responses": float(np.mean([not t.strip() for t in texts])),
+        }
         if "annotation_ok" in rows[0]:
             quality["annotation_wellformed"] = float(np.mean([r["annotation_ok"] for r in rows]))
-        variants[name] = {"diversity": {m: float(per_prompt[name][m].mean()) for m in DIVERSITY},
-                          "quality": quality, "n_samples": len(rows), "n_prompts": len(pids),
-                          "label_counts": dict(Counter(labels).most_common())}
+        variants[name] = {
+            "diversity": {m: float(per_prompt[name][m].mean()) for m in DIVERSITY},
+            "quality": quality,
+            "n_samples": len(rows),
+            "n_prompts": len(pids),
+            "label_counts": dict(Counter(labels).most_common()),
+        }
 
     results = {"variants": variants, "classifier": clf_info, "config": to_dict(cfg), "versions": versions()}
     if {"base", "sft", "aat"} <= set(per_prompt):
-        results["summary"] = {m: summarize({v: per_prompt[v][m] for v in ("base", "sft", "aat")},
-                                           cfg.bootstrap, cfg.seed) for m in SUMMARY_METRICS}
+        results["summary"] = {
+            m: summarize({v: per_prompt[v][m] for v in ("base", "sft", "aat")}, cfg.bootstrap, cfg.seed)
+            for m in SUMMARY_METRICS
+        }
     results["per_prompt"] = {v: {m: a.tolist() for m, a in d.items()} for v, d in per_prompt.items()}
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     return results
-

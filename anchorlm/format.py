@@ -19,8 +19,19 @@ ASSISTANT = "<|assistant|>"
 SPECIAL_TOKENS = [EOS, PAD, ANN_OPEN, ANN_CLOSE, USER, ASSISTANT]
 
 # The paper's keys, plus `keyword` for the offline content annotator.
-KEYS = ("topic", "domain", "entity", "action", "location", "time", "sentiment", "style",
-        "language", "keyword", "length")
+KEYS = (
+    "topic",
+    "domain",
+    "entity",
+    "action",
+    "location",
+    "time",
+    "sentiment",
+    "style",
+    "language",
+    "keyword",
+    "length",
+)
 _TAG = re.compile(r"([a-z]+):([A-Za-z0-9][A-Za-z0-9_.'&+-]*)")
 _ANN_SPAN = re.compile(re.escape(ANN_OPEN) + r"(.*?)(?:" + re.escape(ANN_CLOSE) + r"|$)", re.S)
 
@@ -89,7 +100,7 @@ def split_generation(text: str) -> tuple[list[str] | None, str]:
     m = re.match(r"\s*" + re.escape(ANN_OPEN) + r"(.*?)" + re.escape(ANN_CLOSE), text, re.S)
     if not m:
         return None, strip_annotations(text).strip()
-    return parse_tags(m.group(1)), strip_annotations(text[m.end():]).strip()
+    return parse_tags(m.group(1)), strip_annotations(text[m.end() :]).strip()
 
 
 def _ids(tokenizer, text: str) -> list[int]:

@@ -22,8 +22,13 @@ def versions() -> dict:
 
 
 def write_manifest(out_dir: str | Path, stage: str, config: dict, counts: dict) -> dict:
-    m = {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": config,
-         "counts": counts, "versions": versions()}
+    m = {
+        "stage": stage,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": config,
+        "counts": counts,
+        "versions": versions(),
+    }
     path = Path(out_dir) / "manifest.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(m, indent=2, default=str))

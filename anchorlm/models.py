@@ -32,8 +32,10 @@ def resolve_lm(name: str, gguf_file: str = "") -> tuple[str, str]:
         d, g = smollm2()
         return str(d), g
     if not Path(name).exists():
-        raise FileNotFoundError(f"model {name!r} is neither 'smollm2' nor an existing directory "
-                                "(hub downloads are off: pass a local path)")
+        raise FileNotFoundError(
+            f"model {name!r} is neither 'smollm2' nor an existing directory "
+            "(hub downloads are off: pass a local path)"
+        )
     return name, gguf_file
 
 

@@ -52,7 +52,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for variant in ("plain", "annotated"):
         if not is_done(out / "tokens" / variant):
             _log(f"tokenize ({variant})")
-            pack(docs, tok, variant == "annotated", cfg.pretrain.seq_len, out / "tokens" / variant, cfg.pretrain.seed)
+            pack(
+                docs,
+                tok,
+                variant == "annotated",
+                cfg.pretrain.seq_len,
+                out / "tokens" / variant,
+                cfg.pretrain.seed,
+            )
     for variant, model in (("plain", "base"), ("annotated", "annotated")):
         if not is_done(out / "models" / model):
             _log(f"pretrain ({variant})")

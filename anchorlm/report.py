@@ -6,10 +6,15 @@ import json
 import math
 from pathlib import Path
 
-COLUMNS = [("diversity", "embedding_distance", "emb. dist."), ("diversity", "vendi", "Vendi"),
-           ("diversity", "attribute_entropy", "attr. entropy"), ("diversity", "distinct_2", "distinct-2"),
-           ("quality", "style_adherence", "style adh."), ("quality", "fluency_nll", "fluency NLL"),
-           ("quality", "annotation_wellformed", "ann. ok")]
+COLUMNS = [
+    ("diversity", "embedding_distance", "emb. dist."),
+    ("diversity", "vendi", "Vendi"),
+    ("diversity", "attribute_entropy", "attr. entropy"),
+    ("diversity", "distinct_2", "distinct-2"),
+    ("quality", "style_adherence", "style adh."),
+    ("quality", "fluency_nll", "fluency NLL"),
+    ("quality", "annotation_wellformed", "ann. ok"),
+]
 
 
 def _fmt(x) -> str:
@@ -20,20 +25,27 @@ def _fmt(x) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _ci(s: dict, key: str) -> str:
+    return f" [{_fmt(s[key][0])}, {_fmt(s[key][1])}]" if s.get(key) else ""
+
+
 def table(results: dict) -> str:
     """The Markdown table of variants, then the summary figures."""
-    lines = ["| variant | " + " | ".join(c[2] for c in COLUMNS) + " |",
-             "|---|" + "---:|" * len(COLUMNS)]
+    lines = ["| variant | " + " | ".join(c[2] for c in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, v in results["variants"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(v[sec].get(key)) for sec, key, _ in COLUMNS) + " |")
     if "summary" in results:
-        lines += ["", "| metric | collapse SFT | collapse AAT | collapse reduction (95% CI) | gap closed (95% CI) |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| metric | collapse SFT | collapse AAT | collapse reduction (95% CI) | gap closed (95% CI) |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for m, s in results["summary"].items():
-            ci = lambda k: (f" [{_fmt(s[k][0])}, {_fmt(s[k][1])}]" if s.get(k) else "")  # noqa: E731
-            lines.append(f"| {m} | {_fmt(s['collapse']['sft'])} | {_fmt(s['collapse']['aat'])} | "
-                         f"{_fmt(s['collapse_reduction'])}{ci('collapse_reduction_ci95')} | "
-                         f"{_fmt(s['gap_closed'])}{ci('gap_closed_ci95')} |")
+            lines.append(
+                f"| {m} | {_fmt(s['collapse']['sft'])} | {_fmt(s['collapse']['aat'])} | "
+                f"{_fmt(s['collapse_reduction'])}{_ci(s, 'collapse_reduction_ci95')} | "
+                f"{_fmt(s['gap_closed'])}{_ci(s, 'gap_closed_ci95')} |"
+            )
     return "\n".join(lines)
 
 
@@ -46,9 +58,16 @@ def plots(results: dict, out: Path) -> list[str]:
     names = list(results["variants"])
     v = results["variants"]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, key, title in zip(axes, ("embedding_distance", "vendi", "attribute_entropy"),
-                              ("mean pairwise cosine distance", "Vendi score", "attribute entropy (nats)")):
-        ax.bar(names, [v[n]["diversity"][key] for n in names], color=["#888", "#d62728", "#1f77b4", "#2ca02c"][: len(names)])
+    for ax, key, title in zip(
+        axes,
+        ("embedding_distance", "vendi", "attribute_entropy"),
+        ("mean pairwise cosine distance", "Vendi score", "attribute entropy (nats)"),
+    ):
+        ax.bar(
+            names,
+            [v[n]["diversity"][key] for n in names],
+            color=["#888", "#d62728", "#1f77b4", "#2ca02c"][: len(names)],
+        )
         ax.set_title(title, fontsize=10)
     fig.suptitle("Diversity per variant (higher is more diverse)")
     fig.tight_layout()
@@ -56,12 +75,19 @@ def plots(results: dict, out: Path) -> list[str]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, qkey, qlabel in zip(axes, ("style_adherence", "fluency_nll"),
-                                ("style adherence (higher is better)", "fluency NLL (lower is better)")):
+    for ax, qkey, qlabel in zip(
+        axes,
+        ("style_adherence", "fluency_nll"),
+        ("style adherence (higher is better)", "fluency NLL (lower is better)"),
+    ):
         for n in names:
             ax.scatter(v[n]["quality"][qkey], v[n]["diversity"]["embedding_distance"], s=60)
-            ax.annotate(n, (v[n]["quality"][qkey], v[n]["diversity"]["embedding_distance"]),
-                        textcoords="offset points", xytext=(5, 5))
+            ax.annotate(
+                n,
+                (v[n]["quality"][qkey], v[n]["diversity"]["embedding_distance"]),
+                textcoords="offset points",
+                xytext=(5, 5),
+            )
         ax.set_xlabel(qlabel)
         ax.set_ylabel("mean pairwise cosine distance")
     fig.suptitle("Diversity against quality")
@@ -81,10 +107,16 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
     pngs = plots(results, out)
     t = table(results)
     c = results.get("classifier", {})
-    md = [f"# {title}", "", t, "",
-          "Diversity is measured per prompt over its samples and averaged over prompts; CIs resample prompts.",
-          f"Attribute classifier: {c.get('classes')} corpus categories, held-out accuracy "
-          f"{_fmt(c.get('heldout_accuracy'))} (chance {_fmt(c.get('chance'))}).", ""]
+    md = [
+        f"# {title}",
+        "",
+        t,
+        "",
+        "Diversity is measured per prompt over its samples and averaged over prompts; CIs resample prompts.",
+        f"Attribute classifier: {c.get('classes')} corpus categories, held-out accuracy "
+        f"{_fmt(c.get('heldout_accuracy'))} (chance {_fmt(c.get('chance'))}).",
+        "",
+    ]
     md += [f"![{p}]({p})" for p in pngs]
     (out / "report.md").write_text("\n".join(md) + "\n")
     return t

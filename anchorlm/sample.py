@@ -14,7 +14,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from anchorlm.config import SampleConfig
-from anchorlm.format import ANN_CLOSE, ANN_OPEN, EOS, SPECIAL_TOKENS, encode_prompt, parse_tags, strip_annotations
+from anchorlm.format import (
+    ANN_CLOSE,
+    ANN_OPEN,
+    EOS,
+    SPECIAL_TOKENS,
+    encode_prompt,
+    parse_tags,
+    strip_annotations,
+)
 
 
 def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], cfg: SampleConfig):
@@ -25,12 +33,21 @@ def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], 
     ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
-        ids[i, n - len(s):] = torch.tensor(s)
-        mask[i, n - len(s):] = 1
+        ids[i, n - len(s) :] = torch.tensor(s)
+        mask[i, n - len(s) :] = 1
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=True,
-                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, eos_token_id=stop,
-                             pad_token_id=tok.pad_token_id, use_cache=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=0,
+            eos_token_id=stop,
+            pad_token_id=tok.pad_token_id,
+            use_cache=True,
+        )
     rows = []
     for row in out[:, n:].tolist():
         cut = next((k for k, t in enumerate(row) if t in stop), None)
@@ -45,8 +62,9 @@ def _clean(tok, ids: list[int]) -> str:
     return text.strip()
 
 
-def sample(cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path,
-           anchored: bool) -> list[dict]:
+def sample(
+    cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path, anchored: bool
+) -> list[dict]:
     """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -61,20 +79,28 @@ def sample(cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_pa
     results = []
     bar = tqdm(total=len(jobs), desc=f"sample ({'anchored' if anchored else 'plain'})", unit="sample")
     for s in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[s:s + cfg.batch_size]
+        batch = jobs[s : s + cfg.batch_size]
         if s == 0 or batch[0][0] != jobs[s - 1][0]:
             torch.manual_seed(batch[0][0])
         seqs = [encode_prompt(tok, p["prompt"]) for _, p, _ in batch]
         anns = [None] * len(batch)
         if anchored:
-            gen = _generate(model, tok, [q + [open_id] for q in seqs], cfg.max_annotation_tokens,
-                            [close_id, eos_id], cfg)
+            gen = _generate(
+                model, tok, [q + [open_id] for q in seqs], cfg.max_annotation_tokens, [close_id, eos_id], cfg
+            )
             anns = [(ids, stop == close_id) for ids, stop in gen]
             seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, anns)]
         gen = _generate(model, tok, seqs, cfg.max_new_tokens, [eos_id], cfg)
         for (seed, p, k), (ids, stop), ann in zip(batch, gen, anns):
-            row = {"prompt_id": p["id"], "prompt": p["prompt"], "seed": seed, "index": k,
-                   "response": _clean(tok, ids), "n_tokens": len(ids), "finished": stop is not None}
+            row = {
+                "prompt_id": p["id"],
+                "prompt": p["prompt"],
+                "seed": seed,
+                "index": k,
+                "response": _clean(tok, ids),
+                "n_tokens": len(ids),
+                "finished": stop is not None,
+            }
             if ann is not None:
                 raw = tok.decode(ann[0], skip_special_tokens=False).strip()
                 tags = parse_tags(raw)

@@ -39,8 +39,9 @@ def main() -> None:
     from anchorlm.train.model import build_model, non_embedding_params
     from anchorlm.train.pretrain import collate_blocks
 
-    cfg = load_config(args.config, [f"corpus.path={ROOT / 'data/corpus.jsonl.gz'}",
-                                    "corpus.max_chars_per_category=20000"])
+    cfg = load_config(
+        args.config, [f"corpus.path={ROOT / 'data/corpus.jsonl.gz'}", "corpus.max_chars_per_category=20000"]
+    )
     tmp = Path(tempfile.mkdtemp(prefix="anchorlm-bench-"))
     annotate_corpus(cfg.corpus, cfg.annotate, tmp / "ann")
     docs = read_annotated(tmp / "ann")
@@ -68,10 +69,14 @@ def main() -> None:
                 elapsed[v] += time.perf_counter() - t
     tokens = args.steps * p.batch_size * p.seq_len
     tps = {v: tokens / elapsed[v] for v in elapsed}
-    print(f"model: {non_embedding_params(model):,} non-embedding parameters, "
-          f"seq_len {p.seq_len}, batch {p.batch_size}, {args.steps} steps per variant")
-    print(f"pretraining throughput  plain {tps['plain']:,.0f} tok/s   annotated {tps['annotated']:,.0f} tok/s"
-          f"   ratio annotated/plain = {tps['annotated'] / tps['plain']:.3f}")
+    print(
+        f"model: {non_embedding_params(model):,} non-embedding parameters, "
+        f"seq_len {p.seq_len}, batch {p.batch_size}, {args.steps} steps per variant"
+    )
+    print(
+        f"pretraining throughput  plain {tps['plain']:,.0f} tok/s   annotated {tps['annotated']:,.0f} tok/s"
+        f"   ratio annotated/plain = {tps['annotated'] / tps['plain']:.3f}"
+    )
 
     model.save_pretrained(tmp / "model")
     tok.save_pretrained(tmp / "model")
@@ -83,8 +88,10 @@ def main() -> None:
             t = time.perf_counter()
             rows = sample(sc, tmp / "model", prompts, tmp / f"s{anchored}.jsonl", anchored)
             cost[anchored] = (time.perf_counter() - t) / max(sum(r["n_tokens"] for r in rows), 1)
-    print(f"sampling cost  plain {cost[False] * 1e3:.3f} ms/response token   anchored "
-          f"{cost[True] * 1e3:.3f} ms/response token   ratio anchored/plain = {cost[True] / cost[False]:.3f}")
+    print(
+        f"sampling cost  plain {cost[False] * 1e3:.3f} ms/response token   anchored "
+        f"{cost[True] * 1e3:.3f} ms/response token   ratio anchored/plain = {cost[True] / cost[False]:.3f}"
+    )
 
 
 if __name__ == "__main__":

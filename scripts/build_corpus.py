@@ -31,12 +31,42 @@ HELDOUT_PERCENT = 5
 
 BIBLE_GROUPS = {
     "bible-law": ["Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy"],
-    "bible-history": ["Joshua", "Judges", "Ruth", "1 Samuel", "2 Samuel", "1 Kings", "2 Kings",
-                      "1 Chronicles", "2 Chronicles", "Ezra", "Nehemiah", "Esther", "Acts"],
+    "bible-history": [
+        "Joshua",
+        "Judges",
+        "Ruth",
+        "1 Samuel",
+        "2 Samuel",
+        "1 Kings",
+        "2 Kings",
+        "1 Chronicles",
+        "2 Chronicles",
+        "Ezra",
+        "Nehemiah",
+        "Esther",
+        "Acts",
+    ],
     "bible-wisdom": ["Job", "Psalms", "Proverbs", "Ecclesiastes", "Song of Solomon"],
-    "bible-prophets": ["Isaiah", "Jeremiah", "Lamentations", "Ezekiel", "Daniel", "Hosea", "Joel",
-                       "Amos", "Obadiah", "Jonah", "Micah", "Nahum", "Habakkuk", "Zephaniah",
-                       "Haggai", "Zechariah", "Malachi", "Revelation"],
+    "bible-prophets": [
+        "Isaiah",
+        "Jeremiah",
+        "Lamentations",
+        "Ezekiel",
+        "Daniel",
+        "Hosea",
+        "Joel",
+        "Amos",
+        "Obadiah",
+        "Jonah",
+        "Micah",
+        "Nahum",
+        "Habakkuk",
+        "Zephaniah",
+        "Haggai",
+        "Zechariah",
+        "Malachi",
+        "Revelation",
+    ],
     "bible-gospels": ["Matthew", "Mark", "Luke", "John"],
 }  # every other book (the letters) goes to bible-letters
 
@@ -53,8 +83,7 @@ def fortunes(root: Path):
         for i, cookie in enumerate(re.split(r"^%\s*$", raw, flags=re.M)):
             text = cookie.strip("\n").rstrip()
             if text.strip():
-                yield {"id": f"fortunes/{f.name}/{i}", "text": text, "category": f.name,
-                       "source": "fortunes"}
+                yield {"id": f"fortunes/{f.name}/{i}", "text": text, "category": f.name, "source": "fortunes"}
 
 
 def jargon(root: Path):
@@ -76,20 +105,29 @@ def jargon(root: Path):
 
 def bible(root: Path):
     binary = root / "usr/bin/bible"
-    out = subprocess.run([str(binary), "-p", str(root / "usr/lib"), "Gen1:1-Rev22:21"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(binary), "-p", str(root / "usr/lib"), "Gen1:1-Rev22:21"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     group_of = {b: g for g, books in BIBLE_GROUPS.items() for b in books}
     heading = re.compile(r"^([1-3]? ?[A-Z][a-z]+(?: of [A-Z][a-z]+)?) (\d+)$", flags=re.M)
     heads = list(heading.finditer(out))
     for m, nxt in zip(heads, heads[1:] + [None]):
         book, chapter = m.group(1), m.group(2)
-        body = out[m.end():nxt.start() if nxt else len(out)]
-        verses = [re.sub(r"\s+", " ", v).strip()
-                  for v in re.split(r"^\s*\d+ ", body, flags=re.M) if v.strip()]
+        body = out[m.end() : nxt.start() if nxt else len(out)]
+        verses = [
+            re.sub(r"\s+", " ", v).strip() for v in re.split(r"^\s*\d+ ", body, flags=re.M) if v.strip()
+        ]
         # five verses a paragraph, so the chunker has blank lines to split on
-        paras = [" ".join(verses[i:i + 5]) for i in range(0, len(verses), 5)]
-        yield {"id": f"bible/{book}/{chapter}", "text": f"{book} {chapter}\n\n" + "\n\n".join(paras),
-               "category": group_of.get(book, "bible-letters"), "source": "bible-kjv-text"}
+        paras = [" ".join(verses[i : i + 5]) for i in range(0, len(verses), 5)]
+        yield {
+            "id": f"bible/{book}/{chapter}",
+            "text": f"{book} {chapter}\n\n" + "\n\n".join(paras),
+            "category": group_of.get(book, "bible-letters"),
+            "source": "bible-kjv-text",
+        }
 
 
 def main() -> None:
@@ -113,7 +151,9 @@ def main() -> None:
             n_bytes += len(d["text"].encode())
             f.write((json.dumps(d, ensure_ascii=False) + "\n").encode())
     cats = sorted({d["category"] for d in docs})
-    print(f"wrote {len(docs)} documents, {n_bytes / 1e6:.2f} MB of text, {len(cats)} categories to {args.out}")
+    print(
+        f"wrote {len(docs)} documents, {n_bytes / 1e6:.2f} MB of text, {len(cats)} categories to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,16 @@ def _seed():
 def smoke_run(tmp_path_factory) -> Path:
     """The whole pipeline on configs/smoke.yaml, run once through the CLI as a user would."""
     out = tmp_path_factory.mktemp("smoke")
-    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", str(ROOT / "configs/smoke.yaml"),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "anchorlm.cli",
+        "demo",
+        "--config",
+        str(ROOT / "configs/smoke.yaml"),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "stdout.txt").write_text(proc.stdout)
@@ -38,8 +46,8 @@ def smoke_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A BPE tokenizer trained on the test corpus, with the annotation special tokens."""
-    from anchorlm.config import AnnotateConfig, CorpusConfig, TokenizerConfig
     from anchorlm.annotate import annotate_corpus, read_annotated
+    from anchorlm.config import AnnotateConfig, CorpusConfig, TokenizerConfig
     from anchorlm.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")

@@ -1,11 +1,11 @@
 import json
 
 import pytest
+from conftest import ROOT
 
 from anchorlm import annotate as A
 from anchorlm.annotators.metadata import MetadataAnnotator
 from anchorlm.config import AnnotateConfig, CorpusConfig
-from conftest import ROOT
 
 CORPUS = CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz"), max_chars_per_category=4000)
 

@@ -14,7 +14,9 @@ from anchorlm.format import parse_tags
 def test_metadata_annotator_uses_fields():
     a = MetadataAnnotator({"topic": "category", "domain": "source"})
     assert a.annotate([({"category": "men-women", "source": "fortunes"}, "x"), ({}, "y")]) == [
-        ["topic:men-women", "domain:fortunes"], []]
+        ["topic:men-women", "domain:fortunes"],
+        [],
+    ]
 
 
 def test_keyword_annotator_picks_distinctive_words():
@@ -38,6 +40,7 @@ def test_parse_answer_accepts_tags_and_rejects_prose():
 
 class _Server(BaseHTTPRequestHandler):
     """A real OpenAI-compatible endpoint on loopback: fails once, answers badly once, then well."""
+
     script: list = []
     seen: list = []
 
@@ -72,8 +75,13 @@ def server():
 def test_openai_backend_retries_errors_and_malformed_answers(server):
     _Server.seen = []
     _Server.script = [(503, ""), (200, "I think this text is about food."), (200, "topic:food entity:Bread")]
-    cfg = LLMAnnotatorConfig(backend="openai", base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                             model="test-model", concurrency=1, max_retries=3)
+    cfg = LLMAnnotatorConfig(
+        backend="openai",
+        base_url=f"http://127.0.0.1:{server.server_port}/v1",
+        model="test-model",
+        concurrency=1,
+        max_retries=3,
+    )
     a = LLMAnnotator(cfg)
     assert a.annotate([({}, "Bread and butter.")]) == [["topic:food", "entity:Bread"]]
     assert len(_Server.seen) == 3 and _Server.seen[0]["model"] == "test-model"
@@ -86,16 +94,24 @@ def test_openai_backend_retries_errors_and_malformed_answers(server):
 
 def test_openai_backend_runs_requests_concurrently(server):
     _Server.script = []
-    cfg = LLMAnnotatorConfig(backend="openai", base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                             concurrency=4)
+    cfg = LLMAnnotatorConfig(
+        backend="openai", base_url=f"http://127.0.0.1:{server.server_port}/v1", concurrency=4
+    )
     assert LLMAnnotator(cfg).annotate([({}, str(i)) for i in range(10)]) == [["topic:default"]] * 10
 
 
 def test_local_transformers_backend_with_packaged_smollm2():
-    a = LLMAnnotator(LLMAnnotatorConfig(backend="transformers", model="smollm2", batch_size=2,
-                                        max_new_tokens=24, max_retries=1))
-    out = a.annotate([({}, "The telescope showed four moons circling Jupiter."),
-                      ({}, "Bread, butter and a little salt make a fine supper.")])
+    a = LLMAnnotator(
+        LLMAnnotatorConfig(
+            backend="transformers", model="smollm2", batch_size=2, max_new_tokens=24, max_retries=1
+        )
+    )
+    out = a.annotate(
+        [
+            ({}, "The telescope showed four moons circling Jupiter."),
+            ({}, "Bread, butter and a little salt make a fine supper."),
+        ]
+    )
     assert len(out) == 2
     # a small model may fail to follow the format; whatever it returns must have parsed cleanly
     for tags in out:

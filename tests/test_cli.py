@@ -5,12 +5,24 @@ from conftest import ASSETS, ROOT
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "anchorlm.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "anchorlm.cli", *args], cwd=ROOT, capture_output=True, text=True
+    )
 
 
 def test_help_lists_every_stage():
     out = _cli("--help").stdout
-    for stage in ("annotate", "tokenizer", "tokenize", "pretrain", "posttrain", "sample", "evaluate", "report", "demo"):
+    for stage in (
+        "annotate",
+        "tokenizer",
+        "tokenize",
+        "pretrain",
+        "posttrain",
+        "sample",
+        "evaluate",
+        "report",
+        "demo",
+    ):
         assert stage in out
 
 
@@ -24,17 +36,37 @@ def test_bad_corpus_row_is_named_with_file_and_line(tmp_path):
     bad.write_text('{"text": "fine"}\n{"text": ""}\n')
     p = _cli("annotate", "--corpus", str(bad), "--out", str(tmp_path / "o"))
     assert p.returncode == 1 and "c.jsonl:2" in p.stderr and "on_bad_row=skip" in p.stderr
-    p = _cli("annotate", "--corpus", str(bad), "--out", str(tmp_path / "o2"), "--set", "corpus.on_bad_row=skip")
+    p = _cli(
+        "annotate", "--corpus", str(bad), "--out", str(tmp_path / "o2"), "--set", "corpus.on_bad_row=skip"
+    )
     assert p.returncode == 0, p.stderr
 
 
 def test_stage_commands_chain_through_directories(tmp_path):
     corpus = str(ASSETS / "mini_corpus.jsonl")
     assert _cli("annotate", "--corpus", corpus, "--out", str(tmp_path / "ann")).returncode == 0
-    p = _cli("tokenizer", "--annotated", str(tmp_path / "ann"), "--out", str(tmp_path / "tok"),
-             "--set", "tokenizer.vocab_size=300")
+    p = _cli(
+        "tokenizer",
+        "--annotated",
+        str(tmp_path / "ann"),
+        "--out",
+        str(tmp_path / "tok"),
+        "--set",
+        "tokenizer.vocab_size=300",
+    )
     assert p.returncode == 0, p.stderr
-    p = _cli("tokenize", "--annotated", str(tmp_path / "ann"), "--tokenizer", str(tmp_path / "tok"),
-             "--variant", "annotated", "--out", str(tmp_path / "blocks"), "--set", "pretrain.seq_len=16")
+    p = _cli(
+        "tokenize",
+        "--annotated",
+        str(tmp_path / "ann"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--variant",
+        "annotated",
+        "--out",
+        str(tmp_path / "blocks"),
+        "--set",
+        "pretrain.seq_len=16",
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "blocks/manifest.json").exists()

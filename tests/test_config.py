@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from anchorlm.config import load_config
-from conftest import ROOT
 
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 

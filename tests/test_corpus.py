@@ -2,10 +2,10 @@ import gzip
 import json
 
 import pytest
+from conftest import ASSETS, ROOT
 
 from anchorlm.config import CorpusConfig
 from anchorlm.data.corpus import BadRowError, CorpusStats, chunk_text, read_corpus
-from conftest import ASSETS, ROOT
 
 
 def test_reads_jsonl_and_keeps_heldout_out():
@@ -31,13 +31,16 @@ def test_parquet_and_datasets_dir_give_the_same_documents(tmp_path):
     assert a == b and len(a) == 7
 
 
-@pytest.mark.parametrize("line, problem", [
-    (b'{"text": "ok"', "invalid JSON"),
-    (b'{"title": "no text"}', "missing the text field"),
-    (b'{"text": "   "}', "is empty"),
-    (b'{"text": "caf\xe9"}', "not valid UTF-8"),
-    (b'["a list"]', "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (b'{"text": "ok"', "invalid JSON"),
+        (b'{"title": "no text"}', "missing the text field"),
+        (b'{"text": "   "}', "is empty"),
+        (b'{"text": "caf\xe9"}', "not valid UTF-8"),
+        (b'["a list"]', "not a JSON object"),
+    ],
+)
 def test_bad_rows_name_file_and_line(tmp_path, line, problem):
     p = tmp_path / "bad.jsonl.gz"
     with gzip.open(p, "wb") as fh:
@@ -52,7 +55,9 @@ def test_bad_rows_name_file_and_line(tmp_path, line, problem):
 
 def test_bundled_corpus_meets_the_spec():
     stats = CorpusStats()
-    docs = list(read_corpus(CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz")), stats, include_heldout=True))
+    docs = list(
+        read_corpus(CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz")), stats, include_heldout=True)
+    )
     assert len({d["category"] for d in docs}) >= 20
     assert sum(len(d["text"].encode()) for d in docs) >= 5_000_000
     assert stats.heldout > 0 and not stats.skipped

@@ -6,7 +6,10 @@ from anchorlm import format as F
 def test_render_parse_roundtrip():
     chunks = [(["topic:science", "entity:Mrs_Sinclair"], "First chunk."), (["topic:love"], "Second\nchunk.")]
     s = F.render(chunks)
-    assert s == "<|ann|>topic:science entity:Mrs_Sinclair<|/ann|>First chunk.\n\n<|ann|>topic:love<|/ann|>Second\nchunk."
+    assert (
+        s
+        == "<|ann|>topic:science entity:Mrs_Sinclair<|/ann|>First chunk.\n\n<|ann|>topic:love<|/ann|>Second\nchunk."
+    )
     assert F.parse(s) == chunks
 
 

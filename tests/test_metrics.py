@@ -27,8 +27,14 @@ def test_vendi_closed_forms():
 def test_pairwise_distance_matches_brute_force():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(7, 5))
-    brute = np.mean([1 - x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
-                     for i in range(7) for j in range(7) if i < j])
+    brute = np.mean(
+        [
+            1 - x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])
+            for i in range(7)
+            for j in range(7)
+            if i < j
+        ]
+    )
     assert mean_pairwise_cosine_distance(x) == pytest.approx(brute, rel=1e-9)
     assert mean_pairwise_cosine_distance(x[:1]) == 0.0
 
@@ -46,8 +52,14 @@ def test_summary_figures_closed_form():
     assert gap_closed(1.0, 0.4, 0.9) == pytest.approx(5 / 6)
     n = 40
     rng = np.random.default_rng(0)
-    s = summarize({"base": 1.0 + 0.01 * rng.normal(size=n), "sft": 0.4 + 0.01 * rng.normal(size=n),
-                   "aat": 0.9 + 0.01 * rng.normal(size=n)}, n_boot=300)
+    s = summarize(
+        {
+            "base": 1.0 + 0.01 * rng.normal(size=n),
+            "sft": 0.4 + 0.01 * rng.normal(size=n),
+            "aat": 0.9 + 0.01 * rng.normal(size=n),
+        },
+        n_boot=300,
+    )
     assert s["gap_closed"] == pytest.approx(5 / 6, abs=0.02)
     lo, hi = s["gap_closed_ci95"]
     assert lo < s["gap_closed"] < hi and hi - lo < 0.05

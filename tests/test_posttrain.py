@@ -2,8 +2,11 @@ from anchorlm import format as F
 from anchorlm.config import PosttrainConfig
 from anchorlm.train.posttrain import IGNORE, PadCollator, build_dataset, build_example
 
-EX = {"instruction": "Tell me something.", "response": "Certainly!\nAtoms are small.\nHope this helps!",
-      "tags": ["topic:science", "keyword:atoms"]}
+EX = {
+    "instruction": "Tell me something.",
+    "response": "Certainly!\nAtoms are small.\nHope this helps!",
+    "tags": ["topic:science", "keyword:atoms"],
+}
 
 
 def _loss_text(tok, row):
@@ -13,13 +16,17 @@ def _loss_text(tok, row):
 def test_sft_loss_is_on_the_response_only(tiny_tokenizer):
     row = build_example(tiny_tokenizer, EX, "sft")
     assert _loss_text(tiny_tokenizer, row) == EX["response"] + F.EOS
-    assert tiny_tokenizer.decode(row["input_ids"]) == F.USER + EX["instruction"] + F.ASSISTANT + EX["response"] + F.EOS
+    assert (
+        tiny_tokenizer.decode(row["input_ids"])
+        == F.USER + EX["instruction"] + F.ASSISTANT + EX["response"] + F.EOS
+    )
 
 
 def test_anchored_masks_prompt_and_annotation(tiny_tokenizer):
     row = build_example(tiny_tokenizer, EX, "anchored")
     assert tiny_tokenizer.decode(row["input_ids"]) == (
-        F.USER + EX["instruction"] + F.ASSISTANT + F.render_annotation(EX["tags"]) + EX["response"] + F.EOS)
+        F.USER + EX["instruction"] + F.ASSISTANT + F.render_annotation(EX["tags"]) + EX["response"] + F.EOS
+    )
     assert _loss_text(tiny_tokenizer, row) == EX["response"] + F.EOS
     assert all(lab == i or lab == IGNORE for i, lab in zip(row["input_ids"], row["labels"]))
 
@@ -32,14 +39,21 @@ def test_value_only_masking_keeps_keys_and_delimiters(tiny_tokenizer):
 
 
 def test_value_mask_fraction_is_respected(tiny_tokenizer):
-    rows, n = build_dataset(tiny_tokenizer, [EX] * 400, PosttrainConfig(method="anchored", value_mask_fraction=0.25))
+    rows, n = build_dataset(
+        tiny_tokenizer, [EX] * 400, PosttrainConfig(method="anchored", value_mask_fraction=0.25)
+    )
     assert 70 <= n <= 130  # Binomial(400, 0.25): mean 100, sd 8.7
-    rows, n = build_dataset(tiny_tokenizer, [EX] * 400, PosttrainConfig(method="sft", value_mask_fraction=0.25))
+    rows, n = build_dataset(
+        tiny_tokenizer, [EX] * 400, PosttrainConfig(method="sft", value_mask_fraction=0.25)
+    )
     assert n == 0
 
 
 def test_collator_pads_with_ignored_labels(tiny_tokenizer):
-    a, b = build_example(tiny_tokenizer, EX, "sft"), build_example(tiny_tokenizer, {**EX, "response": "Hi"}, "sft")
+    a, b = (
+        build_example(tiny_tokenizer, EX, "sft"),
+        build_example(tiny_tokenizer, {**EX, "response": "Hi"}, "sft"),
+    )
     batch = PadCollator(tiny_tokenizer.pad_token_id)([a, b])
     n = len(a["input_ids"])
     k = len(b["input_ids"])

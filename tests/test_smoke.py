@@ -5,8 +5,13 @@ import math
 
 from anchorlm.data.sft import read_jsonl
 
-REQUIRED = [("diversity", "embedding_distance"), ("diversity", "vendi"), ("diversity", "attribute_entropy"),
-            ("quality", "style_adherence"), ("quality", "fluency_nll")]
+REQUIRED = [
+    ("diversity", "embedding_distance"),
+    ("diversity", "vendi"),
+    ("diversity", "attribute_entropy"),
+    ("quality", "style_adherence"),
+    ("quality", "fluency_nll"),
+]
 
 
 def test_results_schema(smoke_run):
@@ -57,8 +62,21 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, tmp_p
     from conftest import ROOT
 
     before = json.loads((smoke_run / "results.json").read_text())
-    proc = subprocess.run([sys.executable, "-m", "anchorlm.cli", "demo", "--config", "configs/smoke.yaml",
-                           "--out", str(smoke_run)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anchorlm.cli",
+            "demo",
+            "--config",
+            "configs/smoke.yaml",
+            "--out",
+            str(smoke_run),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pretrain" not in proc.stdout and "post-train" not in proc.stdout
     after = json.loads((smoke_run / "results.json").read_text())

@@ -5,18 +5,31 @@ from anchorlm.config import ModelConfig, PretrainConfig
 from anchorlm.data.pack import pack
 from anchorlm.train.pretrain import pretrain
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64)
+TINY = ModelConfig(
+    hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64
+)
 
 
 def _cfg(**kw):
-    return PretrainConfig(model=TINY, seq_len=32, batch_size=4, token_budget=32 * 4 * 12, lr=3e-3,
-                          save_steps=5, logging_steps=1, **kw)
+    return PretrainConfig(
+        model=TINY,
+        seq_len=32,
+        batch_size=4,
+        token_budget=32 * 4 * 12,
+        lr=3e-3,
+        save_steps=5,
+        logging_steps=1,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def blocks(tiny_tokenizer, tmp_path_factory):
     d = tmp_path_factory.mktemp("blocks")
-    docs = [{"chunks": [{"tags": ["topic:science"], "text": f"Atom number {i} is small. " * 3}]} for i in range(60)]
+    docs = [
+        {"chunks": [{"tags": ["topic:science"], "text": f"Atom number {i} is small. " * 3}]}
+        for i in range(60)
+    ]
     tiny_tokenizer.save_pretrained(d / "tok")
     pack(docs, tiny_tokenizer, True, 32, d / "data")
     return d
@@ -63,7 +76,9 @@ def test_killed_pretraining_resumes_to_the_uninterrupted_result(blocks, tmp_path
 
 def test_continue_from_a_checkpoint(blocks, tmp_path):
     first = pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "first")["counts"]
-    m = pretrain(_cfg(init_from=str(tmp_path / "first")), blocks / "data", blocks / "tok", tmp_path / "second")
+    m = pretrain(
+        _cfg(init_from=str(tmp_path / "first")), blocks / "data", blocks / "tok", tmp_path / "second"
+    )
     # the continued run starts where the first ended, not at a fresh model's ln(vocab)
     assert m["counts"]["first_loss"] < first["first_loss"] - 0.5
     assert abs(m["counts"]["first_loss"] - first["final_loss"]) < 0.3

@@ -1,8 +1,8 @@
 """Pluggable annotators: each turns a batch of (document, chunk text) into a list of tags per chunk.
 
-    metadata  tags from corpus fields (`topic:<category>`)
-    keywords  offline content tags: TF-IDF keywords, a capitalised entity, a style and a length
-    llm       an instruction-tuned LM writes the tags (local transformers model or an HTTP endpoint)
+metadata  tags from corpus fields (`topic:<category>`)
+keywords  offline content tags: TF-IDF keywords, a capitalised entity, a style and a length
+llm       an instruction-tuned LM writes the tags (local transformers model or an HTTP endpoint)
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from collections import Counter
 
 from anchorlm.format import make_tag
 
-STOPWORDS = set("""a about above after again against all am an and any are as at be because been
+STOPWORDS = set(
+    """a about above after again against all am an and any are as at be because been
 before being below between both but by can could did do does doing down during each few for from
 further had has have having he her here hers herself him himself his how i if in into is it its
 itself just me more most my myself no nor not now of off on once only or other our ours ourselves
@@ -21,7 +22,8 @@ these they this those through to too under until up very was we were what when w
 who whom why will with would you your yours yourself yourselves also shall unto thee thou thy ye
 hath upon said one two may might must us let like get got make made much many every even well
 ever never said say says yet
-""".split())
+""".split()
+)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 
 
@@ -72,8 +74,11 @@ class KeywordAnnotator:
         ranked = sorted(tf, key=lambda w: (-tf[w] * self.idf[w], w))
         tags = [make_tag("keyword", w) for w in ranked[: self.k]]
         # a capitalised word not at a sentence start is a cheap proper-noun guess
-        ents = Counter(m.group(1) for m in re.finditer(r"(?<![.!?\n]\s)(?<!^)\b([A-Z][a-z]{2,})\b", text)
-                       if m.group(1).lower() not in STOPWORDS)
+        ents = Counter(
+            m.group(1)
+            for m in re.finditer(r"(?<![.!?\n]\s)(?<!^)\b([A-Z][a-z]{2,})\b", text)
+            if m.group(1).lower() not in STOPWORDS
+        )
         if ents and "entity" in self.extras:
             tags.append(make_tag("entity", sorted(ents, key=lambda e: (-ents[e], e))[0]))
         if "style" in self.extras:

@@ -57,12 +57,19 @@ class LLMAnnotator:
 
     # --- OpenAI-compatible endpoint -------------------------------------------------------
     def _post(self, prompt: str, temperature: float) -> str:
-        body = json.dumps({"model": self.cfg.model, "temperature": temperature,
-                           "max_tokens": self.cfg.max_new_tokens,
-                           "messages": [{"role": "user", "content": prompt}]}).encode()
-        req = urllib.request.Request(self.cfg.base_url.rstrip("/") + "/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {self.cfg.api_key}"})
+        body = json.dumps(
+            {
+                "model": self.cfg.model,
+                "temperature": temperature,
+                "max_tokens": self.cfg.max_new_tokens,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+        ).encode()
+        req = urllib.request.Request(
+            self.cfg.base_url.rstrip("/") + "/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cfg.api_key}"},
+        )
         with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
             return json.loads(r.read())["choices"][0]["message"]["content"]
 
@@ -101,22 +108,28 @@ class LLMAnnotator:
         for attempt in range(self.cfg.max_retries + 1):
             todo = [i for i, t in enumerate(out) if t is None]
             for s in range(0, len(todo), self.cfg.batch_size):
-                idx = todo[s:s + self.cfg.batch_size]
+                idx = todo[s : s + self.cfg.batch_size]
                 texts = [self._chat(prompts[i]) for i in idx]
                 enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
                 torch.manual_seed(attempt)
                 with torch.no_grad():
-                    gen = self._model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens,
-                                               do_sample=attempt > 0, temperature=0.7 if attempt else None,
-                                               top_p=None, top_k=None,
-                                               pad_token_id=self._tok.pad_token_id)
-                for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
+                    gen = self._model.generate(
+                        **enc,
+                        max_new_tokens=self.cfg.max_new_tokens,
+                        do_sample=attempt > 0,
+                        temperature=0.7 if attempt else None,
+                        top_p=None,
+                        top_k=None,
+                        pad_token_id=self._tok.pad_token_id,
+                    )
+                for i, row in zip(idx, gen[:, enc["input_ids"].shape[1] :]):
                     out[i] = parse_answer(self._tok.decode(row, skip_special_tokens=True))
         self.failures += sum(t is None for t in out)
         return [t or [] for t in out]
 
     def _chat(self, prompt: str) -> str:
         if self._tok.chat_template:
-            return self._tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                                 tokenize=False, add_generation_prompt=True)
+            return self._tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         return prompt + "\n"

@@ -12,9 +12,9 @@ import json
 import random
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from anchorlm.config import CorpusConfig
 
@@ -66,8 +66,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
         raise BadRowError(f"{path}: unknown corpus format; use .jsonl, .jsonl.gz, .parquet or a datasets dir")
 
 
-def read_corpus(cfg: CorpusConfig, stats: CorpusStats | None = None,
-                include_heldout: bool = False) -> Iterator[dict]:
+def read_corpus(
+    cfg: CorpusConfig, stats: CorpusStats | None = None, include_heldout: bool = False
+) -> Iterator[dict]:
     """Yield valid documents; held-out ones only when `include_heldout` is set."""
     path = Path(cfg.path)
     if not path.exists():
@@ -79,9 +80,15 @@ def read_corpus(cfg: CorpusConfig, stats: CorpusStats | None = None,
             problem = str(row)
         else:
             text = row.get(cfg.text_field)
-            problem = ("missing the text field " + repr(cfg.text_field) if text is None else
-                       f"field {cfg.text_field!r} is not a string" if not isinstance(text, str) else
-                       f"field {cfg.text_field!r} is empty" if not text.strip() else "")
+            problem = (
+                "missing the text field " + repr(cfg.text_field)
+                if text is None
+                else f"field {cfg.text_field!r} is not a string"
+                if not isinstance(text, str)
+                else f"field {cfg.text_field!r} is empty"
+                if not text.strip()
+                else ""
+            )
         if problem:
             if cfg.on_bad_row == "error":
                 raise BadRowError(f"{path}:{line}: {problem} (fix the row, or set corpus.on_bad_row=skip)")
@@ -126,8 +133,8 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
                 cut = para.rfind(" ", 0, max_chars)
             if cut <= 0:
                 cut = max_chars
-            out.append(para[:cut + 1].rstrip())
-            para = para[cut + 1:].lstrip()
+            out.append(para[: cut + 1].rstrip())
+            para = para[cut + 1 :].lstrip()
         if para.strip():
             out.append(para)
     return out

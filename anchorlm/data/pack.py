@@ -29,9 +29,12 @@ def pack(docs: list[dict], tokenizer, annotated: bool, seq_len: int, out_dir: st
         if annotated:
             n_ann += len(ids) - len(encode_document(tokenizer, chunks, False))
     n = len(stream) // seq_len
-    blocks = [stream[k * seq_len:(k + 1) * seq_len] for k in range(n)]
+    blocks = [stream[k * seq_len : (k + 1) * seq_len] for k in range(n)]
     ds = Dataset.from_dict({"input_ids": blocks})
     ds.save_to_disk(str(out_dir))
-    return write_manifest(out_dir, "tokenize", {"annotated": annotated, "seq_len": seq_len, "seed": seed},
-                          {"documents": len(docs), "tokens": n * seq_len, "blocks": n,
-                           "annotation_tokens": n_ann})
+    return write_manifest(
+        out_dir,
+        "tokenize",
+        {"annotated": annotated, "seq_len": seq_len, "seed": seed},
+        {"documents": len(docs), "tokens": n * seq_len, "blocks": n, "annotation_tokens": n_ann},
+    )

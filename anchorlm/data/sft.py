@@ -92,7 +92,7 @@ def strip_style(cfg: SFTDataConfig, response: str) -> str:
     """The response without the style opener/closer, for measuring semantic diversity."""
     r = response.strip()
     if r.startswith(cfg.opener):
-        r = r[len(cfg.opener):]
+        r = r[len(cfg.opener) :]
     if r.endswith(cfg.closer):
         r = r[: -len(cfg.closer)]
     return r.strip()
@@ -103,22 +103,34 @@ def follows_style(cfg: SFTDataConfig, response: str) -> bool:
     return r.startswith(cfg.opener) and r.endswith(cfg.closer) and len(strip_style(cfg, r)) > 0
 
 
-def build_sft_data(corpus: CorpusConfig, annotate: AnnotateConfig, annotate_dir: str | Path,
-                   cfg: SFTDataConfig, out_dir: str | Path) -> dict:
+def build_sft_data(
+    corpus: CorpusConfig,
+    annotate: AnnotateConfig,
+    annotate_dir: str | Path,
+    cfg: SFTDataConfig,
+    out_dir: str | Path,
+) -> dict:
     """Write train.jsonl (instruction, response, tags) and eval_prompts.jsonl to `out_dir`."""
     if cfg.n_eval_prompts >= len(INSTRUCTIONS) - 8:
-        raise ValueError(f"sft_data.n_eval_prompts must leave at least 8 of {len(INSTRUCTIONS)} "
-                         "instructions for training")
+        raise ValueError(
+            f"sft_data.n_eval_prompts must leave at least 8 of {len(INSTRUCTIONS)} instructions for training"
+        )
     rng = random.Random(cfg.seed)
     instructions = INSTRUCTIONS[:]
     rng.shuffle(instructions)
-    eval_prompts, train_prompts = instructions[: cfg.n_eval_prompts], instructions[cfg.n_eval_prompts:]
+    eval_prompts, train_prompts = instructions[: cfg.n_eval_prompts], instructions[cfg.n_eval_prompts :]
 
-    pool = [d for d in read_corpus(corpus) if d.get(corpus.category_field) in cfg.categories
-            and len(d[corpus.text_field].strip()) <= cfg.max_response_chars]
+    pool = [
+        d
+        for d in read_corpus(corpus)
+        if d.get(corpus.category_field) in cfg.categories
+        and len(d[corpus.text_field].strip()) <= cfg.max_response_chars
+    ]
     if not pool:
-        raise ValueError(f"no corpus documents of categories {cfg.categories} are at most "
-                         f"{cfg.max_response_chars} characters; change sft_data.categories")
+        raise ValueError(
+            f"no corpus documents of categories {cfg.categories} are at most "
+            f"{cfg.max_response_chars} characters; change sft_data.categories"
+        )
     state = json.loads((Path(annotate_dir) / "state.json").read_text())["annotators"]
     annotators = [get_annotator(n, annotate) for n in annotate.annotators]
     for a in annotators:
@@ -134,14 +146,23 @@ def build_sft_data(corpus: CorpusConfig, annotate: AnnotateConfig, annotate_dir:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.jsonl", "w", encoding="utf-8") as fh:
         for (d, text), t in zip(items, tags):
-            row = {"instruction": rng.choice(train_prompts), "response": style(cfg, text), "tags": t,
-                   "category": d.get(corpus.category_field), "source_id": d["id"]}
+            row = {
+                "instruction": rng.choice(train_prompts),
+                "response": style(cfg, text),
+                "tags": t,
+                "category": d.get(corpus.category_field),
+                "source_id": d["id"],
+            }
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     with open(out / "eval_prompts.jsonl", "w", encoding="utf-8") as fh:
         for i, p in enumerate(eval_prompts):
             fh.write(json.dumps({"id": i, "prompt": p}) + "\n")
-    return write_manifest(out, "sft_data", to_dict(cfg),
-                          {"examples": len(items), "pool": len(pool), "eval_prompts": len(eval_prompts)})
+    return write_manifest(
+        out,
+        "sft_data",
+        to_dict(cfg),
+        {"examples": len(items), "pool": len(pool), "eval_prompts": len(eval_prompts)},
+    )
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -39,10 +39,15 @@ class AttributeClassifier:
 
         docs = list(read_corpus(corpus, include_heldout=True))
         split = corpus.split_field
-        train = _per_category([d for d in docs if d.get(split) != corpus.heldout_value], corpus,
-                              docs_per_category, self.seed)
-        held = _per_category([d for d in docs if d.get(split) == corpus.heldout_value], corpus,
-                             max(docs_per_category // 4, 5), self.seed)
+        train = _per_category(
+            [d for d in docs if d.get(split) != corpus.heldout_value], corpus, docs_per_category, self.seed
+        )
+        held = _per_category(
+            [d for d in docs if d.get(split) == corpus.heldout_value],
+            corpus,
+            max(docs_per_category // 4, 5),
+            self.seed,
+        )
         # the first 400 characters: samples are about that long, and so are most corpus documents
         x = self.embed([d[corpus.text_field][:PREFIX_CHARS] for d in train])
         y = [str(d.get(corpus.category_field)) for d in train]
@@ -50,9 +55,16 @@ class AttributeClassifier:
         acc = None
         if held:
             xh = self.embed([d[corpus.text_field][:PREFIX_CHARS] for d in held])
-            acc = float(np.mean(self.clf.predict(xh) == np.array([str(d.get(corpus.category_field)) for d in held])))
-        return {"classes": len(self.clf.classes_), "train_docs": len(train), "heldout_docs": len(held),
-                "heldout_accuracy": acc, "chance": 1 / len(self.clf.classes_)}
+            acc = float(
+                np.mean(self.clf.predict(xh) == np.array([str(d.get(corpus.category_field)) for d in held]))
+            )
+        return {
+            "classes": len(self.clf.classes_),
+            "train_docs": len(train),
+            "heldout_docs": len(held),
+            "heldout_accuracy": acc,
+            "chance": 1 / len(self.clf.classes_),
+        }
 
     def predict(self, emb: np.ndarray) -> list[str]:
         return list(self.clf.predict(emb))

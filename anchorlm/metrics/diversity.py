@@ -41,5 +41,5 @@ def entropy(labels) -> float:
 
 def distinct_n(texts: list[str], n: int) -> float:
     """Unique n-grams over all n-grams of the (whitespace-tokenised, lowercased) texts."""
-    grams = [tuple(t[i:i + n]) for t in (s.lower().split() for s in texts) for i in range(len(t) - n + 1)]
+    grams = [tuple(t[i : i + n]) for t in (s.lower().split() for s in texts) for i in range(len(t) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0

@@ -1,8 +1,8 @@
 """The paper's summary figures (../shared/PAPER.md) with bootstrap confidence intervals.
 
-    collapse(m)        = D(base) - D(m)
-    collapse reduction = collapse(SFT) / collapse(AAT)
-    gap closed         = (D(AAT) - D(SFT)) / (D(base) - D(SFT))
+collapse(m)        = D(base) - D(m)
+collapse reduction = collapse(SFT) / collapse(AAT)
+gap closed         = (D(AAT) - D(SFT)) / (D(base) - D(SFT))
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
     """
     b, s, a = (np.asarray(per_prompt[v], dtype=float) for v in ("base", "sft", "aat"))
     point = {"base": b.mean(), "sft": s.mean(), "aat": a.mean()}
-    out = {"collapse": {"sft": point["base"] - point["sft"], "aat": point["base"] - point["aat"]},
-           "collapse_reduction": collapse_reduction(point["base"], point["sft"], point["aat"]),
-           "gap_closed": gap_closed(point["base"], point["sft"], point["aat"])}
+    out = {
+        "collapse": {"sft": point["base"] - point["sft"], "aat": point["base"] - point["aat"]},
+        "collapse_reduction": collapse_reduction(point["base"], point["sft"], point["aat"]),
+        "gap_closed": gap_closed(point["base"], point["sft"], point["aat"]),
+    }
     rng = np.random.default_rng(seed)
     cr, gc = [], []
     for _ in range(n_boot):
@@ -44,5 +46,7 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
     for name, vals in (("collapse_reduction", cr), ("gap_closed", gc)):
         v = np.asarray(vals, dtype=float)
         v = v[np.isfinite(v)]
-        out[name + "_ci95"] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+        out[name + "_ci95"] = (
+            [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+        )
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}

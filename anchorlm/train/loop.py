@@ -11,23 +11,53 @@ import json
 from pathlib import Path
 
 
-def train(model, tokenizer, dataset, collator, out_dir: str | Path, *, max_steps: int, batch_size: int,
-          lr: float, seed: int, warmup_ratio: float = 0.0, weight_decay: float = 0.0,
-          save_steps: int = 100, logging_steps: int = 10, report_to: str = "none", callbacks=()):
+def train(
+    model,
+    tokenizer,
+    dataset,
+    collator,
+    out_dir: str | Path,
+    *,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    warmup_ratio: float = 0.0,
+    weight_decay: float = 0.0,
+    save_steps: int = 100,
+    logging_steps: int = 10,
+    report_to: str = "none",
+    callbacks=(),
+):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(out_dir)
     ckpt = out / "checkpoints"
     args = TrainingArguments(
-        output_dir=str(ckpt), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=int(warmup_ratio * max_steps),
-        weight_decay=weight_decay, adam_beta2=0.95, max_grad_norm=1.0, save_steps=save_steps,
-        save_total_limit=2, logging_steps=logging_steps, seed=seed, data_seed=seed,
-        report_to=[] if report_to == "none" else [report_to], dataloader_num_workers=0,
-        save_only_model=False, remove_unused_columns=False, use_cpu=not _has_accelerator())
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                      callbacks=list(callbacks))
+        output_dir=str(ckpt),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(warmup_ratio * max_steps),
+        weight_decay=weight_decay,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        save_steps=save_steps,
+        save_total_limit=2,
+        logging_steps=logging_steps,
+        seed=seed,
+        data_seed=seed,
+        report_to=[] if report_to == "none" else [report_to],
+        dataloader_num_workers=0,
+        save_only_model=False,
+        remove_unused_columns=False,
+        use_cpu=not _has_accelerator(),
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks)
+    )
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))

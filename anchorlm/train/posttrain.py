@@ -1,10 +1,10 @@
 """Stage 5: post-train on SFT data, with `sft` or `anchored` masking.
 
-  sft       prompt || response                loss on the response only
-  anchored  prompt || annotation || response  loss masked on the prompt and the annotation, so SFT
-            teaches the writer Q*(y|x,z) and leaves the plan distribution R(z|x) as pretraining made
-            it. In a `value_mask_fraction` of examples only the tag values are masked: the keys and
-            delimiters stay in the loss and the model keeps the tag syntax.
+sft       prompt || response                loss on the response only
+anchored  prompt || annotation || response  loss masked on the prompt and the annotation, so SFT
+          teaches the writer Q*(y|x,z) and leaves the plan distribution R(z|x) as pretraining made
+          it. In a `value_mask_fraction` of examples only the tag values are masked: the keys and
+          delimiters stay in the loss and the model keeps the tag syntax.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from anchorlm.manifest import write_manifest
 IGNORE = -100
 
 
-def build_example(tok, ex: dict, method: str, value_only: bool = False,
-                  mask_annotation: bool = True) -> dict:
+def build_example(tok, ex: dict, method: str, value_only: bool = False, mask_annotation: bool = True) -> dict:
     """input_ids and labels (IGNORE where no loss) for one SFT example."""
     prompt = encode_prompt(tok, ex["instruction"])
     resp = encode_text(tok, ex["response"]) + [tok.convert_tokens_to_ids(EOS)]
@@ -73,8 +72,9 @@ class PadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def posttrain(cfg: PosttrainConfig, model_dir: str | Path, examples: list[dict], out_dir: str | Path,
-              callbacks=()) -> dict:
+def posttrain(
+    cfg: PosttrainConfig, model_dir: str | Path, examples: list[dict], out_dir: str | Path, callbacks=()
+) -> dict:
     """Post-train the model in `model_dir` on `examples`; saves to `out_dir`. Returns the manifest."""
     from transformers import AutoModelForCausalLM, set_seed
 
@@ -86,12 +86,33 @@ def posttrain(cfg: PosttrainConfig, model_dir: str | Path, examples: list[dict],
     set_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
-    _, history = train(model, tok, rows, PadCollator(tok.pad_token_id), out_dir, max_steps=steps,
-                       batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, warmup_ratio=0.05,
-                       save_steps=max(steps // 4, 10), logging_steps=max(steps // 10, 1),
-                       report_to=cfg.report_to, callbacks=callbacks)
+    _, history = train(
+        model,
+        tok,
+        rows,
+        PadCollator(tok.pad_token_id),
+        out_dir,
+        max_steps=steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        warmup_ratio=0.05,
+        save_steps=max(steps // 4, 10),
+        logging_steps=max(steps // 10, 1),
+        report_to=cfg.report_to,
+        callbacks=callbacks,
+    )
     losses = [h["loss"] for h in history if "loss" in h]
-    return write_manifest(out_dir, "posttrain", {**to_dict(cfg), "init": str(model_dir)}, {
-        "examples": len(rows), "dropped_too_long": len(examples) - len(rows), "steps": steps,
-        "value_only_examples": n_value_only,
-        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})
+    return write_manifest(
+        out_dir,
+        "posttrain",
+        {**to_dict(cfg), "init": str(model_dir)},
+        {
+            "examples": len(rows),
+            "dropped_too_long": len(examples) - len(rows),
+            "steps": steps,
+            "value_only_examples": n_value_only,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+        },
+    )

@@ -19,8 +19,9 @@ def collate_blocks(rows):
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-def pretrain(cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-             callbacks=()) -> dict:
+def pretrain(
+    cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, callbacks=()
+) -> dict:
     """Train on the blocks in `data_dir`; the model is saved to `out_dir`. Returns the manifest."""
     from datasets import load_from_disk
     from transformers import set_seed
@@ -32,17 +33,42 @@ def pretrain(cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Pat
     tok = load_tokenizer(tokenizer_dir)
     ds = load_from_disk(str(data_dir))
     if len(ds[0]["input_ids"]) != cfg.seq_len:
-        raise ValueError(f"{data_dir} holds blocks of {len(ds[0]['input_ids'])} tokens but "
-                         f"pretrain.seq_len is {cfg.seq_len}; re-run the tokenize stage")
+        raise ValueError(
+            f"{data_dir} holds blocks of {len(ds[0]['input_ids'])} tokens but "
+            f"pretrain.seq_len is {cfg.seq_len}; re-run the tokenize stage"
+        )
     set_seed(cfg.seed)
     model = build_model(cfg.model, tok, cfg.init_from)
     steps = cfg.token_budget // (cfg.batch_size * cfg.seq_len)
-    _, history = train(model, tok, ds, collate_blocks, out_dir, max_steps=steps, batch_size=cfg.batch_size,
-                       lr=cfg.lr, seed=cfg.seed, warmup_ratio=cfg.warmup_ratio,
-                       weight_decay=cfg.weight_decay, save_steps=cfg.save_steps,
-                       logging_steps=cfg.logging_steps, report_to=cfg.report_to, callbacks=callbacks)
+    _, history = train(
+        model,
+        tok,
+        ds,
+        collate_blocks,
+        out_dir,
+        max_steps=steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        save_steps=cfg.save_steps,
+        logging_steps=cfg.logging_steps,
+        report_to=cfg.report_to,
+        callbacks=callbacks,
+    )
     losses = [h["loss"] for h in history if "loss" in h]
-    return write_manifest(out_dir, "pretrain", to_dict(cfg), {
-        "steps": steps, "tokens": steps * cfg.batch_size * cfg.seq_len, "blocks_available": len(ds),
-        "epochs": round(steps * cfg.batch_size / len(ds), 3), "non_embedding_params": non_embedding_params(model),
-        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None})
+    return write_manifest(
+        out_dir,
+        "pretrain",
+        to_dict(cfg),
+        {
+            "steps": steps,
+            "tokens": steps * cfg.batch_size * cfg.seq_len,
+            "blocks_available": len(ds),
+            "epochs": round(steps * cfg.batch_size / len(ds), 3),
+            "non_embedding_params": non_embedding_params(model),
+            "first_loss": losses[0] if losses else None,
+            "final_loss": losses[-1] if losses else None,
+        },
+    )
