@@ -54,6 +54,7 @@ def plots(results: dict, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     names = list(results["variants"])
     v = results["variants"]
@@ -63,13 +64,17 @@ def plots(results: dict, out: Path) -> list[str]:
         ("embedding_distance", "vendi", "attribute_entropy"),
         ("mean pairwise cosine distance", "Vendi score", "attribute entropy (nats)"),
     ):
+        pp = results.get("per_prompt", {})
+        err = [1.96 * np.std(pp[n][key]) / np.sqrt(len(pp[n][key])) if n in pp else 0 for n in names]
         ax.bar(
             names,
             [v[n]["diversity"][key] for n in names],
+            yerr=err,
+            capsize=4,
             color=["#888", "#d62728", "#1f77b4", "#2ca02c"][: len(names)],
         )
         ax.set_title(title, fontsize=10)
-    fig.suptitle("Diversity per variant (higher is more diverse)")
+    fig.suptitle("Diversity per variant (higher is more diverse; bars: 95% CI over prompts)")
     fig.tight_layout()
     fig.savefig(out / "diversity.png", dpi=120)
     plt.close(fig)

@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,18 +27,25 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """The whole pipeline on configs/smoke.yaml, run once through the CLI as a user would."""
+    """The whole pipeline on configs/smoke.yaml, through the CLI as a user runs it, killed once.
+
+    The first run is killed with SIGKILL as soon as plain pretraining has written a checkpoint; the
+    second run must finish the job from there. `killed_at.txt` records the checkpoint.
+    """
     out = tmp_path_factory.mktemp("smoke")
-    cmd = [
-        sys.executable,
-        "-m",
-        "anchorlm.cli",
-        "demo",
-        "--config",
-        str(ROOT / "configs/smoke.yaml"),
-        "--out",
-        str(out),
-    ]
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", str(ROOT / "configs/smoke.yaml"),
+           "--out", str(out)]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = out / "models" / "base" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while first.poll() is None and time.monotonic() < deadline:
+        done = sorted(ckpts.glob("checkpoint-*/trainer_state.json")) if ckpts.exists() else []
+        if done:
+            first.send_signal(signal.SIGKILL)
+            (out / "killed_at.txt").write_text(done[0].parent.name)
+            break
+        time.sleep(0.2)
+    first.wait()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "stdout.txt").write_text(proc.stdout)

@@ -49,6 +49,15 @@ def test_anchored_samples_carry_their_annotation(smoke_run):
     assert all(r["annotation"] is None or all(":" in t for t in r["annotation"]) for r in rows)
 
 
+def test_the_killed_demo_resumed_from_its_checkpoint(smoke_run):
+    killed_at = (smoke_run / "killed_at.txt").read_text()
+    log = (smoke_run / "stdout.txt").read_text()
+    assert "tokenize (plain)" not in log  # finished stages are skipped
+    assert f"resuming from {smoke_run / 'models/base/checkpoints' / killed_at}" in log
+    manifest = json.loads((smoke_run / "models/base/manifest.json").read_text())
+    assert 0 < int(killed_at.split("-")[1]) < manifest["counts"]["steps"]
+
+
 def test_heldout_prompts_are_not_in_sft_data(smoke_run):
     train = {r["instruction"] for r in read_jsonl(smoke_run / "sft_data/train.jsonl")}
     evals = {r["prompt"] for r in read_jsonl(smoke_run / "sft_data/eval_prompts.jsonl")}

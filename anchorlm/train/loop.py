@@ -59,6 +59,8 @@ def train(
         model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks)
     )
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
+    if last:
+        print(f"resuming from {last}", flush=True)
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
