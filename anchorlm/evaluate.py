@@ -36,6 +36,15 @@ def _group_metrics(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict
     }
 
 
+def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
+    """The part of a response whose meaning is compared: no style wrapper, at most max_words words."""
+    if cfg.strip_style:
+        text = strip_style(sft, text)
+    if cfg.max_words:
+        text = " ".join(text.split(" ")[: cfg.max_words])
+    return text
+
+
 def evaluate(
     cfg: EvaluateConfig,
     sft: SFTDataConfig,
@@ -62,7 +71,7 @@ def evaluate(
         if not rows:
             raise ValueError(f"{path}: no samples")
         shown = [r["response"] for r in rows]
-        texts = [strip_style(sft, t) if cfg.strip_style else t for t in shown]
+        texts = [_for_diversity(t, cfg, sft) for t in shown]
         emb = embed(texts)
         labels = clf.predict(emb)
         groups = defaultdict(list)

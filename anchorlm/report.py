@@ -37,12 +37,13 @@ def table(results: dict) -> str:
     if "summary" in results:
         lines += [
             "",
-            "| metric | collapse SFT | collapse AAT | collapse reduction (95% CI) | gap closed (95% CI) |",
+            "| metric | collapse SFT (95% CI) | collapse AAT (95% CI) | collapse reduction (95% CI) | gap closed (95% CI) |",
             "|---|---:|---:|---:|---:|",
         ]
         for m, s in results["summary"].items():
             lines.append(
-                f"| {m} | {_fmt(s['collapse']['sft'])} | {_fmt(s['collapse']['aat'])} | "
+                f"| {m} | {_fmt(s['collapse']['sft'])}{_ci(s.get('collapse_ci95', {}), 'sft')} | "
+                f"{_fmt(s['collapse']['aat'])}{_ci(s.get('collapse_ci95', {}), 'aat')} | "
                 f"{_fmt(s['collapse_reduction'])}{_ci(s, 'collapse_reduction_ci95')} | "
                 f"{_fmt(s['gap_closed'])}{_ci(s, 'gap_closed_ci95')} |"
             )

@@ -65,3 +65,5 @@ def test_summary_figures_closed_form():
     assert lo < s["gap_closed"] < hi and hi - lo < 0.05
     lo, hi = s["collapse_reduction_ci95"]
     assert lo < s["collapse_reduction"] < hi
+    lo, hi = s["collapse_ci95"]["sft"]
+    assert lo < 0.6 < hi and hi - lo < 0.02

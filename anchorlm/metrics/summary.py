@@ -37,16 +37,22 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
         "gap_closed": gap_closed(point["base"], point["sft"], point["aat"]),
     }
     rng = np.random.default_rng(seed)
-    cr, gc = [], []
+    boot: dict[str, list] = {"collapse_sft": [], "collapse_aat": [], "collapse_reduction": [], "gap_closed": []}
     for _ in range(n_boot):
         idx = rng.integers(0, len(b), len(b))
         bb, ss, aa = b[idx].mean(), s[idx].mean(), a[idx].mean()
-        cr.append(collapse_reduction(bb, ss, aa))
-        gc.append(gap_closed(bb, ss, aa))
-    for name, vals in (("collapse_reduction", cr), ("gap_closed", gc)):
-        v = np.asarray(vals, dtype=float)
-        v = v[np.isfinite(v)]
-        out[name + "_ci95"] = (
-            [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
-        )
+        boot["collapse_sft"].append(bb - ss)
+        boot["collapse_aat"].append(bb - aa)
+        boot["collapse_reduction"].append(collapse_reduction(bb, ss, aa))
+        boot["gap_closed"].append(gap_closed(bb, ss, aa))
+    ci = {name: _percentile_ci(vals) for name, vals in boot.items()}
+    out["collapse_ci95"] = {"sft": ci["collapse_sft"], "aat": ci["collapse_aat"]}
+    out["collapse_reduction_ci95"] = ci["collapse_reduction"]
+    out["gap_closed_ci95"] = ci["gap_closed"]
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def _percentile_ci(vals: list) -> list[float] | None:
+    v = np.asarray(vals, dtype=float)
+    v = v[np.isfinite(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
