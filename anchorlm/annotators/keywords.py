@@ -55,7 +55,7 @@ class KeywordAnnotator:
     def __init__(self, k: int = 2, extras: tuple = ("entity", "style", "length")):
         self.k = k
         self.extras = tuple(extras)
-        self.idf: dict[str, float] = {}
+        self.idf: dict[str, float] | None = None  # set by fit() or load_state()
 
     def fit(self, docs, text_field):
         df = Counter()
@@ -88,6 +88,6 @@ class KeywordAnnotator:
         return tags
 
     def annotate(self, items):
-        if not self.idf:
+        if self.idf is None:
             raise RuntimeError("KeywordAnnotator.fit() (or load_state) must run before annotate()")
         return [self.tags(text) for _, text in items]
