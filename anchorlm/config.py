@@ -165,7 +165,9 @@ class EvaluateConfig:
     fluency_max_per_variant: int = f(128, "responses per variant scored for fluency (0 = all)")
     classifier_docs_per_category: int = f(120, "corpus docs per category to train the attribute classifier")
     strip_style: bool = f(True, "remove the SFT style opener/closer before diversity metrics")
-    max_words: int = f(0, "compare at most this many words of each response (0 = all), so length differs less")
+    max_words: int = f(
+        0, "compare at most this many words of each response (0 = all), so length differs less"
+    )
     bootstrap: int = f(1000, "bootstrap resamples over prompts for confidence intervals")
     seed: int = f(0, "seed for the bootstrap and the classifier")
 

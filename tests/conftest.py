@@ -33,8 +33,16 @@ def smoke_run(tmp_path_factory) -> Path:
     second run must finish the job from there. `killed_at.txt` records the checkpoint.
     """
     out = tmp_path_factory.mktemp("smoke")
-    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", str(ROOT / "configs/smoke.yaml"),
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "anchorlm.cli",
+        "demo",
+        "--config",
+        str(ROOT / "configs/smoke.yaml"),
+        "--out",
+        str(out),
+    ]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = out / "models" / "base" / "checkpoints"
     deadline = time.monotonic() + 600

@@ -37,7 +37,12 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
         "gap_closed": gap_closed(point["base"], point["sft"], point["aat"]),
     }
     rng = np.random.default_rng(seed)
-    boot: dict[str, list] = {"collapse_sft": [], "collapse_aat": [], "collapse_reduction": [], "gap_closed": []}
+    boot: dict[str, list] = {
+        "collapse_sft": [],
+        "collapse_aat": [],
+        "collapse_reduction": [],
+        "gap_closed": [],
+    }
     for _ in range(n_boot):
         idx = rng.integers(0, len(b), len(b))
         bb, ss, aa = b[idx].mean(), s[idx].mean(), a[idx].mean()

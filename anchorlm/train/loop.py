@@ -28,7 +28,8 @@ def train(
     logging_steps: int = 10,
     report_to: str = "none",
     callbacks=(),
-):
+) -> dict:
+    """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -66,7 +67,8 @@ def train(
     tokenizer.save_pretrained(str(out))
     history = trainer.state.log_history
     (out / "log_history.json").write_text(json.dumps(history, indent=1))
-    return trainer, history
+    losses = [h["loss"] for h in history if "loss" in h]
+    return {"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
 
 
 def _has_accelerator() -> bool:

@@ -86,7 +86,7 @@ def posttrain(
     set_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
-    _, history = train(
+    losses = train(
         model,
         tok,
         rows,
@@ -102,7 +102,6 @@ def posttrain(
         report_to=cfg.report_to,
         callbacks=callbacks,
     )
-    losses = [h["loss"] for h in history if "loss" in h]
     return write_manifest(
         out_dir,
         "posttrain",
@@ -112,7 +111,6 @@ def posttrain(
             "dropped_too_long": len(examples) - len(rows),
             "steps": steps,
             "value_only_examples": n_value_only,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
+            **losses,
         },
     )

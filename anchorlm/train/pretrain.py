@@ -40,7 +40,7 @@ def pretrain(
     set_seed(cfg.seed)
     model = build_model(cfg.model, tok, cfg.init_from)
     steps = cfg.token_budget // (cfg.batch_size * cfg.seq_len)
-    _, history = train(
+    losses = train(
         model,
         tok,
         ds,
@@ -57,7 +57,6 @@ def pretrain(
         report_to=cfg.report_to,
         callbacks=callbacks,
     )
-    losses = [h["loss"] for h in history if "loss" in h]
     return write_manifest(
         out_dir,
         "pretrain",
@@ -68,7 +67,6 @@ def pretrain(
             "blocks_available": len(ds),
             "epochs": round(steps * cfg.batch_size / len(ds), 3),
             "non_embedding_params": non_embedding_params(model),
-            "first_loss": losses[0] if losses else None,
-            "final_loss": losses[-1] if losses else None,
+            **losses,
         },
     )
