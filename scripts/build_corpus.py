@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-PACKAGES = ["fortunes", "jargon-text", "bible-kjv-text", "bible-kjv"]
+PACKAGES = ["fortunes", "fortunes-min", "fortunes-bofh-excuses", "jargon-text", "bible-kjv-text", "bible-kjv"]
 HELDOUT_PERCENT = 5
 
 BIBLE_GROUPS = {
@@ -145,7 +145,8 @@ def main() -> None:
             subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
         docs = [*fortunes(root), *jargon(root), *bible(root)]
     n_bytes = 0
-    with gzip.GzipFile(args.out, "wb", mtime=0) as f:
+    # a fixed name and time in the gzip header: the same bytes wherever the output is written
+    with open(args.out, "wb") as raw, gzip.GzipFile("corpus.jsonl", "wb", fileobj=raw, mtime=0) as f:
         for d in docs:
             d["split"] = split_of(d["id"])
             n_bytes += len(d["text"].encode())
