@@ -7,7 +7,8 @@ unpacks them, and the Bible text is read with the package's own `bible` program.
 byte-for-byte reproducible from the same package versions (see data/README.md).
 
 Documents and categories:
-  * fortunes (BSD licence): one document per fortune cookie, category = the cookie file (40 files);
+  * fortunes, fortunes-min (BSD licence), fortunes-bofh-excuses (public domain): one document per
+    fortune cookie, category = the cookie file (44 files);
   * jargon-text (public domain): one document per Jargon File entry, category `jargon`;
   * bible-kjv-text (public domain text): one document per chapter, category = a group of books
     (`bible-law`, `bible-history`, `bible-wisdom`, `bible-prophets`, `bible-gospels`, `bible-letters`).
