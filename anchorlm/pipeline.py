@@ -21,6 +21,26 @@ VARIANTS = {  # variant -> (model dir under models/, anchored sampling)
 }
 
 
+# Stages whose outputs are reused on a rerun; `evaluate` always runs again, so it may change.
+REUSED_SECTIONS = ("corpus", "annotate", "tokenizer", "pretrain", "sft_data", "posttrain", "sample")
+
+
+def _check_same_config(out: Path, cfg: PipelineConfig) -> None:
+    """Refuse to finish a run in `out` that was started with another config: its finished stages
+    would be reused silently."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = json.loads(json.dumps(to_dict(cfg)))
+    changed = [k for k in REUSED_SECTIONS if old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(
+            f"{out} holds a run made with another config (changed: {', '.join(changed)}); "
+            "use a new --out or delete that directory"
+        )
+
+
 def _log(msg: str) -> None:
     print(f"[anchorlm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -39,6 +59,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_config(out, cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.time()
 
@@ -82,8 +103,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             sample(cfg.sample, out / "models" / model, prompts, samples[variant], anchored)
     _log("evaluate")
     results = evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, out / "eval" / "metrics.json")
-    results["pipeline"] = {"minutes": round((time.time() - t0) / 60, 2), "out_dir": str(out)}
+    minutes = round((time.time() - t0) / 60, 2)
+    results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(out)}
     table = write_report(results, out, title=f"anchorlm demo ({out})")
-    _log(f"done in {results['pipeline']['minutes']} min; report: {out / 'report.md'}")
+    _log(f"done in {minutes} min; report: {out / 'report.md'}")
     print(table)
     return results

@@ -92,3 +92,30 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, tmp_p
     for v in before["variants"]:
         for m, x in before["variants"][v]["diversity"].items():
             assert math.isclose(x, after["variants"][v]["diversity"][m], rel_tol=1e-6), (v, m)
+
+
+def test_rerun_with_another_config_is_refused(smoke_run):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "anchorlm.cli",
+            "demo",
+            "--config",
+            "configs/smoke.yaml",
+            "--out",
+            str(smoke_run),
+            "--set",
+            "pretrain.lr=0.001",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "another config (changed: pretrain)" in proc.stderr
