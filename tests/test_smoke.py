@@ -2,6 +2,10 @@
 
 import json
 import math
+import subprocess
+import sys
+
+from conftest import ROOT
 
 from anchorlm.data.sft import read_jsonl
 
@@ -64,28 +68,14 @@ def test_heldout_prompts_are_not_in_sft_data(smoke_run):
     assert evals and not train & evals
 
 
-def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, tmp_path):
-    import subprocess
-    import sys
+def _demo_again(out, *extra):
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "configs/smoke.yaml", "--out", str(out)]
+    return subprocess.run([*cmd, *extra], cwd=ROOT, capture_output=True, text=True)
 
-    from conftest import ROOT
 
+def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run):
     before = json.loads((smoke_run / "results.json").read_text())
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "anchorlm.cli",
-            "demo",
-            "--config",
-            "configs/smoke.yaml",
-            "--out",
-            str(smoke_run),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = _demo_again(smoke_run)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pretrain" not in proc.stdout and "post-train" not in proc.stdout
     after = json.loads((smoke_run / "results.json").read_text())
@@ -95,27 +85,6 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, tmp_p
 
 
 def test_rerun_with_another_config_is_refused(smoke_run):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "anchorlm.cli",
-            "demo",
-            "--config",
-            "configs/smoke.yaml",
-            "--out",
-            str(smoke_run),
-            "--set",
-            "pretrain.lr=0.001",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    proc = _demo_again(smoke_run, "--set", "pretrain.lr=0.001")
     assert proc.returncode == 1
     assert "another config (changed: pretrain)" in proc.stderr
