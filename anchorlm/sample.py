@@ -75,12 +75,16 @@ def sample(
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     t = tok.convert_tokens_to_ids
     open_id, close_id, eos_id = t(ANN_OPEN), t(ANN_CLOSE), t(EOS)
-    jobs = [(seed, p, k) for seed in cfg.seeds for p in prompts for k in range(cfg.n_samples)]
+    batches = []  # batches never mix seeds, so each seed's samples depend on that seed alone
+    for seed in cfg.seeds:
+        jobs = [(seed, p, k) for p in prompts for k in range(cfg.n_samples)]
+        batches += [jobs[s : s + cfg.batch_size] for s in range(0, len(jobs), cfg.batch_size)]
     results = []
-    bar = tqdm(total=len(jobs), desc=f"sample ({'anchored' if anchored else 'plain'})", unit="sample")
-    for s in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[s : s + cfg.batch_size]
-        if s == 0 or batch[0][0] != jobs[s - 1][0]:
+    bar = tqdm(
+        total=sum(map(len, batches)), desc=f"sample ({'anchored' if anchored else 'plain'})", unit="sample"
+    )
+    for i, batch in enumerate(batches):
+        if i == 0 or batch[0][0] != batches[i - 1][0][0]:
             torch.manual_seed(batch[0][0])
         seqs = [encode_prompt(tok, p["prompt"]) for _, p, _ in batch]
         anns = [None] * len(batch)
