@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from anchorlm.annotators import get_annotator
+from anchorlm.annotators import annotate_all, get_annotator
 from anchorlm.config import AnnotateConfig, CorpusConfig, to_dict
 from anchorlm.data.corpus import CorpusStats, chunk_text, read_corpus
 from anchorlm.manifest import write_manifest
@@ -78,10 +78,7 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
         for s in range(done, len(docs), DOCS_PER_BATCH):
             batch = docs[s : s + DOCS_PER_BATCH]
             items = [(d, c) for d in batch for c in chunk_text(d[corpus.text_field], cfg.max_chunk_chars)]
-            tags = [[] for _ in items]
-            for a in annotators:
-                for t, new in zip(tags, a.annotate(items)):
-                    t.extend(new)
+            tags = annotate_all(annotators, items)
             k = 0
             for d in batch:
                 n = len(chunk_text(d[corpus.text_field], cfg.max_chunk_chars))

@@ -85,7 +85,7 @@ def test_openai_backend_retries_errors_and_malformed_answers(server):
     a = LLMAnnotator(cfg)
     assert a.annotate([({}, "Bread and butter.")]) == [["topic:food", "entity:Bread"]]
     assert len(_Server.seen) == 3 and _Server.seen[0]["model"] == "test-model"
-    assert "Bread and butter." in _Server.seen[0]["messages"][0]["content"]
+    assert _Server.seen[0]["messages"][-1] == {"role": "user", "content": "Text: Bread and butter."}
     assert a.failures == 0
     _Server.script = [(200, "nope")] * 2
     a2 = LLMAnnotator(LLMAnnotatorConfig(backend="openai", base_url=cfg.base_url, max_retries=1))
@@ -112,8 +112,17 @@ def test_local_transformers_backend_with_packaged_smollm2():
             ({}, "Bread, butter and a little salt make a fine supper."),
         ]
     )
-    assert len(out) == 2
-    # a small model may fail to follow the format; whatever it returns must have parsed cleanly
+    assert len(out) == 2 and a.failures == sum(t == [] for t in out)
+    # the 135M model does not always keep the format; the few-shot prompt gets it to at least once
+    assert a.failures < 2
     for tags in out:
-        assert tags == [] or parse_tags(" ".join(tags)) == tags
-    assert a.failures == sum(t == [] for t in out)
+        assert tags == [] or (parse_tags(" ".join(tags)) == tags and tags[0].startswith("topic:"))
+
+
+def test_annotators_combine_in_order_without_repeats():
+    from anchorlm.annotators import annotate_all
+
+    first = MetadataAnnotator({"topic": "category"})
+    second = MetadataAnnotator({"topic": "category", "domain": "source"})
+    items = [({"category": "food", "source": "fortunes"}, "x")]
+    assert annotate_all([first, second], items) == [["topic:food", "domain:fortunes"]]

@@ -38,3 +38,12 @@ def get_annotator(name: str, cfg: AnnotateConfig) -> Annotator:
 
         return LLMAnnotator(cfg.llm)
     raise ValueError(f"unknown annotator {name!r}; choose metadata, keywords or llm")
+
+
+def annotate_all(annotators: list[Annotator], items: list[tuple[dict, str]]) -> list[list[str]]:
+    """Each annotator's tags for each item, in annotator order, without repeating a tag."""
+    tags: list[list[str]] = [[] for _ in items]
+    for a in annotators:
+        for t, new in zip(tags, a.annotate(items)):
+            t.extend(x for x in new if x not in t)
+    return tags

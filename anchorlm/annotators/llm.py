@@ -16,14 +16,32 @@ from concurrent.futures import ThreadPoolExecutor
 from anchorlm.config import LLMAnnotatorConfig
 from anchorlm.format import parse_tags
 
-PROMPT = (
-    "Write 2 to 4 tags that describe the text below, in the form key:value, on one line, "
-    "separated by spaces. Keys: topic, entity, style, sentiment. Use underscores instead of "
-    "spaces inside a value. Answer with the tags only.\n"
-    "Example answer: topic:astronomy entity:Galileo style:anecdote sentiment:positive\n\n"
-    "Text:\n{text}"
+SYSTEM = (
+    "You label texts with 2 to 4 tags of the form key:value, on one line, separated by spaces. "
+    "Keys: topic, entity, style, sentiment. Values use underscores instead of spaces. "
+    "Answer with the tags only."
 )
+# Two worked examples: small instruct models (SmolLM2-135M) echo the text without them.
+SHOTS = [
+    (
+        "Galileo pointed his telescope at Jupiter and saw four small moons.",
+        "topic:astronomy entity:Galileo style:anecdote sentiment:neutral",
+    ),
+    (
+        "I love rainy Sundays with a pot of tea and a good book.",
+        "topic:leisure style:personal sentiment:positive",
+    ),
+]
+PREFILL = "topic:"  # local models start their answer here, so the format is never in doubt
 MAX_TEXT_CHARS = 600
+
+
+def messages(text: str) -> list[dict]:
+    """The chat: instructions, two worked examples, then the text to tag."""
+    out = [{"role": "system", "content": SYSTEM}]
+    for x, y in SHOTS:
+        out += [{"role": "user", "content": "Text: " + x}, {"role": "assistant", "content": y}]
+    return out + [{"role": "user", "content": "Text: " + text[:MAX_TEXT_CHARS]}]
 
 
 def parse_answer(answer: str) -> list[str] | None:
@@ -49,20 +67,20 @@ class LLMAnnotator:
         pass
 
     def annotate(self, items):
-        prompts = [PROMPT.format(text=text[:MAX_TEXT_CHARS]) for _, text in items]
+        prompts = [messages(text) for _, text in items]
         if self.cfg.backend == "openai":
             with ThreadPoolExecutor(self.cfg.concurrency) as pool:
                 return list(pool.map(self._ask_http, prompts))
         return self._ask_local(prompts)
 
     # --- OpenAI-compatible endpoint -------------------------------------------------------
-    def _post(self, prompt: str, temperature: float) -> str:
+    def _post(self, prompt: list[dict], temperature: float) -> str:
         body = json.dumps(
             {
                 "model": self.cfg.model,
                 "temperature": temperature,
                 "max_tokens": self.cfg.max_new_tokens,
-                "messages": [{"role": "user", "content": prompt}],
+                "messages": prompt,
             }
         ).encode()
         req = urllib.request.Request(
@@ -73,7 +91,7 @@ class LLMAnnotator:
         with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
             return json.loads(r.read())["choices"][0]["message"]["content"]
 
-    def _ask_http(self, prompt: str) -> list[str]:
+    def _ask_http(self, prompt: list[dict]) -> list[str]:
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
             try:
@@ -94,7 +112,7 @@ class LLMAnnotator:
         return []
 
     # --- local transformers model ---------------------------------------------------------
-    def _ask_local(self, prompts: list[str]) -> list[list[str]]:
+    def _ask_local(self, prompts: list[list[dict]]) -> list[list[str]]:
         import torch
 
         if self._model is None:
@@ -123,13 +141,13 @@ class LLMAnnotator:
                         pad_token_id=self._tok.pad_token_id,
                     )
                 for i, row in zip(idx, gen[:, enc["input_ids"].shape[1] :]):
-                    out[i] = parse_answer(self._tok.decode(row, skip_special_tokens=True))
+                    out[i] = parse_answer(PREFILL + self._tok.decode(row, skip_special_tokens=True))
         self.failures += sum(t is None for t in out)
         return [t or [] for t in out]
 
-    def _chat(self, prompt: str) -> str:
+    def _chat(self, msgs: list[dict]) -> str:
         if self._tok.chat_template:
-            return self._tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        return prompt + "\n"
+            text = self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in msgs[:-1]) + "\n\n" + msgs[-1]["content"] + "\nTags: "
+        return text + PREFILL

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from anchorlm.annotators import get_annotator
+from anchorlm.annotators import annotate_all, get_annotator
 from anchorlm.config import AnnotateConfig, CorpusConfig, SFTDataConfig, to_dict
 from anchorlm.data.corpus import read_corpus
 from anchorlm.manifest import write_manifest
@@ -138,10 +138,7 @@ def build_sft_data(
 
     picks = [pool[rng.randrange(len(pool))] for _ in range(cfg.n_examples)]
     items = [(d, d[corpus.text_field].strip()) for d in picks]
-    tags = [[] for _ in items]
-    for a in annotators:
-        for t, new in zip(tags, a.annotate(items)):
-            t.extend(new)
+    tags = annotate_all(annotators, items)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.jsonl", "w", encoding="utf-8") as fh:
