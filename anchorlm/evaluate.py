@@ -45,6 +45,24 @@ def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
     return text
 
 
+def read_samples(samples: dict[str, str | Path]) -> dict[str, list[dict]]:
+    """Each variant's sample rows, checked: every row has a prompt_id and a string response, and
+    base, sft and aat (which the summary pairs prompt by prompt) cover the same prompts."""
+    loaded = {}
+    for name, path in samples.items():
+        rows = read_jsonl(path)
+        if not rows:
+            raise ValueError(f"{path}: no samples")
+        for i, r in enumerate(rows, 1):
+            if not isinstance(r.get("response"), str) or "prompt_id" not in r:
+                raise ValueError(f"{path}:{i}: a sample needs 'prompt_id' and a string 'response'")
+        loaded[name] = rows
+    ids = {v: {str(r["prompt_id"]) for r in loaded[v]} for v in ("base", "sft", "aat") if v in loaded}
+    if len(ids) == 3 and not ids["base"] == ids["sft"] == ids["aat"]:
+        raise ValueError("the base, sft and aat samples must cover the same prompts: the summary pairs them")
+    return loaded
+
+
 def evaluate(
     cfg: EvaluateConfig,
     sft: SFTDataConfig,
@@ -56,6 +74,7 @@ def evaluate(
     from anchorlm.metrics.classifier import AttributeClassifier
     from anchorlm.models import load_causal_lm, load_embedder
 
+    loaded = read_samples(samples)  # bad input fails here, before any model is loaded
     embedder = load_embedder(cfg.embedder)
 
     def embed(texts):
@@ -66,17 +85,14 @@ def evaluate(
     ref_model, ref_tok = load_causal_lm(cfg.reference_lm)
 
     variants, per_prompt = {}, {}
-    for name, path in samples.items():
-        rows = read_jsonl(path)
-        if not rows:
-            raise ValueError(f"{path}: no samples")
+    for name, rows in loaded.items():
         shown = [r["response"] for r in rows]
         texts = [_for_diversity(t, cfg, sft) for t in shown]
         emb = embed(texts)
         labels = clf.predict(emb)
         groups = defaultdict(list)
         for i, r in enumerate(rows):
-            groups[(r["prompt_id"], r["seed"])].append(i)
+            groups[(r["prompt_id"], r.get("seed", 0))].append(i)
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             by_prompt[pid].append(_group_metrics([texts[i] for i in idx], emb[idx], [labels[i] for i in idx]))

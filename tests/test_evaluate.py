@@ -1,0 +1,24 @@
+import json
+
+import pytest
+
+from anchorlm.evaluate import read_samples
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_samples_must_have_prompt_and_response(tmp_path):
+    p = _write(tmp_path / "s.jsonl", [{"prompt_id": 0, "response": "ok"}, {"prompt_id": 0}])
+    with pytest.raises(ValueError, match=r"s.jsonl:2: a sample needs"):
+        read_samples({"base": p})
+
+
+def test_variants_must_cover_the_same_prompts(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [{"prompt_id": 0, "response": "x"}, {"prompt_id": 1, "response": "y"}])
+    b = _write(tmp_path / "b.jsonl", [{"prompt_id": 0, "response": "x"}])
+    with pytest.raises(ValueError, match="same prompts"):
+        read_samples({"base": a, "sft": a, "aat": b})
+    assert len(read_samples({"base": a, "sft": a, "aat": a})["aat"]) == 2
