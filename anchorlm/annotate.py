@@ -77,18 +77,16 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
     ):
         for s in range(done, len(docs), DOCS_PER_BATCH):
             batch = docs[s : s + DOCS_PER_BATCH]
-            items = [(d, c) for d in batch for c in chunk_text(d[corpus.text_field], cfg.max_chunk_chars)]
-            tags = annotate_all(annotators, items)
-            k = 0
-            for d in batch:
-                n = len(chunk_text(d[corpus.text_field], cfg.max_chunk_chars))
+            chunks = [chunk_text(d[corpus.text_field], cfg.max_chunk_chars) for d in batch]
+            items = [(d, c) for d, cs in zip(batch, chunks) for c in cs]
+            tags = iter(annotate_all(annotators, items))
+            for d, cs in zip(batch, chunks):
                 row = {
                     "id": d["id"],
                     "category": d.get(corpus.category_field),
-                    "chunks": [{"text": items[k + j][1], "tags": tags[k + j]} for j in range(n)],
+                    "chunks": [{"text": c, "tags": next(tags)} for c in cs],
                 }
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                k += n
             n_chunks += len(items)
             fh.flush()
             bar.update(len(batch))

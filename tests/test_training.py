@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from anchorlm.config import ModelConfig, PretrainConfig
 from anchorlm.data.pack import pack
@@ -41,17 +42,11 @@ def _weights(path):
     return {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(str(path)).state_dict().items()}
 
 
-class _Kill:
+class _Kill(TrainerCallback):
     """Raise after the first checkpoint is written, as a kill would stop the run."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
-
-        class K(TrainerCallback):
-            def on_save(self, args, state, control, **kw):
-                raise KeyboardInterrupt("killed after a checkpoint")
-
-        return K()
+    def on_save(self, args, state, control, **kw):
+        raise KeyboardInterrupt("killed after a checkpoint")
 
 
 def test_pretraining_loss_falls_and_same_seed_same_weights(blocks, tmp_path):
