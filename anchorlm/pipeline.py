@@ -7,6 +7,7 @@ so an interrupted demo continues where it stopped (training resumes from its las
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     for method, init, name in (("sft", "base", "sft"), ("anchored", "annotated", "aat")):
         if not is_done(out / "models" / name):
             _log(f"post-train ({method})")
-            pcfg = type(cfg.posttrain)(**{**to_dict(cfg.posttrain), "method": method})
+            pcfg = dataclasses.replace(cfg.posttrain, method=method)
             posttrain(pcfg, out / "models" / init, examples, out / "models" / name)
     samples = {}
     for variant, (model, anchored) in VARIANTS.items():
