@@ -28,6 +28,7 @@ def train(
     logging_steps: int = 10,
     report_to: str = "none",
     callbacks=(),
+    compute_loss_func=None,
 ) -> dict:
     """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss."""
     from transformers import Trainer, TrainingArguments
@@ -55,9 +56,15 @@ def train(
         save_only_model=False,
         remove_unused_columns=False,
         use_cpu=not _has_accelerator(),
+        bf16=_bf16(),  # bf16 mixed precision on a GPU that has it; fp32 on the CPU
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=list(callbacks)
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=list(callbacks),
+        compute_loss_func=compute_loss_func,
     )
     last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
     if last:
@@ -75,3 +82,9 @@ def _has_accelerator() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
