@@ -137,12 +137,22 @@ class PosttrainConfig:
     max_len: int = f(256, "longest example in tokens (longer ones are dropped)")
     value_mask_fraction: float = f(0.003, "anchored: fraction of examples with only tag values masked")
     mask_annotation: bool = f(True, "anchored: mask the annotation from the loss (the method)")
+    loss: str = f("ce", "'ce' (cross-entropy) or 'gem' (GEM, Li et al. 2025: entropy-regularised)")
+    gem_beta: float = f(0.7, "GEM's temperature beta (< 1 keeps more entropy; 1 = CE's gradient)")
+    replay_fraction: float = f(0.0, "add this many pretraining chunks per SFT example, trained as plain text")
+    replay_max_chars: int = f(300, "replayed chunks are cut to this many characters")
     seed: int = f(0, "training seed")
     report_to: str = f("none", "trainer logging integrations: none, tensorboard, wandb")
 
     def __post_init__(self):
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")
+        if self.loss not in ("ce", "gem"):
+            raise ValueError(f"posttrain.loss must be 'ce' or 'gem', not {self.loss!r}")
+        if not 0 < self.gem_beta <= 1:
+            raise ValueError("posttrain.gem_beta must be in (0, 1]")
+        if self.replay_fraction < 0:
+            raise ValueError("posttrain.replay_fraction must be >= 0")
         if not 0 <= self.value_mask_fraction <= 1:
             raise ValueError("posttrain.value_mask_fraction must be in [0, 1]")
 
@@ -156,6 +166,16 @@ class SampleConfig:
     max_annotation_tokens: int = f(24, "annotation tokens at most (anchored); then it is closed")
     batch_size: int = f(64, "sequences per generate() call")
     seeds: list = f([0], "sampling seeds; each draws n_samples per prompt")
+    anchors: str = f(
+        "iid", "anchored: 'iid' (one annotation per sample) or 'stratified' (choose N from a pool to cover)"
+    )
+    anchor_pool: int = f(4, "stratified: annotations drawn per sample wanted, to choose from")
+
+    def __post_init__(self):
+        if self.anchors not in ("iid", "stratified"):
+            raise ValueError(f"sample.anchors must be 'iid' or 'stratified', not {self.anchors!r}")
+        if self.anchor_pool < 1:
+            raise ValueError("sample.anchor_pool must be >= 1")
 
 
 @dataclass
@@ -233,3 +253,66 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+@dataclass
+class ReproduceConfig:
+    """`anchorlm reproduce`: the paper's findings as a study of cells (anchorlm.reproduce)."""
+
+    out_dir: str = f("runs/reproduce", "where every cell (model, samples, scores) is cached")
+    docs_dir: str = f("docs", "where results.md, results.json and the plots are written")
+    title: str = f("anchorlm reproduction", "heading of results.md")
+    base: PipelineConfig = field(default_factory=PipelineConfig)
+    sizes: list = f([], "model sizes: {name, hidden_size, num_layers, num_heads, intermediate_size}")
+    tokens_per_param: float = f(2.0, "pretraining tokens per model parameter (embeddings included)")
+    seeds: list = f(
+        [0, 1, 2], "run seeds of the scaling study: each seeds pretraining, post-training, sampling"
+    )
+    focus_size: str = f("", "size for ablations, stratified sampling, entropy study, frontier ('' = largest)")
+    ablation_seeds: list = f([0, 1, 2], "run seeds of the ablations and of stratified sampling")
+    entropy_categories: list = f([], "categories in the order the entropy study adds them")
+    entropy_counts: list = f(
+        [1, 2, 4, 8, 16], "SFT sets drawn from the first k categories, all of equal size"
+    )
+    entropy_seeds: list = f([0], "run seeds of the entropy study")
+    temperatures: list = f([0.6, 0.8, 1.0, 1.2, 1.4], "sampling temperatures of the frontier")
+    frontier_seeds: list = f([0], "run seeds of the frontier")
+    gem_beta: float = f(0.7, "GEM baseline's beta")
+    replay_fraction: float = f(0.5, "replay baseline: pretraining chunks per SFT example")
+    diagnostics: list = f([], "extra anchored variants at the focus size: {name, posttrain: {...}}")
+
+    def __post_init__(self):
+        if isinstance(self.base, dict):
+            self.base = build(PipelineConfig, self.base, "base")
+        names = []
+        for i, s in enumerate(self.sizes):
+            if not isinstance(s, dict) or "name" not in s:
+                raise ValueError(f"sizes[{i}] must be a mapping with a 'name' and model fields")
+            build(ModelConfig, {k: v for k, v in s.items() if k != "name"}, f"sizes[{i}]")
+            names.append(s["name"])
+        if len(set(names)) != len(names):
+            raise ValueError(f"sizes: names must be distinct, got {names}")
+        if self.focus_size and self.focus_size not in names:
+            raise ValueError(f"focus_size {self.focus_size!r} is not one of sizes {names}")
+        if max(self.entropy_counts, default=0) > len(self.entropy_categories):
+            raise ValueError("entropy_counts asks for more categories than entropy_categories lists")
+        for i, d in enumerate(self.diagnostics):
+            if not isinstance(d, dict) or "name" not in d:
+                raise ValueError(f"diagnostics[{i}] must be a mapping with a 'name'")
+
+
+def load_reproduce_config(path: str | Path, overrides: list[str] = ()) -> ReproduceConfig:
+    """Load a reproduce recipe; overrides as in `load_config` (e.g. ``seeds=[0]``)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    for o in overrides:
+        if "=" not in o:
+            raise ValueError(f"override {o!r} must look like field=value or base.section.field=value")
+        k, v = o.split("=", 1)
+        set_path(data, k.strip(), yaml.safe_load(v))
+    try:
+        return build(ReproduceConfig, data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e

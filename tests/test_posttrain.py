@@ -60,3 +60,22 @@ def test_collator_pads_with_ignored_labels(tiny_tokenizer):
     assert batch["input_ids"].shape == (2, n)
     assert batch["attention_mask"][1].tolist() == [1] * k + [0] * (n - k)
     assert batch["labels"][1, k:].tolist() == [IGNORE] * (n - k)
+
+
+def test_replay_rows_are_plain_text_with_full_loss(tiny_tokenizer):
+    import pytest
+
+    from anchorlm.config import PosttrainConfig
+    from anchorlm.format import EOS
+    from anchorlm.train.posttrain import replay_rows
+
+    cfg = PosttrainConfig(replay_fraction=0.5, replay_max_chars=40, max_len=32)
+    rows = replay_rows(tiny_tokenizer, ["a first document " * 20, "another one"], 6, cfg)
+    assert len(rows) == 6
+    eos = tiny_tokenizer.convert_tokens_to_ids(EOS)
+    for r in rows:
+        assert r["labels"] == r["input_ids"] and len(r["input_ids"]) <= 32
+        assert r["input_ids"][-1] == eos or len(r["input_ids"]) == 32
+    assert rows == replay_rows(tiny_tokenizer, ["a first document " * 20, "another one"], 6, cfg)
+    with pytest.raises(ValueError, match="replay"):
+        replay_rows(tiny_tokenizer, [], 2, cfg)

@@ -5,6 +5,10 @@ anchored  prompt || annotation || response  loss masked on the prompt and the an
           teaches the writer Q*(y|x,z) and leaves the plan distribution R(z|x) as pretraining made
           it. In a `value_mask_fraction` of examples only the tag values are masked: the keys and
           delimiters stay in the loss and the model keeps the tag syntax.
+
+Two baselines from the diversity literature work with either method: `loss: gem` replaces the
+cross-entropy with GEM (anchorlm.train.gem), and `replay_fraction` mixes pretraining text, trained as
+plain language modelling, into the SFT data.
 """
 
 from __future__ import annotations
@@ -53,6 +57,21 @@ def build_dataset(tok, examples: list[dict], cfg: PosttrainConfig) -> tuple[list
     return rows, n_value_only
 
 
+def replay_rows(tok, texts: list[str], n: int, cfg: PosttrainConfig) -> list[dict]:
+    """`n` pretraining chunks drawn from `texts` (seeded), each trained as plain text: full loss."""
+    if n and not texts:
+        raise ValueError("posttrain.replay_fraction > 0 needs pretraining texts to replay")
+    rng = random.Random(cfg.seed + 1)
+    eos = tok.convert_tokens_to_ids(EOS)
+    rows = []
+    for _ in range(n):
+        ids = (encode_text(tok, texts[rng.randrange(len(texts))][: cfg.replay_max_chars]) + [eos])[
+            : cfg.max_len
+        ]
+        rows.append({"input_ids": ids, "labels": list(ids)})
+    return rows
+
+
 class PadCollator:
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -73,16 +92,26 @@ class PadCollator:
 
 
 def posttrain(
-    cfg: PosttrainConfig, model_dir: str | Path, examples: list[dict], out_dir: str | Path, callbacks=()
+    cfg: PosttrainConfig,
+    model_dir: str | Path,
+    examples: list[dict],
+    out_dir: str | Path,
+    callbacks=(),
+    replay_texts: list[str] = (),
 ) -> dict:
-    """Post-train the model in `model_dir` on `examples`; saves to `out_dir`. Returns the manifest."""
+    """Post-train the model in `model_dir` on `examples` (plus replayed `replay_texts` when
+    `cfg.replay_fraction` > 0); saves to `out_dir`. Returns the manifest."""
     from transformers import AutoModelForCausalLM, set_seed
 
     from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.train.gem import gem_loss_func
     from anchorlm.train.loop import train
 
     tok = load_tokenizer(model_dir)
     rows, n_value_only = build_dataset(tok, examples, cfg)
+    n_sft = len(rows)
+    n_replay = round(cfg.replay_fraction * n_sft)
+    rows += replay_rows(tok, list(replay_texts), n_replay, cfg)
     set_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
@@ -101,14 +130,16 @@ def posttrain(
         logging_steps=max(steps // 10, 1),
         report_to=cfg.report_to,
         callbacks=callbacks,
+        compute_loss_func=gem_loss_func(cfg.gem_beta) if cfg.loss == "gem" else None,
     )
     return write_manifest(
         out_dir,
         "posttrain",
         {**to_dict(cfg), "init": str(model_dir)},
         {
-            "examples": len(rows),
-            "dropped_too_long": len(examples) - len(rows),
+            "examples": n_sft,
+            "replayed": n_replay,
+            "dropped_too_long": len(examples) - n_sft,
             "steps": steps,
             "value_only_examples": n_value_only,
             **losses,
