@@ -62,10 +62,44 @@ def _clean(tok, ids: list[int]) -> str:
     return text.strip()
 
 
+def choose_anchors(pool: list[str], n: int, rng) -> list[int]:
+    """Indices of `n` annotations chosen from `pool` (annotation texts the model drew for one prompt)
+    to cover its distribution: distinct annotations in a random order weighted by how often the
+    model drew them (sampling without replacement), those with a topic not yet chosen first; only when
+    every distinct annotation is used do repeats start, in the same order.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(pool):
+        groups.setdefault(a, []).append(i)
+    # Efraimidis-Spirakis: sorting by u ** (1 / weight) draws without replacement, weight ∝ count
+    keyed = sorted(groups, key=lambda a: -(rng.random() ** (1.0 / len(groups[a]))))
+    topics = {a: next((t for t in parse_tags(a) or [] if t.startswith("topic:")), a) for a in keyed}
+    seen, first, rest = set(), [], []
+    for a in keyed:
+        (rest if topics[a] in seen else first).append(a)
+        seen.add(topics[a])
+    order = first + rest
+    picks = []
+    for k in range(n):  # a repeat of a distinct annotation reuses its next draw from the pool
+        idx = groups[order[k % len(order)]]
+        picks.append(idx[(k // len(order)) % len(idx)])
+    return picks
+
+
+def _batches(jobs: list, size: int) -> list[list]:
+    return [jobs[s : s + size] for s in range(0, len(jobs), size)]
+
+
 def sample(
     cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path, anchored: bool
 ) -> list[dict]:
-    """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL."""
+    """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL.
+
+    With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
+    drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
+    """
+    import random
+
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -75,42 +109,63 @@ def sample(
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     t = tok.convert_tokens_to_ids
     open_id, close_id, eos_id = t(ANN_OPEN), t(ANN_CLOSE), t(EOS)
-    batches = []  # batches never mix seeds, so each seed's samples depend on that seed alone
-    for seed in cfg.seeds:
-        jobs = [(seed, p, k) for p in prompts for k in range(cfg.n_samples)]
-        batches += [jobs[s : s + cfg.batch_size] for s in range(0, len(jobs), cfg.batch_size)]
+    stratified = anchored and cfg.anchors == "stratified"
+    per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
     results = []
     bar = tqdm(
-        total=sum(map(len, batches)), desc=f"sample ({'anchored' if anchored else 'plain'})", unit="sample"
+        total=len(cfg.seeds) * len(prompts) * per_prompt,
+        desc=f"sample ({'anchored, ' + cfg.anchors if anchored else 'plain'})",
+        unit="sample",
     )
-    for i, batch in enumerate(batches):
-        if i == 0 or batch[0][0] != batches[i - 1][0][0]:
-            torch.manual_seed(batch[0][0])
-        seqs = [encode_prompt(tok, p["prompt"]) for _, p, _ in batch]
-        anns = [None] * len(batch)
-        if anchored:
-            gen = _generate(
-                model, tok, [q + [open_id] for q in seqs], cfg.max_annotation_tokens, [close_id, eos_id], cfg
-            )
-            anns = [(ids, stop == close_id) for ids, stop in gen]
-            seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, anns)]
-        gen = _generate(model, tok, seqs, cfg.max_new_tokens, [eos_id], cfg)
-        for (seed, p, k), (ids, stop), ann in zip(batch, gen, anns):
-            row = {
-                "prompt_id": p["id"],
-                "prompt": p["prompt"],
-                "seed": seed,
-                "index": k,
-                "response": _clean(tok, ids),
-                "n_tokens": len(ids),
-                "finished": stop is not None,
-            }
-            if ann is not None:
-                raw = tok.decode(ann[0], skip_special_tokens=False).strip()
-                tags = parse_tags(raw)
-                row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(ann[1] and tags))
-            results.append(row)
-        bar.update(len(batch))
+
+    def annotate(batch):
+        seqs = [encode_prompt(tok, p["prompt"]) + [open_id] for _, p, _ in batch]
+        gen = _generate(model, tok, seqs, cfg.max_annotation_tokens, [close_id, eos_id], cfg)
+        return [(ids, stop == close_id) for ids, stop in gen]
+
+    for seed in cfg.seeds:  # batches never mix seeds, so each seed's samples depend on that seed alone
+        torch.manual_seed(seed)
+        jobs = [(seed, p, k) for p in prompts for k in range(cfg.n_samples)]
+        anns: dict = {}
+        if stratified:
+            pool_jobs = [(seed, p, j) for p in prompts for j in range(per_prompt)]
+            pools: dict = {}
+            for batch in _batches(pool_jobs, cfg.batch_size):
+                for (_, p, _), ann in zip(batch, annotate(batch)):
+                    pools.setdefault(p["id"], []).append(ann)
+                bar.update(len(batch))
+            rng = random.Random(seed)
+            for p in prompts:
+                pool = pools[p["id"]]
+                texts = [tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in pool]
+                for k, i in enumerate(choose_anchors(texts, cfg.n_samples, rng)):
+                    anns[(p["id"], k)] = pool[i]
+        for batch in _batches(jobs, cfg.batch_size):
+            seqs = [encode_prompt(tok, p["prompt"]) for _, p, _ in batch]
+            if anchored:
+                got = [anns[(p["id"], k)] for _, p, k in batch] if stratified else annotate(batch)
+                seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, got)]
+            else:
+                got = [None] * len(batch)
+            gen = _generate(model, tok, seqs, cfg.max_new_tokens, [eos_id], cfg)
+            for (seed_, p, k), (ids, stop), ann in zip(batch, gen, got):
+                row = {
+                    "prompt_id": p["id"],
+                    "prompt": p["prompt"],
+                    "seed": seed_,
+                    "index": k,
+                    "response": _clean(tok, ids),
+                    "n_tokens": len(ids),
+                    "finished": stop is not None,
+                }
+                if ann is not None:
+                    raw = tok.decode(ann[0], skip_special_tokens=False).strip()
+                    tags = parse_tags(raw)
+                    row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(ann[1] and tags))
+                    row["anchors"] = cfg.anchors
+                results.append(row)
+            if not stratified:
+                bar.update(len(batch))
     bar.close()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@
 1. Pretraining throughput (tokens/s), plain against annotated blocks, same model and step count.
    The steps alternate between the two so drift on a shared machine hits both alike.
 2. Sampling cost (seconds per response token), anchored against plain, same model and prompts:
-   anchored pays for its annotation tokens and the second generate() call.
+   anchored pays for its annotation tokens and the second generate() call; anchor-stratified
+   sampling (sample.anchors: stratified) also draws a pool of annotations to choose from.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -83,14 +85,25 @@ def main() -> None:
     prompts = [{"id": i, "prompt": q} for i, q in enumerate(INSTRUCTIONS[: args.prompts])]
     sc = SampleConfig(**{**cfg.sample.__dict__, "seeds": [0], "n_samples": 8})
     cost = {}
+    modes = {
+        "plain": (False, sc),
+        "anchored": (True, sc),
+        "stratified": (True, replace(sc, anchors="stratified")),
+    }
     for _ in range(2):  # the first pass warms up; the second is timed
-        for anchored in (False, True):
+        for name, (anchored, c) in modes.items():
             t = time.perf_counter()
-            rows = sample(sc, tmp / "model", prompts, tmp / f"s{anchored}.jsonl", anchored)
-            cost[anchored] = (time.perf_counter() - t) / max(sum(r["n_tokens"] for r in rows), 1)
+            rows = sample(c, tmp / "model", prompts, tmp / f"{name}.jsonl", anchored)
+            cost[name] = (time.perf_counter() - t) / max(sum(r["n_tokens"] for r in rows), 1)
     print(
-        f"sampling cost  plain {cost[False] * 1e3:.3f} ms/response token   anchored "
-        f"{cost[True] * 1e3:.3f} ms/response token   ratio anchored/plain = {cost[True] / cost[False]:.3f}"
+        f"sampling cost  plain {cost['plain'] * 1e3:.3f} ms/response token   anchored "
+        f"{cost['anchored'] * 1e3:.3f} ms/response token   ratio anchored/plain = "
+        f"{cost['anchored'] / cost['plain']:.3f}"
+    )
+    print(
+        f"anchor-stratified (pool of {sc.anchor_pool} annotations per sample) "
+        f"{cost['stratified'] * 1e3:.3f} ms/response token   ratio stratified/anchored = "
+        f"{cost['stratified'] / cost['anchored']:.3f}"
     )
 
 

@@ -31,3 +31,32 @@ def test_plain_sampling_has_no_annotation(smoke_run, tmp_path):
     )
     assert len(rows) == 4 and all("annotation" not in r for r in rows)
     assert (tmp_path / "p.jsonl").read_text().count("\n") == 4
+
+
+def test_choose_anchors_covers_distinct_topics_before_repeating():
+    import random
+
+    from anchorlm.sample import choose_anchors
+
+    pool = ["topic:a keyword:x"] * 6 + ["topic:a keyword:y", "topic:b keyword:z", "topic:c keyword:w"]
+    for seed in range(20):
+        picks = choose_anchors(pool, 3, random.Random(seed))
+        # three picks, three topics: the 6-times-drawn annotation cannot crowd out b and c
+        assert sorted(pool[i].split()[0] for i in picks) == ["topic:a", "topic:b", "topic:c"]
+        picks = choose_anchors(pool, 4, random.Random(seed))
+        assert len({pool[i] for i in picks}) == 4  # every distinct annotation before any repeat
+        picks = choose_anchors(pool, 9, random.Random(seed))
+        assert len(set(picks)) == 5 + 1  # 4 distinct, then repeats reuse other draws of the same text
+    assert choose_anchors(pool, 5, random.Random(1)) == choose_anchors(pool, 5, random.Random(1))
+
+
+def test_choose_anchors_orders_by_frequency_without_replacement():
+    """Which topic:a annotation comes first follows the model's frequencies: x (drawn 9 times) before
+    y (drawn once) in about 9 of 10 draws, as sampling without replacement gives."""
+    import random
+
+    from anchorlm.sample import choose_anchors
+
+    pool = ["topic:a keyword:x"] * 9 + ["topic:a keyword:y"]
+    first_x = sum(pool[choose_anchors(pool, 1, random.Random(s))[0]].endswith("x") for s in range(2000))
+    assert abs(first_x / 2000 - 0.9) < 0.03
