@@ -63,6 +63,76 @@ def read_samples(samples: dict[str, str | Path]) -> dict[str, list[dict]]:
     return loaded
 
 
+class Scorer:
+    """The models evaluation needs, loaded once: the embedder, the attribute classifier (fitted on
+    the corpus) and the reference LM. `score` turns one variant's sample rows into its figures."""
+
+    def __init__(self, cfg: EvaluateConfig, sft: SFTDataConfig, corpus: CorpusConfig):
+        from anchorlm.metrics.classifier import AttributeClassifier
+        from anchorlm.models import load_causal_lm, load_embedder
+
+        self.cfg, self.sft = cfg, sft
+        self.embedder = load_embedder(cfg.embedder)
+        self.clf = AttributeClassifier(self.embed, cfg.seed)
+        self.clf_info = self.clf.fit(corpus, cfg.classifier_docs_per_category)
+        self.ref_model, self.ref_tok = load_causal_lm(cfg.reference_lm)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
+
+    def score(self, rows: list[dict]) -> tuple[dict, dict]:
+        """(figures, per-prompt arrays of each diversity metric, averaged over sampling seeds)."""
+        cfg, sft = self.cfg, self.sft
+        shown = [r["response"] for r in rows]
+        texts = [_for_diversity(t, cfg, sft) for t in shown]
+        emb = self.embed(texts)
+        labels = self.clf.predict(emb)
+        groups = defaultdict(list)
+        for i, r in enumerate(rows):
+            groups[(r["prompt_id"], r.get("seed", 0))].append(i)
+        by_prompt = defaultdict(list)
+        for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            by_prompt[pid].append(_group_metrics([texts[i] for i in idx], emb[idx], [labels[i] for i in idx]))
+        pids = sorted(by_prompt, key=str)
+        per_prompt = {m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY}
+        k = cfg.fluency_max_per_variant or len(rows)
+        pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
+        nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
+        quality = {
+            "style_adherence": float(np.mean([follows_style(sft, t) for t in shown])),
+            "fluency_nll": mean_finite(nll),
+            "fluency_scored": len(pick),
+            "empty_responses": float(np.mean([not t.strip() for t in texts])),
+        }
+        figures = {
+            "diversity": {m: float(per_prompt[m].mean()) for m in DIVERSITY},
+            "quality": quality,
+            "n_samples": len(rows),
+            "n_prompts": len(pids),
+            "label_counts": dict(Counter(labels).most_common()),
+        }
+        if "annotation_ok" in rows[0]:
+            quality["annotation_wellformed"] = float(np.mean([r["annotation_ok"] for r in rows]))
+            figures["anchoring"] = anchoring(rows, labels)
+        return figures, per_prompt
+
+
+def anchoring(rows: list[dict], labels: list[str]) -> dict:
+    """Does the writer follow its plan? For anchored samples: the entropy of the sampled annotations'
+    topics per prompt (what the plan asks for) and the share of responses whose classified category is
+    the annotation's topic (whether the response does it)."""
+    topics = [next((t[6:] for t in r.get("annotation") or [] if t.startswith("topic:")), None) for r in rows]
+    by_prompt = defaultdict(list)
+    for r, tp in zip(rows, topics):
+        by_prompt[(r["prompt_id"], r.get("seed", 0))].append(tp or "(none)")
+    with_topic = [(tp, lab) for tp, lab in zip(topics, labels) if tp]
+    return {
+        "annotation_topic_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
+        "topic_followed": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
+        "with_topic": len(with_topic) / len(rows),
+    }
+
+
 def evaluate(
     cfg: EvaluateConfig,
     sft: SFTDataConfig,
@@ -71,55 +141,18 @@ def evaluate(
     out_path: str | Path,
 ) -> dict:
     """Score each variant's samples file (JSONL from `anchorlm sample`); write results JSON."""
-    from anchorlm.metrics.classifier import AttributeClassifier
-    from anchorlm.models import load_causal_lm, load_embedder
-
     loaded = read_samples(samples)  # bad input fails here, before any model is loaded
-    embedder = load_embedder(cfg.embedder)
-
-    def embed(texts):
-        return embedder.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
-
-    clf = AttributeClassifier(embed, cfg.seed)
-    clf_info = clf.fit(corpus, cfg.classifier_docs_per_category)
-    ref_model, ref_tok = load_causal_lm(cfg.reference_lm)
-
+    scorer = Scorer(cfg, sft, corpus)
     variants, per_prompt = {}, {}
     for name, rows in loaded.items():
-        shown = [r["response"] for r in rows]
-        texts = [_for_diversity(t, cfg, sft) for t in shown]
-        emb = embed(texts)
-        labels = clf.predict(emb)
-        groups = defaultdict(list)
-        for i, r in enumerate(rows):
-            groups[(r["prompt_id"], r.get("seed", 0))].append(i)
-        by_prompt = defaultdict(list)
-        for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            by_prompt[pid].append(_group_metrics([texts[i] for i in idx], emb[idx], [labels[i] for i in idx]))
-        pids = sorted(by_prompt, key=str)
-        per_prompt[name] = {
-            m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY
-        }
-        k = cfg.fluency_max_per_variant or len(rows)
-        pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
-        nll = fluency_nll([shown[i] for i in pick], ref_model, ref_tok)
-        quality = {
-            "style_adherence": float(np.mean([follows_style(sft, t) for t in shown])),
-            "fluency_nll": mean_finite(nll),
-            "fluency_scored": len(pick),
-            "empty_responses": float(np.mean([not t.strip() for t in texts])),
-        }
-        if "annotation_ok" in rows[0]:
-            quality["annotation_wellformed"] = float(np.mean([r["annotation_ok"] for r in rows]))
-        variants[name] = {
-            "diversity": {m: float(per_prompt[name][m].mean()) for m in DIVERSITY},
-            "quality": quality,
-            "n_samples": len(rows),
-            "n_prompts": len(pids),
-            "label_counts": dict(Counter(labels).most_common()),
-        }
+        variants[name], per_prompt[name] = scorer.score(rows)
 
-    results = {"variants": variants, "classifier": clf_info, "config": to_dict(cfg), "versions": versions()}
+    results = {
+        "variants": variants,
+        "classifier": scorer.clf_info,
+        "config": to_dict(cfg),
+        "versions": versions(),
+    }
     if {"base", "sft", "aat"} <= set(per_prompt):
         results["summary"] = {
             m: summarize({v: per_prompt[v][m] for v in ("base", "sft", "aat")}, cfg.bootstrap, cfg.seed)

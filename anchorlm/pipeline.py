@@ -46,23 +46,13 @@ def _log(msg: str) -> None:
     print(f"[anchorlm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run (or finish) every stage; returns the results dict also written to out_dir/results.json."""
+def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
+    """The shared data stages (annotate, tokenizer, tokenize plain and annotated, SFT data), each
+    skipped when complete; returns the annotated documents."""
     from anchorlm.annotate import annotate_corpus, read_annotated
     from anchorlm.data.pack import pack
-    from anchorlm.data.sft import build_sft_data, read_jsonl
-    from anchorlm.evaluate import evaluate
-    from anchorlm.report import write_report
-    from anchorlm.sample import sample
+    from anchorlm.data.sft import build_sft_data
     from anchorlm.tokenizer import load_tokenizer, train_tokenizer
-    from anchorlm.train.posttrain import posttrain
-    from anchorlm.train.pretrain import pretrain
-
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_config(out, cfg)
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    t0 = time.time()
 
     _log("annotate")
     annotate_corpus(cfg.corpus, cfg.annotate, out / "annotate")  # resumes; no-op when complete
@@ -82,13 +72,32 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 out / "tokens" / variant,
                 cfg.pretrain.seed,
             )
+    if not is_done(out / "sft_data"):
+        _log("build SFT data")
+        build_sft_data(cfg.corpus, cfg.annotate, out / "annotate", cfg.sft_data, out / "sft_data")
+    return docs
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """Run (or finish) every stage; returns the results dict also written to out_dir/results.json."""
+    from anchorlm.data.sft import read_jsonl
+    from anchorlm.evaluate import evaluate
+    from anchorlm.report import write_report
+    from anchorlm.sample import sample
+    from anchorlm.train.posttrain import posttrain
+    from anchorlm.train.pretrain import pretrain
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_config(out, cfg)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    t0 = time.time()
+
+    prepare(cfg, out)
     for variant, model in (("plain", "base"), ("annotated", "annotated")):
         if not is_done(out / "models" / model):
             _log(f"pretrain ({variant})")
             pretrain(cfg.pretrain, out / "tokens" / variant, out / "tokenizer", out / "models" / model)
-    if not is_done(out / "sft_data"):
-        _log("build SFT data")
-        build_sft_data(cfg.corpus, cfg.annotate, out / "annotate", cfg.sft_data, out / "sft_data")
     examples = read_jsonl(out / "sft_data" / "train.jsonl")
     prompts = read_jsonl(out / "sft_data" / "eval_prompts.jsonl")
     for method, init, name in (("sft", "base", "sft"), ("anchored", "annotated", "aat")):

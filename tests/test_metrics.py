@@ -67,3 +67,25 @@ def test_summary_figures_closed_form():
     assert lo < s["collapse_reduction"] < hi
     lo, hi = s["collapse_ci95"]["sft"]
     assert lo < 0.6 < hi and hi - lo < 0.02
+
+
+def test_summarize_over_seeds_and_prompts():
+    import numpy as np
+    import pytest
+
+    from anchorlm.metrics.summary import summarize
+
+    rng = np.random.default_rng(0)
+    b, s, a = (rng.normal(m, 0.1, (3, 8)) for m in (1.0, 0.5, 0.9))
+    out = summarize({"base": b, "sft": s, "aat": a}, 200, 0)
+    # point figures are the closed forms on the grand means
+    assert out["gap_closed"] == pytest.approx((a.mean() - s.mean()) / (b.mean() - s.mean()))
+    assert out["collapse"]["sft"] == pytest.approx(b.mean() - s.mean())
+    lo, hi = out["gap_closed_ci95"]
+    assert lo < out["gap_closed"] < hi
+    # one seed in 2-D is the 1-D (prompts only) summary, CIs included
+    one = summarize({"base": b[:1], "sft": s[:1], "aat": a[:1]}, 200, 0)
+    flat = summarize({"base": b[0], "sft": s[0], "aat": a[0]}, 200, 0)
+    assert one == flat
+    with pytest.raises(ValueError, match="one shape"):
+        summarize({"base": b, "sft": s[:2], "aat": a}, 10, 0)

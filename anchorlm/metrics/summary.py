@@ -26,10 +26,13 @@ def gap_closed(base: float, sft: float, aat: float) -> float:
 def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict:
     """Figures for one metric from per-prompt values of base, sft and aat (paired by prompt).
 
-    Confidence intervals (95%, percentile) resample prompts with replacement, the same prompts for
-    every variant.
+    Values are [prompts] or [seeds, prompts] (seed k of every variant is one independent run: its own
+    pretraining, post-training and sampling seed). Confidence intervals (95%, percentile) resample
+    seeds, then prompts, with replacement, the same ones for every variant.
     """
-    b, s, a = (np.asarray(per_prompt[v], dtype=float) for v in ("base", "sft", "aat"))
+    b, s, a = (np.atleast_2d(np.asarray(per_prompt[v], dtype=float)) for v in ("base", "sft", "aat"))
+    if not b.shape == s.shape == a.shape:
+        raise ValueError(f"base, sft and aat need values of one shape, not {b.shape}, {s.shape}, {a.shape}")
     point = {"base": b.mean(), "sft": s.mean(), "aat": a.mean()}
     out = {
         "collapse": {"sft": point["base"] - point["sft"], "aat": point["base"] - point["aat"]},
@@ -43,8 +46,11 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
         "collapse_reduction": [],
         "gap_closed": [],
     }
+    n_seeds, n_prompts = b.shape
     for _ in range(n_boot):
-        idx = rng.integers(0, len(b), len(b))
+        si = rng.integers(0, n_seeds, n_seeds) if n_seeds > 1 else np.zeros(1, dtype=int)
+        pi = rng.integers(0, n_prompts, n_prompts)
+        idx = np.ix_(si, pi)
         bb, ss, aa = b[idx].mean(), s[idx].mean(), a[idx].mean()
         boot["collapse_sft"].append(bb - ss)
         boot["collapse_aat"].append(bb - aa)
