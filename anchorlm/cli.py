@@ -10,6 +10,7 @@
     anchorlm sample --model DIR --prompts prompts.jsonl [--anchored] --out samples.jsonl
     anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
     anchorlm report --results results.json --out DIR
+    anchorlm reproduce --config configs/reproduce.yaml [--out runs/reproduce] [--docs docs]
 
 Every subcommand takes `--config FILE` (a YAML recipe) and `--set section.field=value` overrides.
 """
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("report", "write results.json, report.md and plots from evaluate's JSON")
     s.add_argument("--results", required=True)
     s.add_argument("--out", required=True)
+    s = cmd("reproduce", "run the paper's study (scaling, ablations, entropy, frontier); resumable")
+    s.add_argument("--out", help="cell cache directory (default: the config's out_dir)")
+    s.add_argument("--docs", help="where results.md/json and plots go (default: the config's docs_dir)")
     return p
 
 
@@ -84,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "demo" and not args.config:
         args.config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    if args.cmd == "reproduce" and not args.config:
+        args.config = str(Path(__file__).resolve().parents[1] / "configs" / "reproduce.yaml")
     try:
-        cfg = load_config(args.config, args.set)
+        if args.cmd == "reproduce":
+            from anchorlm.config import load_reproduce_config
+
+            cfg = load_reproduce_config(args.config, args.set)
+        else:
+            cfg = load_config(args.config, args.set)
     except (ValueError, FileNotFoundError) as e:
         print(f"anchorlm: {e}", file=sys.stderr)
         return 2
@@ -104,6 +115,14 @@ def _run(args, cfg) -> int | None:
         if args.out:
             cfg.out_dir = args.out
         run_pipeline(cfg)
+    elif c == "reproduce":
+        from anchorlm.reproduce import run_reproduce
+
+        if args.out:
+            cfg.out_dir = args.out
+        if args.docs:
+            cfg.docs_dir = args.docs
+        run_reproduce(cfg)
     elif c == "annotate":
         from anchorlm.annotate import annotate_corpus
 

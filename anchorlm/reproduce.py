@@ -1,0 +1,398 @@
+"""`anchorlm reproduce`: the paper's findings (../shared/PAPER.md) as one resumable study.
+
+The study is a set of cells: a pretrained model, a post-trained model, a samples file, the scores of a
+samples file. Each cell lives in a directory named after what it is and a hash of everything that
+made it, and is skipped when it is there: a rerun continues where a killed one stopped, and a
+changed recipe makes new cells beside the old ones. Run seed k of a size means pretraining,
+post-training and sampling seed k.
+
+Parts (each a section of docs/results.md):
+  scaling       base / sft / aat at every size and seed; collapse, gap closed, collapse reduction
+  ablations     at the focus size: anchored post-training of the plain model, the AAT model sampled
+                without its annotation, anchored post-training with the annotation in the loss
+  stratified    the AAT model with anchor-stratified sampling (anchorlm.sample.choose_anchors)
+  entropy       SFT sets of equal size from 1, 2, 4, ... categories; output against data entropy
+  frontier      sft, aat, GEM and SFT+replay sampled at several temperatures
+  diagnostics   further anchored variants named in the recipe (e.g. value-masking fractions)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from anchorlm.config import ModelConfig, ReproduceConfig, to_dict
+from anchorlm.manifest import is_done, versions
+from anchorlm.metrics.diversity import entropy
+from anchorlm.metrics.summary import summarize
+
+METRICS = ("embedding_distance", "attribute_entropy")  # the paper's two diversity metrics
+ALL_METRICS = ("embedding_distance", "attribute_entropy", "vendi")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _log(msg: str) -> None:
+    print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    tmp.replace(path)
+
+
+class Study:
+    """Runs and caches the cells of one `ReproduceConfig`."""
+
+    def __init__(self, cfg: ReproduceConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.base = cfg.base
+        self.sizes = {
+            s["name"]: ModelConfig(**{k: v for k, v in s.items() if k != "name"}) for s in cfg.sizes
+        }
+        self._scorer = None
+        self._texts = None
+        self.timings: dict[str, float] = Counter()
+        self.cells_run = 0
+
+    # ---- shared data -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        from anchorlm.data.sft import read_jsonl
+        from anchorlm.pipeline import prepare
+        from anchorlm.tokenizer import load_tokenizer
+
+        t0 = time.time()
+        self.docs = prepare(self.base, self.out)
+        self.tok = load_tokenizer(self.out / "tokenizer")
+        self.prompts = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
+        self.focus = self.cfg.focus_size or max(self.sizes, key=lambda n: self.params(n)[1])
+        self.timings["prepare"] += time.time() - t0
+
+    def params(self, size: str) -> tuple[int, int]:
+        """(non-embedding, all) parameters of a size, with this study's tokenizer."""
+        if not hasattr(self, "_params"):
+            self._params = {}
+        if size not in self._params:
+            from anchorlm.tokenizer import load_tokenizer
+            from anchorlm.train.model import build_model, non_embedding_params
+
+            tok = getattr(self, "tok", None) or load_tokenizer(self.out / "tokenizer")
+            m = build_model(self.sizes[size], tok)
+            self._params[size] = (non_embedding_params(m), sum(p.numel() for p in m.parameters()))
+        return self._params[size]
+
+    def token_budget(self, size: str) -> int:
+        """The stated rule: tokens_per_param x all parameters, rounded down to whole steps."""
+        p = self.base.pretrain
+        step = p.batch_size * p.seq_len
+        return max(1, int(self.cfg.tokens_per_param * self.params(size)[1]) // step) * step
+
+    # ---- cells -------------------------------------------------------------------------------
+    def _run(self, kind: str, what: str, fn) -> None:
+        self.cells_run += 1
+        _log(f"{kind}: {what}")
+        t0 = time.time()
+        fn()
+        self.timings[kind] += time.time() - t0
+
+    def pretrained(self, size: str, seed: int, variant: str) -> Path:
+        from anchorlm.train.pretrain import pretrain
+
+        model = dataclasses.replace(self.sizes[size], max_position_embeddings=self.base.pretrain.seq_len)
+        pcfg = dataclasses.replace(
+            self.base.pretrain, model=model, token_budget=self.token_budget(size), seed=seed
+        )
+        d = self.out / "models" / f"{size}-s{seed}" / f"{variant}-{_hash([to_dict(pcfg), variant])}"
+        if not is_done(d):
+            self._run(
+                "pretrain",
+                f"{size} seed {seed} {variant} ({pcfg.token_budget:,} tokens)",
+                lambda: pretrain(pcfg, self.out / "tokens" / variant, self.out / "tokenizer", d),
+            )
+        return d
+
+    def sft_examples(self, categories: list | None = None) -> tuple[list[dict], str]:
+        """The SFT training set: the recipe's, or one of equal size from `categories`."""
+        from anchorlm.data.sft import build_sft_data, read_jsonl
+
+        if categories is None or list(categories) == list(self.base.sft_data.categories):
+            return read_jsonl(self.out / "sft_data" / "train.jsonl"), "default"
+        scfg = dataclasses.replace(self.base.sft_data, categories=list(categories))
+        d = self.out / "sft_sets" / f"k{len(categories)}-{_hash(to_dict(scfg))}"
+        if not is_done(d):
+            self._run(
+                "sft-data",
+                f"{len(categories)} categories",
+                lambda: build_sft_data(self.base.corpus, self.base.annotate, self.out / "annotate", scfg, d),
+            )
+        return read_jsonl(d / "train.jsonl"), d.name
+
+    def replay_texts(self) -> list[str]:
+        if self._texts is None:
+            self._texts = [c["text"] for d in self.docs for c in d["chunks"]]
+        return self._texts
+
+    def posttrained(
+        self, size: str, seed: int, name: str, init: str, overrides: dict, categories: list | None = None
+    ) -> Path:
+        from anchorlm.train.posttrain import posttrain
+
+        init_dir = self.pretrained(size, seed, init)
+        examples, data_key = self.sft_examples(categories)
+        pcfg = dataclasses.replace(self.base.posttrain, seed=seed, **overrides)
+        key = _hash([to_dict(pcfg), init_dir.name, data_key])
+        d = self.out / "models" / f"{size}-s{seed}" / f"{name}-{key}"
+        if not is_done(d):
+            replay = self.replay_texts() if pcfg.replay_fraction else ()
+            self._run(
+                "posttrain",
+                f"{size} seed {seed} {name}",
+                lambda: posttrain(pcfg, init_dir, examples, d, replay_texts=replay),
+            )
+        return d
+
+    def sampled(self, model: Path, seed: int, anchored: bool, **overrides) -> Path:
+        from anchorlm.sample import sample
+
+        scfg = dataclasses.replace(self.base.sample, seeds=[seed], **overrides)
+        key = _hash([to_dict(scfg), anchored, self.prompts])
+        path = model / "samples" / f"{'anchored' if anchored else 'plain'}-{key}.jsonl"
+        if not path.exists():
+            self._run(
+                "sample",
+                f"{model.parent.name}/{model.name.rsplit('-', 1)[0]} "
+                f"({'anchored ' + scfg.anchors if anchored else 'plain'}, T={scfg.temperature})",
+                lambda: sample(scfg, model, self.prompts, path, anchored),
+            )
+        return path
+
+    def scored(self, samples: Path) -> dict:
+        from anchorlm.data.sft import read_jsonl
+
+        path = samples.with_name(samples.stem + f".scores-{_hash(to_dict(self.base.evaluate))}.json")
+        if not path.exists():
+
+            def score():
+                figures, per_prompt = self.scorer().score(read_jsonl(samples))
+                figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
+                _write_json(path, figures)
+
+            self._run("evaluate", str(samples.relative_to(self.out)), score)
+        return json.loads(path.read_text())
+
+    def scorer(self):
+        if self._scorer is None:
+            from anchorlm.evaluate import Scorer
+
+            self._scorer = Scorer(self.base.evaluate, self.base.sft_data, self.base.corpus)
+        return self._scorer
+
+    # ---- variants: (model cell, anchored sampling) -------------------------------------------
+    def variant(self, size: str, seed: int, name: str, temperature: float | None = None, **extra) -> dict:
+        """Scores of one named variant at one size and seed."""
+        t = {} if temperature is None else {"temperature": temperature}
+        specs = {
+            "base": (None, "plain", {}, False),
+            "sft": ("sft", "plain", {"method": "sft"}, False),
+            "aat": ("aat", "annotated", {"method": "anchored"}, True),
+            "aat_on_plain": ("aat_on_plain", "plain", {"method": "anchored"}, True),
+            "aat_no_annotation": ("aat", "annotated", {"method": "anchored"}, False),
+            "aat_unmasked": (
+                "aat_unmasked",
+                "annotated",
+                {"method": "anchored", "mask_annotation": False},
+                True,
+            ),
+            "aat_stratified": ("aat", "annotated", {"method": "anchored"}, True),
+            "gem": ("gem", "plain", {"method": "sft", "loss": "gem", "gem_beta": self.cfg.gem_beta}, False),
+            "replay": (
+                "replay",
+                "plain",
+                {"method": "sft", "replay_fraction": self.cfg.replay_fraction},
+                False,
+            ),
+        }
+        if name in specs:
+            post, init, over, anchored = specs[name]
+        else:  # a diagnostic: an anchored variant with its own post-training overrides
+            diag = next(d for d in self.cfg.diagnostics if d["name"] == name)
+            post, init, anchored = name, diag.get("init", "annotated"), True
+            over = {"method": "anchored", **diag.get("posttrain", {})}
+        if name == "aat_stratified":
+            t["anchors"] = "stratified"
+        categories = extra.get("categories")
+        if post is None:
+            model = self.pretrained(size, seed, init)
+        else:
+            model = self.posttrained(size, seed, post, init, over, categories)
+        return self.scored(self.sampled(model, seed, anchored, **t))
+
+
+# ---- aggregation ---------------------------------------------------------------------------------
+def _mean_figures(runs: list[dict]) -> dict:
+    """The mean over seeds of each diversity and quality figure (the demo's form), with per-seed values."""
+    out: dict = {"diversity": {}, "quality": {}, "n_samples": sum(r["n_samples"] for r in runs)}
+    for part in ("diversity", "quality"):
+        for k in runs[0][part]:
+            vals = [r[part][k] for r in runs if r[part].get(k) is not None]
+            out[part][k] = float(np.mean(vals)) if vals else None
+    out["n_prompts"] = runs[0]["n_prompts"]
+    out["n_seeds"] = len(runs)
+    if "anchoring" in runs[0]:
+        out["anchoring"] = {
+            k: float(np.mean([r["anchoring"][k] for r in runs if r["anchoring"][k] is not None]))
+            for k in runs[0]["anchoring"]
+        }
+    return out
+
+
+def _summary(runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aat") -> dict:
+    """Collapse, gap closed, collapse reduction of `aat` (any variant) against base and sft, pooled
+    over seeds, with CIs resampling seeds and prompts."""
+    out = {}
+    for m in ALL_METRICS:
+        arr = {
+            v: np.array([r["per_prompt"][m] for r in runs[src]])
+            for v, src in (("base", "base"), ("sft", "sft"), ("aat", aat))
+        }
+        out[m] = summarize(arr, n_boot, seed)
+        out[m]["per_seed_gap_closed"] = [
+            summarize({v: a[i] for v, a in arr.items()}, 0)["gap_closed"] for i in range(len(arr["base"]))
+        ]
+    return out
+
+
+def run_reproduce(cfg: ReproduceConfig) -> dict:
+    """Run (or finish) the study; write docs_dir/results.json, results.md and the plots."""
+    from anchorlm.reproduce_report import write_results
+
+    t0 = time.time()
+    st = Study(cfg)
+    st.out.mkdir(parents=True, exist_ok=True)
+    (st.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    st.prepare()
+    ev = cfg.base.evaluate
+    res: dict = {
+        "title": cfg.title,
+        "rule": {
+            "tokens_per_param": cfg.tokens_per_param,
+            "text": f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)",
+        },
+        "focus_size": st.focus,
+        "sizes": {},
+    }
+
+    # 1. scaling
+    for size in st.sizes:
+        runs = {v: [st.variant(size, s, v) for s in cfg.seeds] for v in ("base", "sft", "aat")}
+        non_emb, total = st.params(size)
+        res["sizes"][size] = {
+            "non_embedding_params": non_emb,
+            "params": total,
+            "pretrain_tokens": st.token_budget(size),
+            "model": dataclasses.asdict(st.sizes[size]),
+            "seeds": list(cfg.seeds),
+            "variants": {v: _mean_figures(r) for v, r in runs.items()},
+            "summary": _summary(runs, ev.bootstrap, ev.seed),
+        }
+
+    # 2. ablations and 5. stratified sampling, at the focus size
+    names = ["base", "sft", "aat", "aat_on_plain", "aat_no_annotation", "aat_unmasked", "aat_stratified"]
+    names += [d["name"] for d in cfg.diagnostics]
+    runs = {v: [st.variant(st.focus, s, v) for s in cfg.ablation_seeds] for v in names}
+    res["ablations"] = {
+        "size": st.focus,
+        "seeds": list(cfg.ablation_seeds),
+        "variants": {v: _mean_figures(r) for v, r in runs.items()},
+        "summary": {
+            v: _summary(runs, ev.bootstrap, ev.seed, aat=v) for v in names if v not in ("base", "sft")
+        },
+        "diagnostics": cfg.diagnostics,
+    }
+
+    # 3. SFT-entropy study
+    points = []
+    for k in cfg.entropy_counts:
+        cats = cfg.entropy_categories[:k]
+        examples, _ = st.sft_examples(cats)
+        point = {"k": k, "categories": cats, "sft_data_entropy": entropy([e["category"] for e in examples])}
+        for v in ("sft", "aat"):
+            r = [st.variant(st.focus, s, v, categories=cats) for s in cfg.entropy_seeds]
+            point[v] = {
+                "attribute_entropy": float(np.mean([x["diversity"]["attribute_entropy"] for x in r])),
+                "embedding_distance": float(np.mean([x["diversity"]["embedding_distance"] for x in r])),
+                "style_adherence": float(np.mean([x["quality"]["style_adherence"] for x in r])),
+            }
+        points.append(point)
+    base = [st.variant(st.focus, s, "base") for s in cfg.entropy_seeds]
+    res["entropy_study"] = {
+        "size": st.focus,
+        "seeds": list(cfg.entropy_seeds),
+        "base_attribute_entropy": float(np.mean([x["diversity"]["attribute_entropy"] for x in base])),
+        "points": points,
+        "slope": {v: _slope(points, v) for v in ("sft", "aat")},
+    }
+
+    # 4. frontier
+    frontier = {}
+    for v in ("sft", "aat", "gem", "replay"):
+        frontier[v] = []
+        for temp in cfg.temperatures:
+            r = [st.variant(st.focus, s, v, temperature=temp) for s in cfg.frontier_seeds]
+            fig = _mean_figures(r)
+            frontier[v].append({"temperature": temp, **fig["diversity"], **fig["quality"]})
+    res["frontier"] = {"size": st.focus, "seeds": list(cfg.frontier_seeds), "points": frontier}
+
+    res["bar"] = bar(res)
+    minutes = (time.time() - t0) / 60
+    res["compute"] = {
+        "minutes_this_invocation": round(minutes, 2),
+        "cells_run_this_invocation": st.cells_run,
+        "minutes_by_stage_this_invocation": {k: round(v / 60, 2) for k, v in st.timings.items()},
+        "versions": versions(),
+    }
+    res["config"] = to_dict(cfg)
+    write_results(res, Path(cfg.docs_dir))
+    _log(f"done in {minutes:.1f} min ({st.cells_run} cells run); {cfg.docs_dir}/results.md")
+    return res
+
+
+def _slope(points: list[dict], v: str) -> float | None:
+    """Least-squares slope of output attribute entropy against SFT data entropy."""
+    x = np.array([p["sft_data_entropy"] for p in points])
+    y = np.array([p[v]["attribute_entropy"] for p in points])
+    if len(x) < 2 or np.ptp(x) == 0:
+        return None
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def bar(res: dict) -> dict:
+    """The paper's headline as checks: at the largest size gap closed >= 0.85 on both metrics at
+    matched quality (style adherence within 2 points of SFT, fluency NLL within 5% of SFT), and gap
+    closed growing with size."""
+    order = sorted(res["sizes"], key=lambda s: res["sizes"][s]["non_embedding_params"])
+    top = res["sizes"][order[-1]]
+    q = {v: top["variants"][v]["quality"] for v in ("sft", "aat")}
+    checks = {}
+    for m in METRICS:
+        g = top["summary"][m]["gap_closed"]
+        checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(g is not None and math.isfinite(g) and g >= 0.85)
+        seq = [res["sizes"][s]["summary"][m]["gap_closed"] for s in order]
+        checks[f"{m}_gap_closed_grows_with_size"] = bool(all(b > a for a, b in zip(seq, seq[1:])))
+    checks["style_adherence_within_2_points"] = bool(
+        abs(q["aat"]["style_adherence"] - q["sft"]["style_adherence"]) <= 0.02
+    )
+    checks["fluency_nll_within_5_percent"] = bool(q["aat"]["fluency_nll"] <= 1.05 * q["sft"]["fluency_nll"])
+    return {"largest_size": order[-1], "checks": checks, "met": all(checks.values())}
