@@ -230,8 +230,10 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
     data[keys[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
-    """Load a YAML recipe (or the defaults) and apply ``section.field=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=None):
+    """Load a YAML recipe (or the defaults) into `cls` (default `PipelineConfig`) and apply
+    ``section.field=value`` overrides."""
+    cls = cls or PipelineConfig
     data: dict = {}
     if path:
         try:
@@ -246,7 +248,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pi
         k, v = o.split("=", 1)
         set_path(data, k.strip(), yaml.safe_load(v))
     try:
-        return build(PipelineConfig, data)
+        return build(cls, data)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path or 'config'}: {e}") from e
 
@@ -302,17 +304,5 @@ class ReproduceConfig:
 
 
 def load_reproduce_config(path: str | Path, overrides: list[str] = ()) -> ReproduceConfig:
-    """Load a reproduce recipe; overrides as in `load_config` (e.g. ``seeds=[0]``)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
-    for o in overrides:
-        if "=" not in o:
-            raise ValueError(f"override {o!r} must look like field=value or base.section.field=value")
-        k, v = o.split("=", 1)
-        set_path(data, k.strip(), yaml.safe_load(v))
-    try:
-        return build(ReproduceConfig, data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    """Load a reproduce recipe; overrides as in `load_config` (``seeds=[0]``, ``base.sample.n_samples=8``)."""
+    return load_config(path, overrides, ReproduceConfig)
