@@ -19,6 +19,7 @@ from anchorlm.format import (
     ANN_OPEN,
     EOS,
     SPECIAL_TOKENS,
+    encode_annotation,
     encode_prompt,
     parse_tags,
     strip_annotations,
@@ -95,6 +96,9 @@ def sample(
 ) -> list[dict]:
     """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL.
 
+    Anchored, a prompt's optional `annotation_prefix` (tags, e.g. ["topic:food"]) is written for the
+    model as the start of its annotation; the model completes the rest.
+
     With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
     drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
     """
@@ -118,10 +122,13 @@ def sample(
         unit="sample",
     )
 
+    def prefix(p: dict) -> list[int]:  # a prompt may fix the annotation's first tags (steering)
+        return encode_annotation(tok, p["annotation_prefix"])[0][1:-1] if p.get("annotation_prefix") else []
+
     def annotate(batch):
-        seqs = [encode_prompt(tok, p["prompt"]) + [open_id] for _, p, _ in batch]
+        seqs = [encode_prompt(tok, p["prompt"]) + [open_id] + prefix(p) for _, p, _ in batch]
         gen = _generate(model, tok, seqs, cfg.max_annotation_tokens, [close_id, eos_id], cfg)
-        return [(ids, stop == close_id) for ids, stop in gen]
+        return [(prefix(p) + ids, stop == close_id) for (_, p, _), (ids, stop) in zip(batch, gen)]
 
     for seed in cfg.seeds:  # batches never mix seeds, so each seed's samples depend on that seed alone
         torch.manual_seed(seed)
