@@ -282,6 +282,8 @@ class ReproduceConfig:
     gem_beta: float = f(0.7, "GEM baseline's beta")
     replay_fraction: float = f(0.5, "replay baseline: pretraining chunks per SFT example")
     diagnostics: list = f([], "extra anchored variants at the focus size: {name, posttrain: {...}}")
+    steering_topics: list = f([], "topics forced as the annotation's start, to test if the writer follows")
+    steering_samples: int = f(2, "samples per prompt and forced topic")
 
     def __post_init__(self):
         if isinstance(self.base, dict):

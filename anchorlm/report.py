@@ -22,7 +22,7 @@ def _fmt(x) -> str:
         return "–"
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
+    return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
 def _ci(s: dict, key: str) -> str:

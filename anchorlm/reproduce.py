@@ -163,18 +163,21 @@ class Study:
             )
         return d
 
-    def sampled(self, model: Path, seed: int, anchored: bool, **overrides) -> Path:
+    def sampled(
+        self, model: Path, seed: int, anchored: bool, prompts: list | None = None, **overrides
+    ) -> Path:
         from anchorlm.sample import sample
 
+        prompts = prompts or self.prompts
         scfg = dataclasses.replace(self.base.sample, seeds=[seed], **overrides)
-        key = _hash([to_dict(scfg), anchored, self.prompts])
+        key = _hash([to_dict(scfg), anchored, prompts])
         path = model / "samples" / f"{'anchored' if anchored else 'plain'}-{key}.jsonl"
         if not path.exists():
             self._run(
                 "sample",
                 f"{model.parent.name}/{model.name.rsplit('-', 1)[0]} "
                 f"({'anchored ' + scfg.anchors if anchored else 'plain'}, T={scfg.temperature})",
-                lambda: sample(scfg, model, self.prompts, path, anchored),
+                lambda: sample(scfg, model, prompts, path, anchored),
             )
         return path
 
@@ -192,12 +195,28 @@ class Study:
             self._run("evaluate", str(samples.relative_to(self.out)), score)
         return json.loads(path.read_text())
 
+    def classifier_info(self) -> dict:
+        """The attribute classifier's figures (classes, held-out accuracy, chance), cached."""
+        path = self.out / f"classifier-{_hash(to_dict(self.base.evaluate))}.json"
+        if not path.exists():
+            _write_json(path, self.scorer().clf_info)
+        return json.loads(path.read_text())
+
     def scorer(self):
         if self._scorer is None:
             from anchorlm.evaluate import Scorer
 
             self._scorer = Scorer(self.base.evaluate, self.base.sft_data, self.base.corpus)
         return self._scorer
+
+    def steered(self, model: Path, seed: int, topics: list[str]) -> dict:
+        """Scores of anchored samples whose annotation starts with a forced `topic:` tag."""
+        prompts = [
+            {"id": f"{p['id']}|{t}", "prompt": p["prompt"], "annotation_prefix": [f"topic:{t}"]}
+            for p in self.prompts
+            for t in topics
+        ]
+        return self.scored(self.sampled(model, seed, True, prompts, n_samples=self.cfg.steering_samples))
 
     # ---- variants: (model cell, anchored sampling) -------------------------------------------
     def variant(self, size: str, seed: int, name: str, temperature: float | None = None, **extra) -> dict:
@@ -251,10 +270,10 @@ def _mean_figures(runs: list[dict]) -> dict:
     out["n_prompts"] = runs[0]["n_prompts"]
     out["n_seeds"] = len(runs)
     if "anchoring" in runs[0]:
-        out["anchoring"] = {
-            k: float(np.mean([r["anchoring"][k] for r in runs if r["anchoring"][k] is not None]))
-            for k in runs[0]["anchoring"]
-        }
+        out["anchoring"] = {}
+        for k in runs[0]["anchoring"]:
+            vals = [r["anchoring"][k] for r in runs if r["anchoring"][k] is not None]
+            out["anchoring"][k] = float(np.mean(vals)) if vals else None
     return out
 
 
@@ -355,12 +374,53 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
             frontier[v].append({"temperature": temp, **fig["diversity"], **fig["quality"]})
     res["frontier"] = {"size": st.focus, "seeds": list(cfg.frontier_seeds), "points": frontier}
 
+    # diagnostic: does the writer follow a plan it is given, before and after anchored SFT?
+    if cfg.steering_topics:
+        seen = [t for t in cfg.steering_topics if t in cfg.base.sft_data.categories]
+        unseen = [t for t in cfg.steering_topics if t not in cfg.base.sft_data.categories]
+        rows = {}
+        for name in ("annotated", "aat", "aat_unmasked"):
+            rows[name] = {}
+            for group, topics in (("sft_topics", seen), ("other_topics", unseen)):
+                if not topics:
+                    continue
+                vals = []
+                for s in cfg.ablation_seeds:
+                    if name == "annotated":
+                        model = st.pretrained(st.focus, s, "annotated")
+                    else:
+                        spec = {"aat": {}, "aat_unmasked": {"mask_annotation": False}}[name]
+                        model = st.posttrained(st.focus, s, name, "annotated", {"method": "anchored", **spec})
+                    vals.append(st.steered(model, s, topics)["anchoring"]["topic_followed"])
+                vals = [v for v in vals if v is not None]  # None: no well-formed annotation at all
+                rows[name][group] = float(np.mean(vals)) if vals else None
+        res["steering"] = {
+            "size": st.focus,
+            "seeds": list(cfg.ablation_seeds),
+            "sft_topics": seen,
+            "other_topics": unseen,
+            "chance": st.classifier_info()["chance"],
+            "classifier_heldout_accuracy": st.classifier_info()["heldout_accuracy"],
+            "topic_followed": rows,
+        }
+
     res["bar"] = bar(res)
     minutes = (time.time() - t0) / 60
+    this = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "minutes": round(minutes, 2),
+        "cells_run": st.cells_run,
+        "minutes_by_stage": {k: round(v / 60, 2) for k, v in st.timings.items()},
+    }
+    ledger_path = st.out / "compute.json"  # every invocation that ran cells in this out_dir
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else []
+    if st.cells_run:
+        ledger.append(this)
+        _write_json(ledger_path, ledger)
     res["compute"] = {
-        "minutes_this_invocation": round(minutes, 2),
+        "minutes_this_invocation": this["minutes"],
         "cells_run_this_invocation": st.cells_run,
-        "minutes_by_stage_this_invocation": {k: round(v / 60, 2) for k, v in st.timings.items()},
+        "invocations_that_ran_cells": ledger,
         "versions": versions(),
     }
     res["config"] = to_dict(cfg)

@@ -72,10 +72,15 @@ def test_stratified_sampling_uses_more_distinct_annotations(study):
     from anchorlm.data.sft import read_jsonl
 
     d, _ = study
-    model = next((d / "run" / "models" / "b-s0").glob("aat-*"))
+    # the recipe's AAT model (the entropy study's AAT models, other SFT sets, are sampled once)
+    model = max(
+        (d / "run" / "models" / "b-s0").glob("aat-*"), key=lambda m: len(list(m.glob("samples/*.jsonl")))
+    )
     distinct = {}
     for f in (model / "samples").glob("anchored-*.jsonl"):
         rows = read_jsonl(f)
+        if "|" in str(rows[0]["prompt_id"]):
+            continue  # the steering diagnostic's forced-topic samples
         per = {}
         for r in rows:
             per.setdefault(r["prompt_id"], set()).add(r["annotation_raw"])
