@@ -45,8 +45,10 @@ def test_choose_anchors_covers_distinct_topics_before_repeating():
         assert sorted(pool[i].split()[0] for i in picks) == ["topic:a", "topic:b", "topic:c"]
         picks = choose_anchors(pool, 4, random.Random(seed))
         assert len({pool[i] for i in picks}) == 4  # every distinct annotation before any repeat
-        picks = choose_anchors(pool, 9, random.Random(seed))
-        assert len(set(picks)) == 5 + 1  # 4 distinct, then repeats reuse other draws of the same text
+        picks = choose_anchors(pool, 12, random.Random(seed))
+        assert len({pool[i] for i in picks[:4]}) == 4  # round one: each distinct annotation once
+        x = [i for i in picks if pool[i] == "topic:a keyword:x"]
+        assert len(x) == 3 and len(set(x)) == 3  # repeats of x reuse its other draws from the pool
     assert choose_anchors(pool, 5, random.Random(1)) == choose_anchors(pool, 5, random.Random(1))
 
 
