@@ -115,3 +115,12 @@ def test_bad_recipe_names_the_field(tmp_path):
         text=True,
     )
     assert proc.returncode == 2 and "hidden_size" in proc.stderr
+
+
+def test_a_fresh_run_with_the_same_recipe_gives_the_same_numbers(study, tmp_path):
+    """Every cell recomputed from nothing (own models, samples, scores): same seeds, same numbers."""
+    _, first = study
+    again, _ = _run(tmp_path / "run", tmp_path / "docs")
+    assert again["compute"]["cells_run_this_invocation"] > 50
+    for k in ("sizes", "ablations", "entropy_study", "frontier", "steering", "bar"):
+        assert again[k] == first[k]
