@@ -219,22 +219,19 @@ class Study:
         return self.scored(self.sampled(model, seed, True, prompts, n_samples=self.cfg.steering_samples))
 
     # ---- variants: (model cell, anchored sampling) -------------------------------------------
-    def variant(self, size: str, seed: int, name: str, temperature: float | None = None, **extra) -> dict:
-        """Scores of one named variant at one size and seed."""
-        t = {} if temperature is None else {"temperature": temperature}
+    def spec(self, name: str) -> tuple[str | None, str, dict, bool]:
+        """(post-trained cell name or None for the pretrained model, pretrained variant it starts
+        from, post-training overrides, anchored sampling) of a named variant."""
+        anchored = {"method": "anchored"}
         specs = {
             "base": (None, "plain", {}, False),
+            "annotated": (None, "annotated", {}, True),
             "sft": ("sft", "plain", {"method": "sft"}, False),
-            "aat": ("aat", "annotated", {"method": "anchored"}, True),
-            "aat_on_plain": ("aat_on_plain", "plain", {"method": "anchored"}, True),
-            "aat_no_annotation": ("aat", "annotated", {"method": "anchored"}, False),
-            "aat_unmasked": (
-                "aat_unmasked",
-                "annotated",
-                {"method": "anchored", "mask_annotation": False},
-                True,
-            ),
-            "aat_stratified": ("aat", "annotated", {"method": "anchored"}, True),
+            "aat": ("aat", "annotated", anchored, True),
+            "aat_on_plain": ("aat_on_plain", "plain", anchored, True),
+            "aat_no_annotation": ("aat", "annotated", anchored, False),
+            "aat_unmasked": ("aat_unmasked", "annotated", {**anchored, "mask_annotation": False}, True),
+            "aat_stratified": ("aat", "annotated", anchored, True),
             "gem": ("gem", "plain", {"method": "sft", "loss": "gem", "gem_beta": self.cfg.gem_beta}, False),
             "replay": (
                 "replay",
@@ -244,24 +241,36 @@ class Study:
             ),
         }
         if name in specs:
-            post, init, over, anchored = specs[name]
-        else:  # a diagnostic: an anchored variant with its own post-training overrides
-            diag = next(d for d in self.cfg.diagnostics if d["name"] == name)
-            post, init, anchored = name, diag.get("init", "annotated"), True
-            over = {"method": "anchored", **diag.get("posttrain", {})}
-        if name == "aat_stratified":
-            t["anchors"] = "stratified"
-        categories = extra.get("categories")
+            return specs[name]
+        diag = next(d for d in self.cfg.diagnostics if d["name"] == name)  # an anchored diagnostic
+        return name, diag.get("init", "annotated"), {**anchored, **diag.get("posttrain", {})}, True
+
+    def model(self, size: str, seed: int, name: str, categories: list | None = None) -> Path:
+        """The model cell of a named variant."""
+        post, init, over, _ = self.spec(name)
         if post is None:
-            model = self.pretrained(size, seed, init)
-        else:
-            model = self.posttrained(size, seed, post, init, over, categories)
-        return self.scored(self.sampled(model, seed, anchored, **t))
+            return self.pretrained(size, seed, init)
+        return self.posttrained(size, seed, post, init, over, categories)
+
+    def variant(
+        self,
+        size: str,
+        seed: int,
+        name: str,
+        temperature: float | None = None,
+        categories: list | None = None,
+    ) -> dict:
+        """Scores of one named variant at one size and seed."""
+        overrides = {} if temperature is None else {"temperature": temperature}
+        if name == "aat_stratified":
+            overrides["anchors"] = "stratified"
+        model = self.model(size, seed, name, categories)
+        return self.scored(self.sampled(model, seed, self.spec(name)[3], **overrides))
 
 
 # ---- aggregation ---------------------------------------------------------------------------------
 def _mean_figures(runs: list[dict]) -> dict:
-    """The mean over seeds of each diversity and quality figure (the demo's form), with per-seed values."""
+    """The mean over seeds of each diversity and quality figure (the demo's form)."""
     out: dict = {"diversity": {}, "quality": {}, "n_samples": sum(r["n_samples"] for r in runs)}
     for part in ("diversity", "quality"):
         for k in runs[0][part]:
@@ -386,11 +395,7 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
                     continue
                 vals = []
                 for s in cfg.ablation_seeds:
-                    if name == "annotated":
-                        model = st.pretrained(st.focus, s, "annotated")
-                    else:
-                        spec = {"aat": {}, "aat_unmasked": {"mask_annotation": False}}[name]
-                        model = st.posttrained(st.focus, s, name, "annotated", {"method": "anchored", **spec})
+                    model = st.model(st.focus, s, name)
                     vals.append(st.steered(model, s, topics)["anchoring"]["topic_followed"])
                 vals = [v for v in vals if v is not None]  # None: no well-formed annotation at all
                 rows[name][group] = float(np.mean(vals)) if vals else None
