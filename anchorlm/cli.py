@@ -4,7 +4,7 @@
     anchorlm annotate --config C --out DIR
     anchorlm tokenizer --annotated DIR --out DIR
     anchorlm tokenize --annotated DIR --tokenizer DIR --variant plain|annotated --out DIR
-    anchorlm pretrain --data DIR --tokenizer DIR --out DIR
+    anchorlm pretrain --data DIR (--tokenizer DIR | --init-from MODEL) --out DIR
     anchorlm sft-data --annotated DIR --out DIR
     anchorlm posttrain --model DIR --data train.jsonl --method sft|anchored --out DIR
     anchorlm sample --model DIR --prompts prompts.jsonl [--anchored] --out samples.jsonl
@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+MODEL_SPEC = "a model dir, a .gguf file, 'smollm2' (packaged) or a hub id"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,23 +52,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s = cmd("tokenize", "pack an annotated corpus into training blocks")
     s.add_argument("--annotated", required=True)
-    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--tokenizer", required=True, help=f"our tokenizer's dir, or a model: {MODEL_SPEC}")
     s.add_argument("--variant", choices=["plain", "annotated"], required=True)
     s.add_argument("--out", required=True)
     s = cmd("pretrain", "pretrain (or continue) a causal LM on packed blocks (resumable)")
     s.add_argument("--data", required=True, help="output dir of `anchorlm tokenize`")
-    s.add_argument("--tokenizer", required=True)
+    s.add_argument("--tokenizer", help="tokenizer dir (default: the --init-from model's)")
+    s.add_argument("--init-from", help=f"continue this model instead of a fresh one: {MODEL_SPEC}")
     s.add_argument("--out", required=True)
     s = cmd("sft-data", "build the demo's narrow SFT data and held-out prompts")
     s.add_argument("--annotated", required=True)
     s.add_argument("--out", required=True)
     s = cmd("posttrain", "post-train with `sft` or `anchored` masking (resumable)")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help=MODEL_SPEC)
     s.add_argument("--data", required=True, help="JSONL of {instruction, response, tags}")
     s.add_argument("--method", choices=["sft", "anchored"])
     s.add_argument("--out", required=True)
     s = cmd("sample", "draw N samples per prompt, plain or anchored")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help=MODEL_SPEC)
     s.add_argument("--prompts", required=True, help="JSONL of {id, prompt}")
     s.add_argument("--anchored", action="store_true", help="the model writes its annotation first")
     s.add_argument("--out", required=True)
@@ -151,6 +154,8 @@ def _run(args, cfg) -> int | None:
     elif c == "pretrain":
         from anchorlm.train.pretrain import pretrain
 
+        if args.init_from:
+            cfg.pretrain.init_from = args.init_from
         print(pretrain(cfg.pretrain, args.data, args.tokenizer, args.out)["counts"])
     elif c == "sft-data":
         from anchorlm.data.sft import build_sft_data

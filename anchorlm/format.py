@@ -139,11 +139,45 @@ def encode_document(tokenizer, chunks: list[tuple[list[str], str]], annotated: b
         if annotated and tags:
             ids += encode_annotation(tokenizer, tags)[0]
         ids += encode_text(tokenizer, text + ("\n\n" if i < len(chunks) - 1 else ""))
-    ids.append(tokenizer.convert_tokens_to_ids(EOS))
+    ids.append(eos_id(tokenizer))
     return ids
 
 
+def eos_id(tokenizer) -> int:
+    """The token that ends a document and a response: the tokenizer's EOS (ours: ``<|endoftext|>``;
+    a chat model's: its end-of-turn token, e.g. SmolLM2's ``<|im_end|>``)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; anchorlm needs one to end documents and responses")
+    return tokenizer.eos_token_id
+
+
+_SLOT = "\u2063ANCHORLM_PROMPT\u2063"  # stands in for the instruction while the template renders
+
+
+def _template_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids of the chat template's text before and after the user's message (cached on the
+    tokenizer). The template's own text is tokenised with special tokens recognised; the
+    instruction never is."""
+    cached = getattr(tokenizer, "_anchorlm_template", None)
+    if cached is None:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SLOT}], tokenize=False, add_generation_prompt=True
+        )
+        if not isinstance(text, str) or text.count(_SLOT) != 1:
+            raise ValueError("the tokenizer's chat template does not render the user message once")
+        pre, post = text.split(_SLOT)
+        enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
+        cached = (enc(pre), enc(post))
+        tokenizer._anchorlm_template = cached
+    return cached
+
+
 def encode_prompt(tokenizer, instruction: str) -> list[int]:
-    """Ids of a prompt for our own tokenizer: ``<|user|>instruction<|assistant|>``."""
+    """Ids of a prompt, ready for the assistant's turn: the model's chat template when it has one
+    (e.g. ``<|im_start|>user\\ninstruction<|im_end|>\\n<|im_start|>assistant\\n``), otherwise ours,
+    ``<|user|>instruction<|assistant|>``. The instruction is sanitised text either way."""
+    if getattr(tokenizer, "chat_template", None):
+        pre, post = _template_ids(tokenizer)
+        return pre + encode_text(tokenizer, instruction) + post
     t = tokenizer.convert_tokens_to_ids
     return [t(USER)] + encode_text(tokenizer, instruction) + [t(ASSISTANT)]

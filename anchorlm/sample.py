@@ -17,10 +17,10 @@ from anchorlm.config import SampleConfig
 from anchorlm.format import (
     ANN_CLOSE,
     ANN_OPEN,
-    EOS,
     SPECIAL_TOKENS,
     encode_annotation,
     encode_prompt,
+    eos_id,
     parse_tags,
     strip_annotations,
 )
@@ -58,7 +58,7 @@ def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], 
 
 def _clean(tok, ids: list[int]) -> str:
     text = strip_annotations(tok.decode(ids, skip_special_tokens=False))
-    for t in SPECIAL_TOKENS:
+    for t in SPECIAL_TOKENS + list(tok.all_special_tokens):
         text = text.replace(t, "")
     return text.strip()
 
@@ -105,14 +105,13 @@ def sample(
     import random
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.models import load_lm
 
-    tok = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model, tok = load_lm(str(model_dir), add_tokens=anchored)
+    model.eval()
     t = tok.convert_tokens_to_ids
-    open_id, close_id, eos_id = t(ANN_OPEN), t(ANN_CLOSE), t(EOS)
+    open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
     stratified = anchored and cfg.anchors == "stratified"
     per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
     results = []
@@ -127,7 +126,7 @@ def sample(
 
     def annotate(batch):
         seqs = [encode_prompt(tok, p["prompt"]) + [open_id] + prefix(p) for _, p, _ in batch]
-        gen = _generate(model, tok, seqs, cfg.max_annotation_tokens, [close_id, eos_id], cfg)
+        gen = _generate(model, tok, seqs, cfg.max_annotation_tokens, [close_id, end_id], cfg)
         return [(prefix(p) + ids, stop == close_id) for (_, p, _), (ids, stop) in zip(batch, gen)]
 
     for seed in cfg.seeds:  # batches never mix seeds, so each seed's samples depend on that seed alone
@@ -154,7 +153,7 @@ def sample(
                 seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, got)]
             else:
                 got = [None] * len(batch)
-            gen = _generate(model, tok, seqs, cfg.max_new_tokens, [eos_id], cfg)
+            gen = _generate(model, tok, seqs, cfg.max_new_tokens, [end_id], cfg)
             for (seed_, p, k), (ids, stop), ann in zip(batch, gen, got):
                 row = {
                     "prompt_id": p["id"],

@@ -51,8 +51,10 @@ def train_tokenizer(docs: list[dict], cfg: TokenizerConfig, out_dir: str | Path)
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
+    """Our tokenizer from a directory, or any model spec's (`anchorlm.models`), anchor tokens added."""
+    from anchorlm.models import load_lm_tokenizer
 
-    if not (Path(path) / "tokenizer.json").exists():
+    p = Path(path)
+    if p.is_dir() and not (p / "tokenizer.json").exists() and not list(p.glob("*.gguf")):
         raise FileNotFoundError(f"no tokenizer in {path} (run `anchorlm tokenizer` first)")
-    return AutoTokenizer.from_pretrained(str(path))
+    return load_lm_tokenizer(str(path))

@@ -1,4 +1,4 @@
-"""Build a small Llama-style causal LM from the config, or continue from a checkpoint."""
+"""Build a small Llama-style causal LM from the config, or continue from any model spec."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ from anchorlm.config import ModelConfig
 
 
 def build_model(cfg: ModelConfig, tokenizer, init_from: str = ""):
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if init_from:
-        model = AutoModelForCausalLM.from_pretrained(init_from)
-        if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer))
+        from anchorlm.models import load_lm
+
+        model, tok = load_lm(init_from)  # a directory, GGUF file, 'smollm2' or hub id; tokens added
+        if tok.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"pretrain.init_from={init_from!r} has another vocabulary than the tokenizer the data "
+                "was tokenized with; tokenize with `--tokenizer` set to that model"
+            )
         return model
     config = LlamaConfig(
         vocab_size=len(tokenizer),

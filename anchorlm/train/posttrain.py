@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from anchorlm.config import PosttrainConfig, to_dict
-from anchorlm.format import EOS, encode_annotation, encode_prompt, encode_text
+from anchorlm.format import encode_annotation, encode_prompt, encode_text, eos_id
 from anchorlm.manifest import write_manifest
 
 IGNORE = -100
@@ -27,7 +27,7 @@ IGNORE = -100
 def build_example(tok, ex: dict, method: str, value_only: bool = False, mask_annotation: bool = True) -> dict:
     """input_ids and labels (IGNORE where no loss) for one SFT example."""
     prompt = encode_prompt(tok, ex["instruction"])
-    resp = encode_text(tok, ex["response"]) + [tok.convert_tokens_to_ids(EOS)]
+    resp = encode_text(tok, ex["response"]) + [eos_id(tok)]
     ids, labels = list(prompt), [IGNORE] * len(prompt)
     if method == "anchored":
         ann, is_value = encode_annotation(tok, ex["tags"])
@@ -62,7 +62,7 @@ def replay_rows(tok, texts: list[str], n: int, cfg: PosttrainConfig) -> list[dic
     if n and not texts:
         raise ValueError("posttrain.replay_fraction > 0 needs pretraining texts to replay")
     rng = random.Random(cfg.seed + 1)
-    eos = tok.convert_tokens_to_ids(EOS)
+    eos = eos_id(tok)
     rows = []
     for _ in range(n):
         ids = (encode_text(tok, texts[rng.randrange(len(texts))][: cfg.replay_max_chars]) + [eos])[
@@ -99,21 +99,20 @@ def posttrain(
     callbacks=(),
     replay_texts: list[str] = (),
 ) -> dict:
-    """Post-train the model in `model_dir` on `examples` (plus replayed `replay_texts` when
+    """Post-train the model `model_dir` (a directory or any model spec of `anchorlm.models`) on `examples` (plus replayed `replay_texts` when
     `cfg.replay_fraction` > 0); saves to `out_dir`. Returns the manifest."""
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import set_seed
 
-    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.models import load_lm
     from anchorlm.train.gem import gem_loss_func
     from anchorlm.train.loop import train
 
-    tok = load_tokenizer(model_dir)
+    set_seed(cfg.seed)
+    model, tok = load_lm(str(model_dir))  # any model spec; anchor tokens added if it lacks them
     rows, n_value_only = build_dataset(tok, examples, cfg)
     n_sft = len(rows)
     n_replay = round(cfg.replay_fraction * n_sft)
     rows += replay_rows(tok, list(replay_texts), n_replay, cfg)
-    set_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     losses = train(
         model,

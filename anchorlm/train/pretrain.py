@@ -20,9 +20,19 @@ def collate_blocks(rows):
 
 
 def pretrain(
-    cfg: PretrainConfig, data_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, callbacks=()
+    cfg: PretrainConfig,
+    data_dir: str | Path,
+    tokenizer_dir: str | Path | None,
+    out_dir: str | Path,
+    callbacks=(),
 ) -> dict:
-    """Train on the blocks in `data_dir`; the model is saved to `out_dir`. Returns the manifest."""
+    """Train on the blocks in `data_dir`; the model is saved to `out_dir`. Returns the manifest.
+
+    A fresh model is built from `cfg.model`, or, with `cfg.init_from` (any model spec of
+    `anchorlm.models`: a directory, a GGUF file, 'smollm2', a hub id), that model continues, its
+    annotation tokens added; then `tokenizer_dir` may be None (the model's own tokenizer)."""
+    if not tokenizer_dir and not cfg.init_from:
+        raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
     from datasets import load_from_disk
     from transformers import set_seed
 
@@ -30,7 +40,7 @@ def pretrain(
     from anchorlm.train.loop import train
     from anchorlm.train.model import build_model, non_embedding_params
 
-    tok = load_tokenizer(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir or cfg.init_from)
     ds = load_from_disk(str(data_dir))
     if len(ds[0]["input_ids"]) != cfg.seq_len:
         raise ValueError(
