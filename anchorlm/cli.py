@@ -7,6 +7,7 @@
     anchorlm pretrain --data DIR (--tokenizer DIR | --init-from MODEL) --out DIR
     anchorlm sft-data --annotated DIR --out DIR
     anchorlm posttrain --model DIR --data train.jsonl --method sft|anchored --out DIR
+    anchorlm export-trl --model DIR --data train.jsonl --method anchored --form prompt-completion --out F
     anchorlm sample --model DIR --prompts prompts.jsonl [--anchored] --out samples.jsonl
     anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
     anchorlm report --results results.json --out DIR
@@ -68,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="JSONL of {instruction, response, tags}")
     s.add_argument("--method", choices=["sft", "anchored"])
     s.add_argument("--out", required=True)
+    s = cmd("export-trl", "write SFT data for TRL's SFTTrainer, masked as `posttrain.method` masks it")
+    s.add_argument("--model", required=True, help=f"whose tokenizer renders the prompts: {MODEL_SPEC}")
+    s.add_argument("--data", required=True, help="JSONL of {instruction, response, tags}")
+    s.add_argument("--method", choices=["sft", "anchored"])
+    s.add_argument("--form", choices=["prompt-completion", "labels"], default="prompt-completion")
+    s.add_argument("--out", required=True, help="JSONL file to write")
     s = cmd("sample", "draw N samples per prompt, plain or anchored")
     s.add_argument("--model", required=True, help=MODEL_SPEC)
     s.add_argument("--prompts", required=True, help="JSONL of {id, prompt}")
@@ -168,6 +175,15 @@ def _run(args, cfg) -> int | None:
         if args.method:
             cfg.posttrain.method = args.method
         print(posttrain(cfg.posttrain, args.model, read_jsonl(args.data), args.out)["counts"])
+    elif c == "export-trl":
+        from anchorlm.data.sft import read_jsonl
+        from anchorlm.data.trl import export_trl
+        from anchorlm.tokenizer import load_tokenizer
+
+        if args.method:
+            cfg.posttrain.method = args.method
+        n = export_trl(load_tokenizer(args.model), read_jsonl(args.data), cfg.posttrain, args.form, args.out)
+        print(f"wrote {n} {args.form} rows ({cfg.posttrain.method}) to {args.out}")
     elif c == "sample":
         from anchorlm.data.sft import read_jsonl
         from anchorlm.sample import sample

@@ -1,0 +1,60 @@
+"""Export anchorlm's SFT data for TRL's `SFTTrainer`, with the same loss masking.
+
+prompt-completion  {"prompt": str, "completion": str}: the prompt is the rendered chat prompt
+                   and, for `anchored`, the annotation ``<|ann|>tags<|/ann|>``; the completion is
+                   the response and the EOS. TRL's completion-only loss (its default for this
+                   form) then masks the prompt and the annotation, which is the anchored method.
+                   Value-only masking (`posttrain.value_mask_fraction`) cannot be written in this
+                   form: every example masks its whole annotation.
+labels             {"input_ids": [...], "labels": [...]}: pre-tokenised with anchorlm's own
+                   masking (value-only examples included), -100 where no loss; TRL uses the
+                   labels as they are.
+
+Texts are sanitised as in training, so neither instruction nor response can forge a token when
+TRL tokenises the strings with special tokens recognised.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anchorlm.config import PosttrainConfig
+from anchorlm.format import encode_annotation, encode_prompt, sanitize
+
+FORMS = ("prompt-completion", "labels")
+
+
+def trl_rows(tok, examples: list[dict], cfg: PosttrainConfig, form: str) -> list[dict]:
+    """TRL rows for `examples` ({instruction, response, tags}) with `cfg.method`'s masking."""
+    if form not in FORMS:
+        raise ValueError(f"TRL form must be one of {FORMS}, not {form!r}")
+    if form == "labels":
+        from anchorlm.train.posttrain import build_dataset
+
+        return build_dataset(tok, examples, cfg)[0]
+    rows = []
+    for i, ex in enumerate(examples):
+        if cfg.method == "anchored" and not ex.get("tags"):
+            raise ValueError(f"SFT example {i + 1} has no tags; anchored post-training needs them")
+        ids = encode_prompt(tok, ex["instruction"])
+        if cfg.method == "anchored":
+            ids += encode_annotation(tok, ex["tags"])[0]
+        rows.append(
+            {
+                "prompt": tok.decode(ids, skip_special_tokens=False),
+                "completion": sanitize(ex["response"]) + tok.eos_token,
+            }
+        )
+    return rows
+
+
+def export_trl(tok, examples: list[dict], cfg: PosttrainConfig, form: str, out_path: str | Path) -> int:
+    """Write the TRL rows as JSONL (load with `datasets.load_dataset("json", data_files=...)`)."""
+    rows = trl_rows(tok, examples, cfg, form)  # in the order given: TRL's trainer shuffles
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return len(rows)
