@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from importlib import metadata
@@ -29,6 +30,8 @@ def write_manifest(out_dir: str | Path, stage: str, config: dict, counts: dict) 
         "counts": counts,
         "versions": versions(),
     }
+    if int(os.environ.get("RANK", "0")) != 0:  # in a multi-process run, the main process writes
+        return m
     path = Path(out_dir) / "manifest.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(m, indent=2, default=str))

@@ -1,5 +1,9 @@
 """The shared training loop: `transformers.Trainer` with resume-from-last-checkpoint.
 
+`batch_size` is the global batch: under `accelerate launch` (or torchrun) with N processes, each
+takes batch_size / N per step, so a run in N processes follows the single-process one (the same
+examples in each step, the loss averaged over the same tokens) up to floating-point order.
+
 Checkpoints go to ``out_dir/checkpoints``; the final model and tokenizer to ``out_dir`` with
 `save_pretrained`, the loss log to ``out_dir/log_history.json``. A run killed mid-way resumes from
 its last checkpoint (weights, optimizer, scheduler, RNG and data position) when started again.
@@ -8,6 +12,7 @@ its last checkpoint (weights, optimizer, scheduler, RNG and data position) when 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -36,10 +41,15 @@ def train(
 
     out = Path(out_dir)
     ckpt = out / "checkpoints"
+    world = world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch; it must divide over {world} processes"
+        )
     args = TrainingArguments(
         output_dir=str(ckpt),
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=batch_size // world,  # the same global batch in any number of processes
         learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=int(warmup_ratio * max_steps),
@@ -55,6 +65,7 @@ def train(
         dataloader_num_workers=0,
         save_only_model=False,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
         bf16=_bf16(),  # bf16 mixed precision on a GPU that has it; fp32 on the CPU
     )
@@ -70,12 +81,26 @@ def train(
     if last:
         print(f"resuming from {last}", flush=True)
     trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # the main process writes, the others wait
     history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=1))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        (out / "log_history.json").write_text(json.dumps(history, indent=1))
     losses = [h["loss"] for h in history if "loss" in h]
-    return {"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+    return {
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "processes": world,
+    }
+
+
+def world_size() -> int:
+    """Processes in this run: 1, or what `accelerate launch` / torchrun set in WORLD_SIZE."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _has_accelerator() -> bool:
