@@ -21,6 +21,13 @@ def f(default: Any, help: str):  # noqa: A002 - mirrors argparse's word
     return field(default=default, metadata={"help": help})
 
 
+def _check_report_to(value: str, section: str) -> None:
+    names = [s.strip() for s in str(value).split(",") if s.strip()]
+    bad = [n for n in names if n not in ("none", "tensorboard", "wandb")]
+    if bad or not names:
+        raise ValueError(f"{section}.report_to: {value!r}; use none, tensorboard, wandb or tensorboard,wandb")
+
+
 @dataclass
 class CorpusConfig:
     path: str = f("data/corpus.jsonl.gz", "JSONL(.gz), Parquet file, or a `datasets` dir saved on disk")
@@ -106,9 +113,13 @@ class PretrainConfig:
     save_steps: int = f(100, "checkpoint every this many steps (resume point after a kill)")
     logging_steps: int = f(20, "log the loss every this many steps")
     seed: int = f(0, "training seed")
-    report_to: str = f("none", "trainer logging integrations: none, tensorboard, wandb")
+    report_to: str = f(
+        "none",
+        "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
+    )
 
     def __post_init__(self):
+        _check_report_to(self.report_to, "pretrain")
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
         if self.seq_len > self.model.max_position_embeddings:
@@ -142,9 +153,13 @@ class PosttrainConfig:
     replay_fraction: float = f(0.0, "add this many pretraining chunks per SFT example, trained as plain text")
     replay_max_chars: int = f(300, "replayed chunks are cut to this many characters")
     seed: int = f(0, "training seed")
-    report_to: str = f("none", "trainer logging integrations: none, tensorboard, wandb")
+    report_to: str = f(
+        "none",
+        "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
+    )
 
     def __post_init__(self):
+        _check_report_to(self.report_to, "posttrain")
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")
         if self.loss not in ("ce", "gem"):

@@ -94,3 +94,30 @@ def test_plain_and_annotated_streams_differ_only_by_annotations(tiny_tokenizer, 
     o = tiny_tokenizer.convert_tokens_to_ids(ANN_OPEN)
     assert o not in sum(load_from_disk(str(tmp_path / "plain"))["input_ids"], [])
     assert sum(load_from_disk(str(tmp_path / "ann"))["input_ids"], []).count(o) >= 30
+
+
+def test_tensorboard_and_wandb_offline_logging(blocks, tmp_path, monkeypatch):
+    """report_to reaches the Trainer's loggers: TensorBoard events and an offline W&B run, both
+    under <out>/logs, holding the same training losses as log_history.json."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for k in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "TENSORBOARD_LOGGING_DIR"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    pretrain(_cfg(report_to="tensorboard,wandb"), blocks / "data", blocks / "tok", out)
+    logged = [h["loss"] for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    ev = EventAccumulator(str(out / "logs" / "tensorboard"))
+    ev.Reload()
+    tb = [e.value for e in ev.Scalars("train/loss")]
+    assert tb == pytest.approx(logged, rel=1e-5) and len(tb) == 12
+    runs = list((out / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # the offline run, ready for `wandb sync`
+    assert "WANDB_MODE" not in __import__("os").environ  # our settings do not leak past the run
+
+
+def test_bad_report_to_is_named():
+    with pytest.raises(ValueError, match="pretrain.report_to"):
+        _cfg(report_to="mlflow")

@@ -11,6 +11,7 @@ its last checkpoint (weights, optimizer, scheduler, RNG and data position) when 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -61,7 +62,8 @@ def train(
         logging_steps=logging_steps,
         seed=seed,
         data_seed=seed,
-        report_to=[] if report_to == "none" else [report_to],
+        report_to=report_targets(report_to),
+        run_name=out.resolve().name,
         dataloader_num_workers=0,
         save_only_model=False,
         remove_unused_columns=False,
@@ -69,18 +71,19 @@ def train(
         use_cpu=not _has_accelerator(),
         bf16=_bf16(),  # bf16 mixed precision on a GPU that has it; fp32 on the CPU
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        callbacks=list(callbacks),
-        compute_loss_func=compute_loss_func,
-    )
-    last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
-    if last:
-        print(f"resuming from {last}", flush=True)
-    trainer.train(resume_from_checkpoint=last)
+    with _logging_env(out, report_targets(report_to)):  # the loggers read it when the Trainer is made
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collator,
+            callbacks=list(callbacks),
+            compute_loss_func=compute_loss_func,
+        )
+        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
+        if last:
+            print(f"resuming from {last}", flush=True)
+        trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out))  # the main process writes, the others wait
     history = trainer.state.log_history
     if trainer.is_world_process_zero():
@@ -92,6 +95,41 @@ def train(
         "final_loss": losses[-1] if losses else None,
         "processes": world,
     }
+
+
+REPORTERS = ("tensorboard", "wandb")
+
+
+def report_targets(report_to: str) -> list[str]:
+    """'none', 'tensorboard', 'wandb' or 'tensorboard,wandb' -> the Trainer's report_to list."""
+    names = [s.strip() for s in str(report_to).split(",") if s.strip() and s.strip() != "none"]
+    bad = [n for n in names if n not in REPORTERS]
+    if bad:
+        raise ValueError(f"report_to: unknown {bad}; use none, tensorboard, wandb or tensorboard,wandb")
+    return names
+
+
+@contextlib.contextmanager
+def _logging_env(out: Path, targets: list[str]):
+    """Point the loggers into `out/logs`: TensorBoard events in logs/tensorboard, W&B runs in
+    logs/wandb; W&B runs offline (sync later with `wandb sync`) unless WANDB_MODE is set or an API
+    key is configured. Variables the user set are left alone; ours are removed afterwards."""
+    env = {}
+    if "tensorboard" in targets:
+        env["TENSORBOARD_LOGGING_DIR"] = str(out / "logs" / "tensorboard")
+    if "wandb" in targets:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        env["WANDB_DIR"] = str(out / "logs")
+        env["WANDB_PROJECT"] = "anchorlm"
+        if not os.environ.get("WANDB_API_KEY"):
+            env["WANDB_MODE"] = "offline"
+    ours = {k: v for k, v in env.items() if k not in os.environ}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for k in ours:
+            os.environ.pop(k, None)
 
 
 def world_size() -> int:
