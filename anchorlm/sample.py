@@ -49,11 +49,45 @@ def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], 
             pad_token_id=tok.pad_token_id,
             use_cache=True,
         )
-    rows = []
-    for row in out[:, n:].tolist():
-        cut = next((k for k, t in enumerate(row) if t in stop), None)
-        rows.append((row[:cut], row[cut] if cut is not None else None))
-    return rows
+    return [_cut(row, stop) for row in out[:, n:].tolist()]
+
+
+def _cut(row: list[int], stop: list[int]) -> tuple[list[int], int | None]:
+    cut = next((k for k, t in enumerate(row) if t in stop), None)
+    return row[:cut], row[cut] if cut is not None else None
+
+
+class VLLMGenerator:
+    """The same contract as `_generate` on a vLLM engine (`pip install anchorlm[vllm]`): token ids
+    in, the new tokens of each row up to its first stop token out. Each request gets its own seed,
+    derived from the run seed and the request's key, so results do not depend on batching."""
+
+    def __init__(self, model_dir: str, seed: int):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("sample.backend 'vllm' needs `pip install anchorlm[vllm]` (and a GPU)") from e
+        self.llm = LLM(model=model_dir, tokenizer=model_dir, seed=seed)
+
+    def __call__(self, seqs, max_new: int, stop: list[int], cfg: SampleConfig, keys: list[tuple]):
+        import hashlib
+
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=max_new,
+                stop_token_ids=stop,
+                skip_special_tokens=False,
+                seed=int.from_bytes(hashlib.sha256(repr(k).encode()).digest()[:4], "little"),
+            )
+            for k in keys
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
+        return [_cut(list(o.outputs[0].token_ids), stop) for o in outs]
 
 
 def _clean(tok, ids: list[int]) -> str:
@@ -106,10 +140,31 @@ def sample(
 
     import torch
 
-    from anchorlm.models import load_lm
+    if cfg.backend == "vllm":
+        from anchorlm.models import anchor_tokens, load_causal_lm_tokenizer
 
-    model, tok = load_lm(str(model_dir), add_tokens=anchored)
-    model.eval()
+        tok = load_causal_lm_tokenizer(str(model_dir))
+        missing = anchor_tokens(tok, annotations=anchored)
+        if missing:
+            raise ValueError(
+                f"{model_dir} lacks {missing}; vLLM serves a model as saved: add them by training it with "
+                "anchorlm (pretrain --init-from, posttrain) or sample with backend 'transformers'"
+            )
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        engine = VLLMGenerator(str(model_dir), cfg.seeds[0])
+
+        def generate(seqs, max_new, stop, keys):
+            return engine(seqs, max_new, stop, cfg, keys)
+    else:
+        from anchorlm.models import load_lm
+
+        model, tok = load_lm(str(model_dir), add_tokens=anchored)
+        model.eval()
+
+        def generate(seqs, max_new, stop, keys):
+            return _generate(model, tok, seqs, max_new, stop, cfg)
+
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
     stratified = anchored and cfg.anchors == "stratified"
@@ -126,7 +181,8 @@ def sample(
 
     def annotate(batch):
         seqs = [encode_prompt(tok, p["prompt"]) + [open_id] + prefix(p) for _, p, _ in batch]
-        gen = _generate(model, tok, seqs, cfg.max_annotation_tokens, [close_id, end_id], cfg)
+        keys = [("ann", s, p["id"], k) for s, p, k in batch]
+        gen = generate(seqs, cfg.max_annotation_tokens, [close_id, end_id], keys)
         return [(prefix(p) + ids, stop == close_id) for (_, p, _), (ids, stop) in zip(batch, gen)]
 
     for seed in cfg.seeds:  # batches never mix seeds, so each seed's samples depend on that seed alone
@@ -153,7 +209,7 @@ def sample(
                 seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, got)]
             else:
                 got = [None] * len(batch)
-            gen = _generate(model, tok, seqs, cfg.max_new_tokens, [end_id], cfg)
+            gen = generate(seqs, cfg.max_new_tokens, [end_id], [("resp", s, p["id"], k) for s, p, k in batch])
             for (seed_, p, k), (ids, stop), ann in zip(batch, gen, got):
                 row = {
                     "prompt_id": p["id"],

@@ -1,5 +1,6 @@
-"""An instruction-tuned LM writes the tags: a local `transformers` model or an OpenAI-compatible
-HTTP endpoint (vLLM, llama.cpp server, ...). Answers are parsed strictly; a malformed answer is
+"""An instruction-tuned LM writes the tags: a local `transformers` model, a vLLM engine, or an
+OpenAI-compatible HTTP endpoint (vLLM, `transformers serve`, llama.cpp server, ...) with many
+requests in flight, a rate limit, and retries (honouring Retry-After on 429 and 5xx). Answers are parsed strictly; a malformed answer is
 retried (sampled, so the retry can differ) and, after `max_retries`, the chunk gets no LLM tags and
 is counted in `failures`.
 """
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from anchorlm.config import LLMAnnotatorConfig
 from anchorlm.format import parse_tags
@@ -52,13 +55,40 @@ def parse_answer(answer: str) -> list[str] | None:
     return parse_tags(line)
 
 
+class RateLimiter:
+    """At most `rate` acquisitions per second over all threads: each caller is given the next free
+    slot, 1/rate after the previous one, and sleeps until it. `rate` 0 never waits."""
+
+    def __init__(self, rate: float, clock=time.monotonic, sleep=time.sleep):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock, self.sleep = clock, sleep
+        self.next_free = -float("inf")
+        self.lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Wait for a slot; returns the time it was granted for."""
+        if not self.interval:
+            return self.clock()
+        with self.lock:
+            slot = max(self.clock(), self.next_free)
+            self.next_free = slot + self.interval
+        wait = slot - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+        return slot
+
+
 class LLMAnnotator:
     name = "llm"
 
     def __init__(self, cfg: LLMAnnotatorConfig):
         self.cfg = cfg
         self.failures = 0
+        self.retries = 0
+        self.in_flight = self.max_in_flight = 0  # requests open at once, for the record
+        self._count = threading.Lock()
         self._model = None
+        self._limiter = RateLimiter(cfg.requests_per_second)
 
     def fit(self, docs, text_field):
         return {}
@@ -71,6 +101,8 @@ class LLMAnnotator:
         if self.cfg.backend == "openai":
             with ThreadPoolExecutor(self.cfg.concurrency) as pool:
                 return list(pool.map(self._ask_http, prompts))
+        if self.cfg.backend == "vllm":
+            return self._ask_vllm(prompts)
         return self._ask_local(prompts)
 
     # --- OpenAI-compatible endpoint -------------------------------------------------------
@@ -88,12 +120,21 @@ class LLMAnnotator:
             data=body,
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.cfg.api_key}"},
         )
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
-            return json.loads(r.read())["choices"][0]["message"]["content"]
+        self._limiter.acquire()
+        with self._count:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as r:
+                return json.loads(r.read())["choices"][0]["message"]["content"]
+        finally:
+            with self._count:
+                self.in_flight -= 1
 
     def _ask_http(self, prompt: list[dict]) -> list[str]:
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
+            self.retries += attempt > 0
             try:
                 tags = parse_answer(self._post(prompt, 0.0 if attempt == 0 else 0.7))
                 if tags is not None:
@@ -110,6 +151,38 @@ class LLMAnnotator:
                 time.sleep(min(0.5 * 2**attempt, 30.0))
         self.failures += 1
         return []
+
+    # --- vLLM engine (pip install anchorlm[vllm]) ---------------------------------------------
+    def _ask_vllm(self, prompts: list[list[dict]]) -> list[list[str]]:
+        """The same prompts, prefill and retries as the local backend, batched by vLLM."""
+        if self._model is None:
+            try:
+                from vllm import LLM
+            except ImportError as e:
+                raise ImportError("annotate.llm.backend 'vllm' needs `pip install anchorlm[vllm]`") from e
+            from anchorlm.models import load_causal_lm_tokenizer, resolve_lm
+
+            path, gguf = resolve_lm(self.cfg.model, self.cfg.gguf_file)
+            self._tok = load_causal_lm_tokenizer(self.cfg.model, self.cfg.gguf_file)
+            self._model = LLM(
+                model=str(Path(path) / gguf) if gguf else path, tokenizer=path if not gguf else None
+            )
+        from vllm import SamplingParams
+
+        texts = [self._chat(p) for p in prompts]
+        out: list[list[str] | None] = [None] * len(prompts)
+        for attempt in range(self.cfg.max_retries + 1):
+            todo = [i for i, t in enumerate(out) if t is None]
+            if not todo:
+                break
+            params = SamplingParams(
+                temperature=0.7 if attempt else 0.0, max_tokens=self.cfg.max_new_tokens, seed=attempt
+            )
+            gens = self._model.generate([texts[i] for i in todo], params, use_tqdm=False)
+            for i, g in zip(todo, gens):
+                out[i] = parse_answer(PREFILL + g.outputs[0].text)
+        self.failures += sum(t is None for t in out)
+        return [t or [] for t in out]
 
     # --- local transformers model ---------------------------------------------------------
     def _ask_local(self, prompts: list[list[dict]]) -> list[list[str]]:
