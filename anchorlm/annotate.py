@@ -27,7 +27,8 @@ DOCS_PER_BATCH = 32
 
 
 def _fingerprint(corpus: CorpusConfig, cfg: AnnotateConfig) -> str:
-    blob = json.dumps({"corpus": to_dict(corpus), "annotate": to_dict(cfg)}, sort_keys=True)
+    ann = {k: v for k, v in to_dict(cfg).items() if k != "num_proc"}  # processes do not change tags
+    blob = json.dumps({"corpus": to_dict(corpus), "annotate": ann}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -43,8 +44,29 @@ def _completed_lines(path: Path) -> int:
     return data[:keep].count(b"\n")
 
 
+def annotate_batch(batch: list[dict], annotators, corpus: CorpusConfig, cfg: AnnotateConfig, fh) -> int:
+    """Chunk and annotate `batch`, append one line per document to `fh`; returns the chunk count."""
+    chunks = [chunk_text(d[corpus.text_field], cfg.max_chunk_chars) for d in batch]
+    items = [(d, c) for d, cs in zip(batch, chunks) for c in cs]
+    tags = iter(annotate_all(annotators, items))
+    for d, cs in zip(batch, chunks):
+        row = {
+            "id": d["id"],
+            "category": d.get(corpus.category_field),
+            "chunks": [{"text": c, "tags": next(tags)} for c in cs],
+        }
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    fh.flush()
+    return len(items)
+
+
 def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Path) -> dict:
     """Annotate the training documents of `corpus`; returns the manifest."""
+    from anchorlm.data.shards import annotate_shards, list_shards
+
+    files = list_shards(corpus.path)
+    if files:  # a directory or glob of shards: shard by shard, streamed
+        return annotate_shards(corpus, cfg, out_dir, files)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = CorpusStats()
@@ -77,18 +99,7 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
     ):
         for s in range(done, len(docs), DOCS_PER_BATCH):
             batch = docs[s : s + DOCS_PER_BATCH]
-            chunks = [chunk_text(d[corpus.text_field], cfg.max_chunk_chars) for d in batch]
-            items = [(d, c) for d, cs in zip(batch, chunks) for c in cs]
-            tags = iter(annotate_all(annotators, items))
-            for d, cs in zip(batch, chunks):
-                row = {
-                    "id": d["id"],
-                    "category": d.get(corpus.category_field),
-                    "chunks": [{"text": c, "tags": next(tags)} for c in cs],
-                }
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n_chunks += len(items)
-            fh.flush()
+            n_chunks += annotate_batch(batch, annotators, corpus, cfg, fh)
             bar.update(len(batch))
 
     failures = {a.name: getattr(a, "failures", 0) for a in annotators}
@@ -106,8 +117,20 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
     )
 
 
-def read_annotated(out_dir: str | Path) -> list[dict]:
-    path = Path(out_dir) / "annotated.jsonl"
+def iter_annotated(out_dir: str | Path):
+    """Stream the annotated documents of `anchorlm annotate` (one file or its shards)."""
+    from anchorlm.data.shards import iter_annotated_shards
+
     if not (Path(out_dir) / "manifest.json").exists():
         raise FileNotFoundError(f"{out_dir} has no finished annotation (run `anchorlm annotate` first)")
-    return [json.loads(line) for line in path.open(encoding="utf-8")]
+    if (Path(out_dir) / "shards").is_dir():
+        yield from iter_annotated_shards(out_dir)
+        return
+    with open(Path(out_dir) / "annotated.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def read_annotated(out_dir: str | Path) -> list[dict]:
+    """All annotated documents in memory (the demo's scale; `iter_annotated` streams)."""
+    return list(iter_annotated(out_dir))

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("demo", "run the whole pipeline on the bundled corpus and print the table")
     s.add_argument("--out", help="output directory (default: the config's out_dir)")
     s = cmd("annotate", "annotate a corpus, chunk by chunk (resumable)")
-    s.add_argument("--corpus", help="corpus file or dir (default: corpus.path)")
+    s.add_argument("--corpus", help="corpus file, datasets dir, or dir/glob of shards (default: corpus.path)")
+    s.add_argument("--num-proc", type=int, help="sharded corpus: shards at once (default: annotate.num_proc)")
     s.add_argument("--out", required=True)
     s = cmd("tokenizer", "train the BPE tokenizer on an annotated corpus")
     s.add_argument("--annotated", required=True, help="output dir of `anchorlm annotate`")
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--annotated", required=True)
     s.add_argument("--tokenizer", required=True, help=f"our tokenizer's dir, or a model: {MODEL_SPEC}")
     s.add_argument("--variant", choices=["plain", "annotated"], required=True)
+    s.add_argument("--num-proc", type=int, default=1, help="sharded corpus: shards tokenised at once")
     s.add_argument("--out", required=True)
     s = cmd("pretrain", "pretrain (or continue) a causal LM on packed blocks (resumable)")
     s.add_argument("--data", required=True, help="output dir of `anchorlm tokenize`")
@@ -138,12 +140,20 @@ def _run(args, cfg) -> int | None:
 
         if args.corpus:
             cfg.corpus.path = args.corpus
+        if args.num_proc:
+            cfg.annotate.num_proc = args.num_proc
         print(annotate_corpus(cfg.corpus, cfg.annotate, args.out)["counts"])
     elif c == "tokenizer":
-        from anchorlm.annotate import read_annotated
+        from anchorlm.annotate import iter_annotated
         from anchorlm.tokenizer import train_tokenizer
 
-        train_tokenizer(read_annotated(args.annotated), cfg.tokenizer, args.out)
+        train_tokenizer(iter_annotated(args.annotated), cfg.tokenizer, args.out)
+    elif c == "tokenize" and (Path(args.annotated) / "shards").is_dir():
+        from anchorlm.data.shards import pack_shards
+
+        annotated = args.variant == "annotated"
+        s = (args.annotated, args.tokenizer, annotated, cfg.pretrain.seq_len, args.out, cfg.pretrain.seed)
+        print(pack_shards(*s, args.num_proc)["counts"])
     elif c == "tokenize":
         from anchorlm.annotate import read_annotated
         from anchorlm.data.pack import pack

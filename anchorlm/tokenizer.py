@@ -13,16 +13,18 @@ from anchorlm.format import EOS, PAD, SPECIAL_TOKENS, sanitize
 from anchorlm.manifest import write_manifest
 
 
-def _texts(docs: list[dict]):
+def _texts(docs, counter: list):
     for d in docs:
+        counter[0] += 1
         for c in d["chunks"]:
             yield sanitize(c["text"])
             if c["tags"]:
                 yield " ".join(c["tags"])
 
 
-def train_tokenizer(docs: list[dict], cfg: TokenizerConfig, out_dir: str | Path):
-    """Train on annotated documents (chunk texts and their tags); returns the HF tokenizer."""
+def train_tokenizer(docs, cfg: TokenizerConfig, out_dir: str | Path):
+    """Train on annotated documents, a list or a stream (chunk texts and their tags); returns the
+    HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -36,7 +38,8 @@ def train_tokenizer(docs: list[dict], cfg: TokenizerConfig, out_dir: str | Path)
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_texts(docs), trainer=trainer)
+    n_docs = [0]
+    tok.train_from_iterator(_texts(docs, n_docs), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS,
@@ -46,7 +49,7 @@ def train_tokenizer(docs: list[dict], cfg: TokenizerConfig, out_dir: str | Path)
     )
     out = Path(out_dir)
     hf.save_pretrained(out)
-    write_manifest(out, "tokenizer", to_dict(cfg), {"vocab_size": len(hf), "documents": len(docs)})
+    write_manifest(out, "tokenizer", to_dict(cfg), {"vocab_size": len(hf), "documents": n_docs[0]})
     return hf
 
 

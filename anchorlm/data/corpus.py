@@ -47,8 +47,11 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield i, row
+        i = 0  # record batch by record batch: a large file is never read whole
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                i += 1
+                yield i, row
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rb") as fh:
@@ -74,7 +77,14 @@ def read_corpus(
     if not path.exists():
         raise FileNotFoundError(f"corpus not found: {path} (set corpus.path)")
     stats = stats if stats is not None else CorpusStats()
-    docs = []
+    docs = list(iter_valid(path, cfg, stats, include_heldout))
+    yield from _cap_per_category(docs, cfg)
+
+
+def iter_valid(
+    path: Path, cfg: CorpusConfig, stats: CorpusStats, include_heldout: bool = False
+) -> Iterator[dict]:
+    """Stream the valid documents of one file (row by row: nothing is held but the current row)."""
     for line, row in _rows(path):
         if isinstance(row, Exception):
             problem = str(row)
@@ -100,8 +110,7 @@ def read_corpus(
             if not include_heldout:
                 continue
         stats.read += 1
-        docs.append(row)
-    yield from _cap_per_category(docs, cfg)
+        yield row
 
 
 def _cap_per_category(docs: list[dict], cfg: CorpusConfig) -> list[dict]:

@@ -18,6 +18,7 @@ from anchorlm.manifest import write_manifest
 def pack(docs: list[dict], tokenizer, annotated: bool, seq_len: int, out_dir: str | Path, seed: int = 0):
     from datasets import Dataset
 
+    docs = list(docs)  # one file's or one shard's documents
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     stream: list[int] = []

@@ -33,15 +33,15 @@ def pretrain(
     annotation tokens added; then `tokenizer_dir` may be None (the model's own tokenizer)."""
     if not tokenizer_dir and not cfg.init_from:
         raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
-    from datasets import load_from_disk
     from transformers import set_seed
 
+    from anchorlm.data.shards import load_blocks
     from anchorlm.tokenizer import load_tokenizer
     from anchorlm.train.loop import train
     from anchorlm.train.model import build_model, non_embedding_params
 
     tok = load_tokenizer(tokenizer_dir or cfg.init_from)
-    ds = load_from_disk(str(data_dir))
+    ds = load_blocks(data_dir)
     if len(ds[0]["input_ids"]) != cfg.seq_len:
         raise ValueError(
             f"{data_dir} holds blocks of {len(ds[0]['input_ids'])} tokens but "

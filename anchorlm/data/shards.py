@@ -1,0 +1,204 @@
+"""Corpora larger than memory: a directory (or glob) of Parquet / JSONL(.gz) shards.
+
+Annotation and tokenisation run shard by shard, in `num_proc` processes, each shard streamed row by
+row (Parquet record batch by record batch), so peak memory follows the shard and batch sizes, not
+the corpus size. Each shard's output is complete when its `.done` marker exists; a killed run
+redoes only unfinished shards, and a half-written annotation shard continues from its last line.
+
+    annotate/shards/<shard>.jsonl + <shard>.done     one line per document, as annotated.jsonl
+    tokens/shards/<shard>/ + <shard>.done            a `datasets` dataset of blocks per shard
+
+The annotators' corpus-level state (the keyword annotator's IDF table) is fitted once, on the
+first `annotate.fit_max_docs` documents, and shared by every shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+
+
+def list_shards(path: str | Path) -> list[Path] | None:
+    """The shard files of a sharded corpus (sorted), or None when `path` is a single file or a
+    `datasets` directory."""
+    s = str(path)
+    if any(c in s for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(s) if p.endswith(SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"corpus.path {s!r} matches no .parquet/.jsonl(.gz) files")
+        return files
+    p = Path(path)
+    if not p.is_dir() or (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
+        return None
+    files = sorted(f for f in p.iterdir() if f.name.endswith(SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"{p} holds no .parquet/.jsonl(.gz) shards and is not a `datasets` directory")
+    return files
+
+
+def shard_name(path: Path) -> str:
+    name = path.name
+    for suf in SUFFIXES:
+        if name.endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _map(fn, jobs: list, num_proc: int) -> list:
+    if num_proc <= 1 or len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+# --- annotation ------------------------------------------------------------------------------
+
+
+def annotate_shards(corpus, cfg, out_dir: str | Path, files: list[Path]) -> dict:
+    """Annotate every shard (resumably, `cfg.num_proc` at a time); returns the manifest."""
+    from anchorlm.annotate import _fingerprint
+    from anchorlm.annotators import get_annotator
+    from anchorlm.config import to_dict
+    from anchorlm.data.corpus import CorpusStats, iter_valid
+    from anchorlm.manifest import write_manifest
+
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    if corpus.max_chars_per_category:
+        raise ValueError(
+            "corpus.max_chars_per_category needs the whole corpus in memory; set it to 0 for shards"
+        )
+    fp = _fingerprint(corpus, cfg)
+    state_path = out / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state["fingerprint"] != fp:
+            raise RuntimeError(f"{out} holds an annotation run with another config; use a new output dir")
+    else:
+        sample = list(
+            islice((d for f in files for d in iter_valid(f, corpus, CorpusStats())), cfg.fit_max_docs)
+        )
+        annotators = [get_annotator(name, cfg) for name in cfg.annotators]
+        state = {
+            "fingerprint": fp,
+            "annotators": {a.name: a.fit(sample, corpus.text_field) for a in annotators},
+        }
+        del sample
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(state_path)
+    jobs = [(str(f), to_dict(corpus), to_dict(cfg), str(out)) for f in files]
+    counts = _map(_annotate_one, jobs, cfg.num_proc)
+    total = {k: sum(c[k] for c in counts) for k in ("documents", "chunks", "read", "heldout")}
+    return write_manifest(
+        out,
+        "annotate",
+        {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
+        {**total, "shards": len(files), "resumed_shards": sum(c["resumed"] for c in counts)},
+    )
+
+
+def _annotate_one(job) -> dict:
+    """Annotate one shard in this process; a finished shard returns its recorded counts."""
+    from anchorlm.annotate import DOCS_PER_BATCH, _completed_lines, annotate_batch
+    from anchorlm.annotators import get_annotator
+    from anchorlm.config import AnnotateConfig, CorpusConfig
+    from anchorlm.data.corpus import CorpusStats, iter_valid
+
+    path, corpus_d, cfg_d, out = Path(job[0]), job[1], job[2], Path(job[3])
+    name = shard_name(path)
+    done = out / "shards" / f"{name}.done"
+    if done.exists():
+        return {**json.loads(done.read_text()), "resumed": True}
+    corpus, cfg = CorpusConfig(**corpus_d), AnnotateConfig(**cfg_d)
+    state = json.loads((out / "state.json").read_text())
+    annotators = [get_annotator(n, cfg) for n in cfg.annotators]
+    for a in annotators:
+        a.load_state(state["annotators"][a.name])
+    data = out / "shards" / f"{name}.jsonl"
+    skip = _completed_lines(data)
+    stats = CorpusStats()
+    docs = islice(iter_valid(path, corpus, stats), skip, None)
+    n_docs, n_chunks = skip, 0
+    with open(data, "a", encoding="utf-8") as fh:
+        while batch := list(islice(docs, DOCS_PER_BATCH)):
+            n_chunks += annotate_batch(batch, annotators, corpus, cfg, fh)
+            n_docs += len(batch)
+    counts = {"documents": n_docs, "chunks": n_chunks, "read": stats.read + skip, "heldout": stats.heldout}
+    done.write_text(json.dumps(counts))
+    return {**counts, "resumed": bool(skip)}
+
+
+def iter_annotated_shards(out_dir: str | Path) -> Iterator[dict]:
+    for f in sorted((Path(out_dir) / "shards").glob("*.jsonl")):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+
+# --- tokenisation ----------------------------------------------------------------------------
+
+
+def pack_shards(
+    annotated_dir, tokenizer_path: str, annotated: bool, seq_len: int, out_dir, seed: int, num_proc: int
+):
+    """Pack each annotated shard into its own blocks dataset (resumably); returns the manifest."""
+    from anchorlm.manifest import write_manifest
+
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    files = sorted((Path(annotated_dir) / "shards").glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{annotated_dir} has no annotated shards (run `anchorlm annotate` first)")
+    jobs = [(str(f), tokenizer_path, annotated, seq_len, str(out), seed) for f in files]
+    counts = _map(_pack_one, jobs, num_proc)
+    total = {k: sum(c[k] for c in counts) for k in ("documents", "tokens", "blocks", "annotation_tokens")}
+    return write_manifest(
+        out,
+        "tokenize",
+        {"annotated": annotated, "seq_len": seq_len, "seed": seed},
+        {**total, "shards": len(files)},
+    )
+
+
+def _pack_one(job) -> dict:
+    from anchorlm.data.pack import pack
+    from anchorlm.tokenizer import load_tokenizer
+
+    path, tok_path, annotated, seq_len, out, seed = job
+    name = shard_name(Path(path))
+    done = Path(out) / "shards" / f"{name}.done"
+    if done.exists():
+        return json.loads(done.read_text())
+
+    def docs():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    m = pack(docs(), load_tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed)
+    done.write_text(json.dumps(m["counts"]))
+    return m["counts"]
+
+
+def load_blocks(data_dir: str | Path):
+    """The training blocks of `anchorlm tokenize`: one dataset, or every shard's, concatenated
+    (memory-mapped Arrow files: nothing is loaded into memory)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    d = Path(data_dir)
+    if (d / "shards").is_dir():
+        parts = [load_from_disk(str(p)) for p in sorted((d / "shards").iterdir()) if p.is_dir()]
+        if not parts:
+            raise FileNotFoundError(f"{d}/shards holds no tokenised shards")
+        return concatenate_datasets(parts)
+    return load_from_disk(str(d))
