@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s = cmd("evaluate", "diversity and quality of sample files, and the summary figures")
     s.add_argument("--samples", nargs="+", required=True, metavar="VARIANT=FILE")
+    s.add_argument("--prompts", help="the prompt file sampled: every variant must cover exactly its prompts")
     s.add_argument("--out", required=True)
     s = cmd("report", "write results.json, report.md and plots from evaluate's JSON")
     s.add_argument("--results", required=True)
@@ -203,11 +204,13 @@ def _run(args, cfg) -> int | None:
         )
         print(f"wrote {len(rows)} samples to {args.out}")
     elif c == "evaluate":
+        from anchorlm.data.sft import read_jsonl
         from anchorlm.evaluate import evaluate
         from anchorlm.report import table
 
         samples = dict(_pair(s) for s in args.samples)
-        print(table(evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out)))
+        prompts = _prompts(read_jsonl(args.prompts), args.prompts) if args.prompts else None
+        print(table(evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out, prompts)))
     elif c == "report":
         from anchorlm.report import write_report
 

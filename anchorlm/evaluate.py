@@ -139,9 +139,21 @@ def evaluate(
     corpus: CorpusConfig,
     samples: dict[str, str | Path],
     out_path: str | Path,
+    prompts: list[dict] | None = None,
 ) -> dict:
-    """Score each variant's samples file (JSONL from `anchorlm sample`); write results JSON."""
+    """Score each variant's samples file (JSONL from `anchorlm sample`); write results JSON. With
+    `prompts` (the prompt file's rows), every variant must cover exactly those prompts."""
     loaded = read_samples(samples)  # bad input fails here, before any model is loaded
+    if prompts is not None:
+        want = {str(p["id"]) for p in prompts}
+        for name, rows in loaded.items():
+            got = {str(r["prompt_id"]) for r in rows}
+            if got != want:
+                missing, extra = sorted(want - got)[:5], sorted(got - want)[:5]
+                raise ValueError(
+                    f"{samples[name]}: samples do not match the prompt file "
+                    f"(missing prompt ids {missing}, unknown ids {extra})"
+                )
     scorer = Scorer(cfg, sft, corpus)
     variants, per_prompt = {}, {}
     for name, rows in loaded.items():
@@ -150,6 +162,7 @@ def evaluate(
     results = {
         "variants": variants,
         "classifier": scorer.clf_info,
+        "prompts": len({str(r["prompt_id"]) for rows in loaded.values() for r in rows}),
         "config": to_dict(cfg),
         "versions": versions(),
     }

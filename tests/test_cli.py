@@ -70,3 +70,11 @@ def test_stage_commands_chain_through_directories(tmp_path):
     )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "blocks/manifest.json").exists()
+
+
+def test_evaluate_checks_samples_against_the_prompt_file(tmp_path):
+    prompts = str(ROOT.parent / "shared/benchmarks/noveltybench/curated.jsonl")  # ../shared, as in CI
+    s = tmp_path / "s.jsonl"
+    s.write_text('{"prompt_id": "curated-0", "response": "A girl and her dog."}\n')
+    p = _cli("evaluate", "--prompts", prompts, "--samples", f"m={s}", "--out", str(tmp_path / "r.json"))
+    assert p.returncode == 1 and "missing prompt ids" in p.stderr and "curated-1" in p.stderr
