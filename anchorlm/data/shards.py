@@ -14,6 +14,7 @@ first `annotate.fit_max_docs` documents, and shared by every shard.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -170,9 +171,16 @@ def pack_shards(
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    """One tokenizer per process: loading it for every shard kept ~3.5 MB a shard alive."""
+    from anchorlm.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def _pack_one(job) -> dict:
     from anchorlm.data.pack import pack
-    from anchorlm.tokenizer import load_tokenizer
 
     path, tok_path, annotated, seq_len, out, seed = job
     name = shard_name(Path(path))
@@ -185,7 +193,7 @@ def _pack_one(job) -> dict:
             for line in fh:
                 yield json.loads(line)
 
-    m = pack(docs(), load_tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed)
+    m = pack(docs(), _tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed)
     done.write_text(json.dumps(m["counts"]))
     return m["counts"]
 

@@ -108,7 +108,9 @@ def posttrain(
     from anchorlm.train.loop import train
 
     set_seed(cfg.seed)
-    model, tok = load_lm(str(model_dir))  # any model spec; anchor tokens added if it lacks them
+    # any model spec; `anchored` adds the annotation tokens if it lacks them, `sft` adds none, so a
+    # published model post-trained with sft keeps its vocabulary (added rows would take probability mass)
+    model, tok = load_lm(str(model_dir), add_tokens=cfg.method == "anchored")
     rows, n_value_only = build_dataset(tok, examples, cfg)
     n_sft = len(rows)
     n_replay = round(cfg.replay_fraction * n_sft)
