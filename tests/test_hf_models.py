@@ -164,3 +164,10 @@ def test_chat_model_sampled_plain_keeps_its_vocabulary(tiny_gpt2, tmp_path):
     rows = sample(SampleConfig(n_samples=2, max_new_tokens=8, batch_size=4), str(chat),
                   [{"id": 0, "prompt": "Name a fruit."}], tmp_path / "p.jsonl", anchored=False)  # fmt: skip
     assert len(rows) == 2 and all("annotation" not in r for r in rows)
+    # post-trained with sft, a published model keeps its vocabulary too; anchored adds the tokens
+    ex = [{"instruction": "Name a fruit.", "response": "A pear.", "tags": ["topic:food"]}] * 4
+    for method, size in (("sft", n), ("anchored", n + 2)):
+        cfg = PosttrainConfig(method=method, epochs=1, batch_size=2, max_len=64, value_mask_fraction=1.0)
+        posttrain(cfg, str(chat), ex, tmp_path / method)
+        m3, tok3 = load_lm(str(tmp_path / method), add_tokens=False)
+        assert len(tok3) == m3.get_input_embeddings().num_embeddings == size, method
