@@ -21,11 +21,13 @@ def f(default: Any, help: str):  # noqa: A002 - mirrors argparse's word
     return field(default=default, metadata={"help": help})
 
 
-def _check_report_to(value: str, section: str) -> None:
+def report_names(value: str, section: str = "report_to") -> list[str]:
+    """'none', 'tensorboard', 'wandb' or 'tensorboard,wandb' -> the Trainer's report_to list."""
     names = [s.strip() for s in str(value).split(",") if s.strip()]
     bad = [n for n in names if n not in ("none", "tensorboard", "wandb")]
     if bad or not names:
         raise ValueError(f"{section}.report_to: {value!r}; use none, tensorboard, wandb or tensorboard,wandb")
+    return [n for n in names if n != "none"]
 
 
 @dataclass
@@ -131,7 +133,7 @@ class PretrainConfig:
     )
 
     def __post_init__(self):
-        _check_report_to(self.report_to, "pretrain")
+        report_names(self.report_to, "pretrain")
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
         if self.seq_len > self.model.max_position_embeddings:
@@ -171,7 +173,7 @@ class PosttrainConfig:
     )
 
     def __post_init__(self):
-        _check_report_to(self.report_to, "posttrain")
+        report_names(self.report_to, "posttrain")
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")
         if self.loss not in ("ce", "gem"):

@@ -116,11 +116,7 @@ def add_anchor_tokens(tok, annotations: bool = True) -> list[str]:
 
 def load_lm_tokenizer(name: str, gguf_file: str = ""):
     """The tokenizer of a model spec, with the anchor tokens added (as `load_lm` adds them)."""
-    from transformers import AutoTokenizer
-
-    path, gguf = resolve_lm(name, gguf_file)
-    _offline_if_local(path)
-    tok = _load(AutoTokenizer, path, gguf)
+    tok = load_causal_lm_tokenizer(name, gguf_file)
     add_anchor_tokens(tok)
     return tok
 

@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from anchorlm.config import report_names
+
 
 def train(
     model,
@@ -62,7 +64,7 @@ def train(
         logging_steps=logging_steps,
         seed=seed,
         data_seed=seed,
-        report_to=report_targets(report_to),
+        report_to=report_names(report_to),
         run_name=out.resolve().name,
         dataloader_num_workers=0,
         save_only_model=False,
@@ -71,7 +73,7 @@ def train(
         use_cpu=not _has_accelerator(),
         bf16=_bf16(),  # bf16 mixed precision on a GPU that has it; fp32 on the CPU
     )
-    with _logging_env(out, report_targets(report_to)):  # the loggers read it when the Trainer is made
+    with _logging_env(out, report_names(report_to)):  # the loggers read it when the Trainer is made
         trainer = Trainer(
             model=model,
             args=args,
@@ -95,18 +97,6 @@ def train(
         "final_loss": losses[-1] if losses else None,
         "processes": world,
     }
-
-
-REPORTERS = ("tensorboard", "wandb")
-
-
-def report_targets(report_to: str) -> list[str]:
-    """'none', 'tensorboard', 'wandb' or 'tensorboard,wandb' -> the Trainer's report_to list."""
-    names = [s.strip() for s in str(report_to).split(",") if s.strip() and s.strip() != "none"]
-    bad = [n for n in names if n not in REPORTERS]
-    if bad:
-        raise ValueError(f"report_to: unknown {bad}; use none, tensorboard, wandb or tensorboard,wandb")
-    return names
 
 
 @contextlib.contextmanager
