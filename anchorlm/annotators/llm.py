@@ -1,8 +1,9 @@
 """An instruction-tuned LM writes the tags: a local `transformers` model, a vLLM engine, or an
 OpenAI-compatible HTTP endpoint (vLLM, `transformers serve`, llama.cpp server, ...) with many
-requests in flight, a rate limit, and retries (honouring Retry-After on 429 and 5xx). Answers are parsed strictly; a malformed answer is
-retried (sampled, so the retry can differ) and, after `max_retries`, the chunk gets no LLM tags and
-is counted in `failures`.
+requests in flight, a rate limit, and retries (honouring Retry-After on 429 and 5xx).
+
+Answers are parsed strictly; a malformed answer is retried (sampled, so the retry can differ) and,
+after `max_retries`, the chunk gets no LLM tags and is counted in `failures`.
 """
 
 from __future__ import annotations
@@ -152,9 +153,22 @@ class LLMAnnotator:
         self.failures += 1
         return []
 
-    # --- vLLM engine (pip install anchorlm[vllm]) ---------------------------------------------
+    # --- in-process engines: greedy first, then sampled retries of the malformed answers -------
+    def _ask_engine(self, prompts: list[list[dict]], answer) -> list[list[str]]:
+        """`answer(texts, attempt)` returns the model's continuation of each chat text."""
+        texts = [self._chat(p) for p in prompts]
+        out: list[list[str] | None] = [None] * len(prompts)
+        for attempt in range(self.cfg.max_retries + 1):
+            todo = [i for i, t in enumerate(out) if t is None]
+            if not todo:
+                break
+            for i, text in zip(todo, answer([texts[i] for i in todo], attempt)):
+                out[i] = parse_answer(PREFILL + text)
+        self.failures += sum(t is None for t in out)
+        return [t or [] for t in out]
+
     def _ask_vllm(self, prompts: list[list[dict]]) -> list[list[str]]:
-        """The same prompts, prefill and retries as the local backend, batched by vLLM."""
+        """The local backend's prompts, prefill and retries, batched by a vLLM engine."""
         if self._model is None:
             try:
                 from vllm import LLM
@@ -169,22 +183,14 @@ class LLMAnnotator:
             )
         from vllm import SamplingParams
 
-        texts = [self._chat(p) for p in prompts]
-        out: list[list[str] | None] = [None] * len(prompts)
-        for attempt in range(self.cfg.max_retries + 1):
-            todo = [i for i, t in enumerate(out) if t is None]
-            if not todo:
-                break
+        def answer(texts, attempt):
             params = SamplingParams(
                 temperature=0.7 if attempt else 0.0, max_tokens=self.cfg.max_new_tokens, seed=attempt
             )
-            gens = self._model.generate([texts[i] for i in todo], params, use_tqdm=False)
-            for i, g in zip(todo, gens):
-                out[i] = parse_answer(PREFILL + g.outputs[0].text)
-        self.failures += sum(t is None for t in out)
-        return [t or [] for t in out]
+            return [g.outputs[0].text for g in self._model.generate(texts, params, use_tqdm=False)]
 
-    # --- local transformers model ---------------------------------------------------------
+        return self._ask_engine(prompts, answer)
+
     def _ask_local(self, prompts: list[list[dict]]) -> list[list[str]]:
         import torch
 
@@ -195,13 +201,16 @@ class LLMAnnotator:
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
                 self._tok.pad_token = self._tok.eos_token
-        out: list[list[str] | None] = [None] * len(prompts)
-        for attempt in range(self.cfg.max_retries + 1):
-            todo = [i for i, t in enumerate(out) if t is None]
-            for s in range(0, len(todo), self.cfg.batch_size):
-                idx = todo[s : s + self.cfg.batch_size]
-                texts = [self._chat(prompts[i]) for i in idx]
-                enc = self._tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+        def answer(texts, attempt):
+            out = []
+            for s in range(0, len(texts), self.cfg.batch_size):
+                enc = self._tok(
+                    texts[s : s + self.cfg.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                )
                 torch.manual_seed(attempt)
                 with torch.no_grad():
                     gen = self._model.generate(
@@ -213,10 +222,13 @@ class LLMAnnotator:
                         top_k=None,
                         pad_token_id=self._tok.pad_token_id,
                     )
-                for i, row in zip(idx, gen[:, enc["input_ids"].shape[1] :]):
-                    out[i] = parse_answer(PREFILL + self._tok.decode(row, skip_special_tokens=True))
-        self.failures += sum(t is None for t in out)
-        return [t or [] for t in out]
+                out += [
+                    self._tok.decode(row, skip_special_tokens=True)
+                    for row in gen[:, enc["input_ids"].shape[1] :]
+                ]
+            return out
+
+        return self._ask_engine(prompts, answer)
 
     def _chat(self, msgs: list[dict]) -> str:
         if self._tok.chat_template:
