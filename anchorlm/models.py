@@ -80,7 +80,10 @@ def load_causal_lm(name: str, gguf_file: str = ""):
 
     path, gguf = resolve_lm(name, gguf_file)
     _offline_if_local(path)
-    return _load(AutoModelForCausalLM, path, gguf).eval(), _load(AutoTokenizer, path, gguf)
+    model = _load(AutoModelForCausalLM, path, gguf).eval()
+    if gguf:
+        _as_plain_model(model)
+    return model, _load(AutoTokenizer, path, gguf)
 
 
 def load_causal_lm_tokenizer(name: str, gguf_file: str = ""):
@@ -123,19 +126,12 @@ def load_lm_tokenizer(name: str, gguf_file: str = ""):
 
 def load_lm(name: str, gguf_file: str = "", add_tokens: bool = True):
     """(model, tokenizer) of a model spec, ready for anchorlm: with `add_tokens`, the anchor tokens are
-    added and the embeddings resized (new rows start at the mean of the old ones). Training mode
-    is left to the caller; the model is on the CPU in the dtype it was saved in (GGUF: float32).
-    Without `add_tokens` only what prompts need is added (turn tokens, when there is no chat
-    template), so a published model sampled plain keeps its vocabulary: added rows would take
-    probability mass."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path, gguf = resolve_lm(name, gguf_file)
-    _offline_if_local(path)
-    tok = _load(AutoTokenizer, path, gguf)
-    model = _load(AutoModelForCausalLM, path, gguf)
-    if gguf:
-        _as_plain_model(model)
+    added and the embeddings resized (each new row starts as its `STAND_INS` text). The model is
+    in eval mode (the Trainer switches it to training), on the CPU, in the dtype it was saved in
+    (GGUF: float32). Without `add_tokens` only what prompts need is added (turn tokens, when there
+    is no chat template), so a published model sampled plain keeps its vocabulary: added rows would
+    take probability mass."""
+    model, tok = load_causal_lm(name, gguf_file)
     added = add_anchor_tokens(tok, annotations=add_tokens)
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok), mean_resizing=False)

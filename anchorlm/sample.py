@@ -160,7 +160,6 @@ def sample(
         from anchorlm.models import load_lm
 
         model, tok = load_lm(str(model_dir), add_tokens=anchored)
-        model.eval()
 
         def generate(seqs, max_new, stop, keys):
             return _generate(model, tok, seqs, max_new, stop, cfg)

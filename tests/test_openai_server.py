@@ -33,11 +33,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from anchorlm.models import _as_plain_model, load_causal_lm
+    from anchorlm.models import load_causal_lm
 
     d = tmp_path_factory.mktemp("smollm2-hf")
     model, tok = load_causal_lm("smollm2")  # `transformers serve` reads a model directory, not GGUF
-    _as_plain_model(model)
     model.save_pretrained(d)
     tok.save_pretrained(d)
     del model
