@@ -53,12 +53,16 @@ def shard_name(path: Path) -> str:
     return name
 
 
-def _map(fn, jobs: list, num_proc: int) -> list:
+def _map(fn, jobs: list, num_proc: int, desc: str) -> list:
+    """`fn` over the shard jobs, in `num_proc` processes, with a progress bar counting shards."""
+    from tqdm.auto import tqdm
+
+    bar = dict(total=len(jobs), desc=desc, unit="shard")
     if num_proc <= 1 or len(jobs) <= 1:
-        return [fn(j) for j in jobs]
+        return [fn(j) for j in tqdm(jobs, **bar)]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs))
+        return list(tqdm(pool.map(fn, jobs), **bar))
 
 
 # --- annotation ------------------------------------------------------------------------------
@@ -98,7 +102,7 @@ def annotate_shards(corpus, cfg, out_dir: str | Path, files: list[Path]) -> dict
         tmp.write_text(json.dumps(state))
         tmp.replace(state_path)
     jobs = [(str(f), to_dict(corpus), to_dict(cfg), str(out)) for f in files]
-    counts = _map(_annotate_one, jobs, cfg.num_proc)
+    counts = _map(_annotate_one, jobs, cfg.num_proc, "annotate")
     total = {k: sum(c[k] for c in counts) for k in ("documents", "chunks", "read", "heldout")}
     return write_manifest(
         out,
@@ -161,7 +165,7 @@ def pack_shards(
     if not files:
         raise FileNotFoundError(f"{annotated_dir} has no annotated shards (run `anchorlm annotate` first)")
     jobs = [(str(f), tokenizer_path, annotated, seq_len, str(out), seed) for f in files]
-    counts = _map(_pack_one, jobs, num_proc)
+    counts = _map(_pack_one, jobs, num_proc, f"tokenize ({'annotated' if annotated else 'plain'})")
     total = {k: sum(c[k] for c in counts) for k in ("documents", "tokens", "blocks", "annotation_tokens")}
     return write_manifest(
         out,
