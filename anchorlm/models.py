@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 from anchorlm.format import ANN_CLOSE, ANN_OPEN, ASSISTANT, USER
@@ -93,6 +94,37 @@ def load_causal_lm_tokenizer(name: str, gguf_file: str = ""):
     path, gguf = resolve_lm(name, gguf_file)
     _offline_if_local(path)
     return _load(AutoTokenizer, path, gguf)
+
+
+def cache_dir() -> Path:
+    """Where anchorlm keeps what it derives from models: $ANCHORLM_CACHE, else ~/.cache/anchorlm."""
+    base = os.environ.get("ANCHORLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "anchorlm"
+    return Path(base).expanduser()
+
+
+def hf_dir(name: str, gguf_file: str = "") -> str:
+    """A directory (or hub id) that engines reading Hugging Face checkpoints (vLLM, `transformers
+    serve`) can load. A GGUF model is dequantised once, as `load_causal_lm` loads it, into
+    `cache_dir()/gguf/<file>-<key>`, the key naming the file's path, size and modification time."""
+    import hashlib
+
+    path, gguf = resolve_lm(name, gguf_file)
+    if not gguf:
+        return path
+    src = (Path(path) / gguf).resolve()
+    st = src.stat()
+    key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "gguf" / f"{src.stem}-{key}"
+    if not (out / "config.json").exists():
+        model, tok = load_causal_lm(str(src))
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)  # whole or not at all; a concurrent writer's copy is as good
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
 
 
 def anchor_tokens(tok, annotations: bool = True) -> list[str]:

@@ -2,6 +2,8 @@
 template) through continued annotated pretraining, anchored post-training and anchored sampling,
 and a tiny GPT-2 with no chat template and none of our tokens (and with one)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -171,3 +173,22 @@ def test_chat_model_sampled_plain_keeps_its_vocabulary(tiny_gpt2, tmp_path):
         posttrain(cfg, str(chat), ex, tmp_path / method)
         m3, tok3 = load_lm(str(tmp_path / method), add_tokens=False)
         assert len(tok3) == m3.get_input_embeddings().num_embeddings == size, method
+
+
+def test_hf_dir_dequantises_a_gguf_once_into_a_model_directory(tmp_path, monkeypatch):
+    """vLLM and `transformers serve` read no GGUF: `hf_dir` gives them a directory holding the
+    model `load_causal_lm` loads from the GGUF, written once and then reused."""
+    from anchorlm.models import hf_dir, load_causal_lm
+
+    monkeypatch.setenv("ANCHORLM_CACHE", str(tmp_path))
+    d = hf_dir("smollm2")
+    assert d.startswith(str(tmp_path)) and not list(tmp_path.glob("gguf/*.tmp*"))
+    ref, ref_tok = load_causal_lm("smollm2")
+    got, got_tok = load_causal_lm(d)
+    ids = torch.tensor([encode_prompt(got_tok, "Name three rivers.")])
+    assert ids.tolist() == [encode_prompt(ref_tok, "Name three rivers.")]
+    with torch.no_grad():
+        assert torch.equal(got(ids).logits, ref(ids).logits)
+    stamp = (Path(d) / "model.safetensors").stat().st_mtime_ns
+    assert hf_dir("smollm2") == d and (Path(d) / "model.safetensors").stat().st_mtime_ns == stamp
+    assert hf_dir(d) == d  # a directory is used as it is

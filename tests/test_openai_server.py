@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -33,15 +34,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from anchorlm.models import load_causal_lm
+    from anchorlm.models import hf_dir
 
-    d = tmp_path_factory.mktemp("smollm2-hf")
-    model, tok = load_causal_lm("smollm2")  # `transformers serve` reads a model directory, not GGUF
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    del model
+    with pytest.MonkeyPatch.context() as mp:  # `transformers serve` reads a model directory, not GGUF
+        mp.setenv("ANCHORLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        d = Path(hf_dir("smollm2"))
     port = _free_port()
-    log = open(d / "serve.log", "w")
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "transformers.cli.transformers", "serve", str(d), "--host", "127.0.0.1",
          "--port", str(port), "--device", "cpu"],
@@ -53,7 +53,7 @@ def server(tmp_path_factory):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
-            assert proc.poll() is None, (d / "serve.log").read_text()[-2000:]
+            assert proc.poll() is None, log_path.read_text()[-2000:]
             time.sleep(0.5)
     yield f"http://127.0.0.1:{port}/v1", str(d)
     proc.terminate()
