@@ -62,6 +62,9 @@ class LLMAnnotatorConfig:
     max_retries: int = f(3, "retries for a failed request or a malformed answer")
     timeout_s: float = f(60.0, "per-request timeout (openai backend)")
     max_new_tokens: int = f(40, "tokens the LLM may write per annotation")
+    vllm_args: dict = f(
+        {}, "backend 'vllm': keyword arguments for vllm.LLM (tensor_parallel_size, dtype, max_model_len, ...)"
+    )
 
     def __post_init__(self):
         if self.backend not in ("transformers", "openai", "vllm"):
@@ -189,7 +192,7 @@ class PosttrainConfig:
 @dataclass
 class SampleConfig:
     n_samples: int = f(16, "samples per prompt")
-    temperature: float = f(1.0, "sampling temperature")
+    temperature: float = f(1.0, "sampling temperature (0 = greedy: the most likely token each step)")
     top_p: float = f(1.0, "nucleus sampling threshold")
     max_new_tokens: int = f(96, "response tokens at most")
     max_annotation_tokens: int = f(24, "annotation tokens at most (anchored); then it is closed")
@@ -202,6 +205,9 @@ class SampleConfig:
     backend: str = f(
         "transformers", "'transformers' (generate() here) or 'vllm' (pip install anchorlm[vllm], GPU)"
     )
+    vllm_args: dict = f(
+        {}, "backend 'vllm': keyword arguments for vllm.LLM (tensor_parallel_size, dtype, max_model_len, ...)"
+    )
 
     def __post_init__(self):
         if self.anchors not in ("iid", "stratified"):
@@ -210,6 +216,8 @@ class SampleConfig:
             raise ValueError("sample.anchor_pool must be >= 1")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"sample.backend must be 'transformers' or 'vllm', not {self.backend!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"sample.temperature must be >= 0 (0 = greedy), not {self.temperature!r}")
 
 
 @dataclass

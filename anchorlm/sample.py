@@ -36,15 +36,16 @@ def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], 
     for i, s in enumerate(seqs):
         ids[i, n - len(s) :] = torch.tensor(s)
         mask[i, n - len(s) :] = 1
+    if cfg.temperature == 0:  # greedy
+        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=max_new,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            top_k=0,
+            **sampling,
             eos_token_id=stop,
             pad_token_id=tok.pad_token_id,
             use_cache=True,
@@ -62,12 +63,12 @@ class VLLMGenerator:
     in, the new tokens of each row up to its first stop token out. Each request gets its own seed,
     derived from the run seed and the request's key, so results do not depend on batching."""
 
-    def __init__(self, model_dir: str, seed: int):
+    def __init__(self, model_dir: str, seed: int, engine_args: dict | None = None):
         try:
             from vllm import LLM
         except ImportError as e:
             raise ImportError("sample.backend 'vllm' needs `pip install anchorlm[vllm]` (and a GPU)") from e
-        self.llm = LLM(model=model_dir, tokenizer=model_dir, seed=seed)
+        self.llm = LLM(model=model_dir, tokenizer=model_dir, seed=seed, **(engine_args or {}))
 
     def __call__(self, seqs, max_new: int, stop: list[int], cfg: SampleConfig, keys: list[tuple]):
         import hashlib
@@ -88,6 +89,16 @@ class VLLMGenerator:
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
         return [_cut(list(o.outputs[0].token_ids), stop) for o in outs]
+
+    def close(self) -> None:
+        """Stop the engine now, so that the next one (the next model sampled in this process) finds
+        the GPU memory free; garbage collection alone may come too late."""
+        import gc
+
+        shutdown = getattr(self.llm, "shutdown", None) or self.llm.llm_engine.engine_core.shutdown
+        shutdown()
+        del self.llm
+        gc.collect()
 
 
 def _clean(tok, ids: list[int]) -> str:
@@ -125,6 +136,37 @@ def _batches(jobs: list, size: int) -> list[list]:
     return [jobs[s : s + size] for s in range(0, len(jobs), size)]
 
 
+def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
+    """(tokenizer, generate(seqs, max_new, stop, keys), close()) of `cfg.backend` for a model."""
+    if cfg.backend == "vllm":
+        from anchorlm.models import anchor_tokens, hf_dir, load_causal_lm_tokenizer
+
+        model_dir = hf_dir(str(model_dir))  # vLLM reads no GGUF: a GGUF model is dequantised once
+        tok = load_causal_lm_tokenizer(model_dir)
+        missing = anchor_tokens(tok, annotations=anchored)
+        if missing:
+            raise ValueError(
+                f"{model_dir} lacks {missing}; vLLM serves a model as saved: add them by training it with "
+                "anchorlm (pretrain --init-from, posttrain) or sample with backend 'transformers'"
+            )
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        engine = VLLMGenerator(model_dir, cfg.seeds[0], cfg.vllm_args)
+
+        def generate(seqs, max_new, stop, keys):
+            return engine(seqs, max_new, stop, cfg, keys)
+
+        return tok, generate, engine.close
+    from anchorlm.models import load_lm
+
+    model, tok = load_lm(str(model_dir), add_tokens=anchored)
+
+    def generate(seqs, max_new, stop, keys):
+        return _generate(model, tok, seqs, max_new, stop, cfg)
+
+    return tok, generate, lambda: None
+
+
 def sample(
     cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path, anchored: bool
 ) -> list[dict]:
@@ -136,33 +178,25 @@ def sample(
     With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
     drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
     """
+    tok, generate, close = _backend(cfg, model_dir, anchored)
+    try:
+        results = _draw(cfg, tok, generate, prompts, anchored)
+    finally:
+        close()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")  # the file appears only when complete
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in results:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    return results
+
+
+def _draw(cfg: SampleConfig, tok, generate, prompts: list[dict], anchored: bool) -> list[dict]:
     import random
 
     import torch
-
-    if cfg.backend == "vllm":
-        from anchorlm.models import anchor_tokens, load_causal_lm_tokenizer
-
-        tok = load_causal_lm_tokenizer(str(model_dir))
-        missing = anchor_tokens(tok, annotations=anchored)
-        if missing:
-            raise ValueError(
-                f"{model_dir} lacks {missing}; vLLM serves a model as saved: add them by training it with "
-                "anchorlm (pretrain --init-from, posttrain) or sample with backend 'transformers'"
-            )
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        engine = VLLMGenerator(str(model_dir), cfg.seeds[0])
-
-        def generate(seqs, max_new, stop, keys):
-            return engine(seqs, max_new, stop, cfg, keys)
-    else:
-        from anchorlm.models import load_lm
-
-        model, tok = load_lm(str(model_dir), add_tokens=anchored)
-
-        def generate(seqs, max_new, stop, keys):
-            return _generate(model, tok, seqs, max_new, stop, cfg)
 
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
@@ -228,11 +262,4 @@ def sample(
             if not stratified:
                 bar.update(len(batch))
     bar.close()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")  # the file appears only when complete
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in results:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(out)
     return results

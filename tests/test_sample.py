@@ -62,3 +62,28 @@ def test_choose_anchors_orders_by_frequency_without_replacement():
     pool = ["topic:a keyword:x"] * 9 + ["topic:a keyword:y"]
     first_x = sum(pool[choose_anchors(pool, 1, random.Random(s))[0]].endswith("x") for s in range(2000))
     assert abs(first_x / 2000 - 0.9) < 0.03
+
+
+def test_temperature_zero_decodes_greedily(smoke_run):
+    """Against a brute-force argmax decoder, one unpadded sequence at a time: prompts of different
+    lengths are left-padded in the batch, which must not change what is decoded."""
+    import torch
+
+    from anchorlm.format import encode_prompt, eos_id
+    from anchorlm.models import load_lm
+    from anchorlm.sample import _generate
+
+    model, tok = load_lm(str(smoke_run / "models/sft"))
+    seqs = [encode_prompt(tok, p["prompt"]) for p in PROMPTS]
+    assert len({len(s) for s in seqs}) > 1
+    got = _generate(model, tok, seqs, 10, [eos_id(tok)], SampleConfig(temperature=0))
+    for s, (ids, stop) in zip(seqs, got):
+        ref = list(s)
+        while len(ref) - len(s) < 10:
+            with torch.no_grad():
+                nxt = int(model(torch.tensor([ref])).logits[0, -1].argmax())
+            if nxt == eos_id(tok):
+                break
+            ref.append(nxt)
+        assert ids == ref[len(s) :]
+        assert (stop is not None) == (len(ids) < 10)

