@@ -95,9 +95,12 @@ def test_two_process_pretraining_and_posttraining_match_one_process(setup):
         pre = _run(["pretrain", *common, "--data", str(d / "data"), "--tokenizer", str(d / "tok"),
                     "--out", str(d / f"pre{n}")], n, d)  # fmt: skip
         assert pre["processes"] == n and pre["steps"] == 10
+        assert pre["distributed"] == (
+            "NO" if n == 1 else "MULTI_CPU"
+        )  # DDP over gloo, as accelerate names it
         post = _run(["posttrain", *common, "--model", str(d / f"pre{n}"), "--data", str(d / "sft.jsonl"),
                      "--method", "anchored", "--out", str(d / f"post{n}")], n, d)  # fmt: skip
-        assert post["processes"] == n and post["steps"] == 3
+        assert post["processes"] == n and post["steps"] == 3 and post["distributed"] == pre["distributed"]
         counts[n] = (pre, post)
     for one, two in zip(counts[1], counts[2]):
         for k in ("first_loss", "final_loss"):
