@@ -149,10 +149,11 @@ def add_anchor_tokens(tok, annotations: bool = True) -> list[str]:
     return missing
 
 
-def load_lm_tokenizer(name: str, gguf_file: str = ""):
-    """The tokenizer of a model spec, with the anchor tokens added (as `load_lm` adds them)."""
+def load_lm_tokenizer(name: str, gguf_file: str = "", annotations: bool = True):
+    """The tokenizer of a model spec, with the anchor tokens added (as `load_lm` adds them; without
+    `annotations` only the turn tokens a model without chat template needs)."""
     tok = load_causal_lm_tokenizer(name, gguf_file)
-    add_anchor_tokens(tok)
+    add_anchor_tokens(tok, annotations)
     return tok
 
 

@@ -192,3 +192,19 @@ def test_hf_dir_dequantises_a_gguf_once_into_a_model_directory(tmp_path, monkeyp
     stamp = (Path(d) / "model.safetensors").stat().st_mtime_ns
     assert hf_dir("smollm2") == d and (Path(d) / "model.safetensors").stat().st_mtime_ns == stamp
     assert hf_dir(d) == d  # a directory is used as it is
+
+
+def test_plain_continued_pretraining_keeps_the_models_vocabulary(tiny_gpt2, tmp_path):
+    """Only annotated blocks bring the annotation tokens; plain ones add only the turn tokens a
+    model without chat template needs for prompts."""
+    d, n = tiny_gpt2
+    cfg = PretrainConfig(seq_len=16, batch_size=4, token_budget=128, logging_steps=1, init_from=str(d))
+    sizes = {}
+    for annotated in (False, True):
+        tok = load_lm_tokenizer(str(d), annotations=annotated)
+        pack(_docs(), tok, annotated, 16, tmp_path / f"data{annotated}")
+        pretrain(cfg, tmp_path / f"data{annotated}", None, tmp_path / f"pre{annotated}")
+        model, saved = load_lm(str(tmp_path / f"pre{annotated}"), add_tokens=False)
+        assert model.get_input_embeddings().num_embeddings == len(saved)
+        sizes[annotated] = (len(saved), ANN_OPEN in saved.get_vocab())
+    assert sizes == {False: (n + 2, False), True: (n + 4, True)}

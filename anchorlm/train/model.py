@@ -5,13 +5,13 @@ from __future__ import annotations
 from anchorlm.config import ModelConfig
 
 
-def build_model(cfg: ModelConfig, tokenizer, init_from: str = ""):
+def build_model(cfg: ModelConfig, tokenizer, init_from: str = "", add_tokens: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if init_from:
         from anchorlm.models import load_lm
 
-        model, tok = load_lm(init_from)  # a directory, GGUF file, 'smollm2' or hub id; tokens added
+        model, tok = load_lm(init_from, add_tokens=add_tokens)  # a dir, GGUF file, 'smollm2' or hub id
         if tok.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 f"pretrain.init_from={init_from!r} has another vocabulary than the tokenizer the data "

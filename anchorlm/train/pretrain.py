@@ -6,6 +6,7 @@ steps each, so annotation tokens replace content tokens at equal compute, as in 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from anchorlm.config import PretrainConfig, to_dict
@@ -30,7 +31,8 @@ def pretrain(
 
     A fresh model is built from `cfg.model`, or, with `cfg.init_from` (any model spec of
     `anchorlm.models`: a directory, a GGUF file, 'smollm2', a hub id), that model continues, its
-    annotation tokens added; then `tokenizer_dir` may be None (the model's own tokenizer)."""
+    annotation tokens added when the blocks are annotated (plain blocks leave its vocabulary as it
+    is); then `tokenizer_dir` may be None (the model's own tokenizer)."""
     if not tokenizer_dir and not cfg.init_from:
         raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
     from transformers import set_seed
@@ -40,7 +42,10 @@ def pretrain(
     from anchorlm.train.loop import train
     from anchorlm.train.model import build_model, non_embedding_params
 
-    tok = load_tokenizer(tokenizer_dir or cfg.init_from)
+    # plain continued pretraining keeps a published model's vocabulary: annotation rows that no
+    # training step ever sees would only take probability mass from real tokens
+    annotated = _annotated(data_dir)
+    tok = load_tokenizer(tokenizer_dir or cfg.init_from, annotations=annotated)
     ds = load_blocks(data_dir)
     if len(ds[0]["input_ids"]) != cfg.seq_len:
         raise ValueError(
@@ -48,7 +53,7 @@ def pretrain(
             f"pretrain.seq_len is {cfg.seq_len}; re-run the tokenize stage"
         )
     set_seed(cfg.seed)
-    model = build_model(cfg.model, tok, cfg.init_from)
+    model = build_model(cfg.model, tok, cfg.init_from, add_tokens=annotated)
     steps = cfg.token_budget // (cfg.batch_size * cfg.seq_len)
     losses = train(
         model,
@@ -80,3 +85,10 @@ def pretrain(
             **losses,
         },
     )
+
+
+def _annotated(data_dir: str | Path) -> bool:
+    """Whether `anchorlm tokenize` wrote annotated blocks into `data_dir` (its manifest says; data
+    without a manifest counts as annotated, which only means the tokens are added)."""
+    m = Path(data_dir) / "manifest.json"
+    return bool(json.loads(m.read_text())["config"].get("annotated", True)) if m.exists() else True
