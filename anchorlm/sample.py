@@ -95,8 +95,12 @@ class VLLMGenerator:
         the GPU memory free; garbage collection alone may come too late."""
         import gc
 
-        shutdown = getattr(self.llm, "shutdown", None) or self.llm.llm_engine.engine_core.shutdown
-        shutdown()
+        shutdown = getattr(self.llm, "shutdown", None)  # newer vLLM; 0.32 has it on the engine core
+        if shutdown is None:
+            core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
         del self.llm
         gc.collect()
 
