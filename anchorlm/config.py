@@ -203,7 +203,7 @@ class SampleConfig:
     )
     anchor_pool: int = f(4, "stratified: annotations drawn per sample wanted, to choose from")
     backend: str = f(
-        "transformers", "'transformers' (generate() here) or 'vllm' (pip install anchorlm[vllm], GPU)"
+        "transformers", "'transformers' (generate() here) or 'vllm' (pip install anchorlm[vllm])"
     )
     vllm_args: dict = f(
         {}, "backend 'vllm': keyword arguments for vllm.LLM (tensor_parallel_size, dtype, max_model_len, ...)"

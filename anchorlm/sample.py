@@ -67,7 +67,9 @@ class VLLMGenerator:
         try:
             from vllm import LLM
         except ImportError as e:
-            raise ImportError("sample.backend 'vllm' needs `pip install anchorlm[vllm]` (and a GPU)") from e
+            raise ImportError(
+                "sample.backend 'vllm' needs `pip install anchorlm[vllm]` (on a CPU: scripts/vllm-cpu-env.sh)"
+            ) from e
         self.llm = LLM(model=model_dir, tokenizer=model_dir, seed=seed, **(engine_args or {}))
 
     def __call__(self, seqs, max_new: int, stop: list[int], cfg: SampleConfig, keys: list[tuple]):
@@ -198,6 +200,7 @@ def sample(
 
 
 def _draw(cfg: SampleConfig, tok, generate, prompts: list[dict], anchored: bool) -> list[dict]:
+    """The rows `sample` writes, drawn with `generate` (either backend's)."""
     import random
 
     import torch

@@ -96,7 +96,7 @@ def train(
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "processes": world,
-        "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_GPU (DDP), FSDP, DEEPSPEED
+        "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU/MULTI_GPU (DDP), FSDP, DEEPSPEED
     }
 
 
