@@ -118,12 +118,15 @@ def hf_dir(name: str, gguf_file: str = "") -> str:
     if not (out / "config.json").exists():
         model, tok = load_causal_lm(str(src))
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
         try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
             tmp.rename(out)  # whole or not at all; a concurrent writer's copy is as good
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not (out / "config.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy never stays in the cache
     return str(out)
 
 
