@@ -14,11 +14,17 @@ from typing import Any
 
 import yaml
 
+from anchorlm.precision import check as check_precision
+
 
 def f(default: Any, help: str):  # noqa: A002 - mirrors argparse's word
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+PRECISION = "auto"
+PRECISION_HELP = "auto (bf16 where the device multiplies bf16 fast, else fp32), fp32 or bf16"
 
 
 def report_names(value: str, section: str = "report_to") -> list[str]:
@@ -134,8 +140,10 @@ class PretrainConfig:
         "none",
         "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
     )
+    precision: str = f(PRECISION, PRECISION_HELP)
 
     def __post_init__(self):
+        check_precision(self.precision, "pretrain")
         report_names(self.report_to, "pretrain")
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
@@ -174,8 +182,10 @@ class PosttrainConfig:
         "none",
         "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
     )
+    precision: str = f(PRECISION, PRECISION_HELP)
 
     def __post_init__(self):
+        check_precision(self.precision, "posttrain")
         report_names(self.report_to, "posttrain")
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")
@@ -208,8 +218,13 @@ class SampleConfig:
     vllm_args: dict = f(
         {}, "backend 'vllm': keyword arguments for vllm.LLM (tensor_parallel_size, dtype, max_model_len, ...)"
     )
+    guidance_scale: float = f(
+        0.0, "anchored: anchor guidance g, logits l(y|x,z) + g (l(y|x,z) - l(y|x)); 0 = none"
+    )
+    precision: str = f(PRECISION, PRECISION_HELP)
 
     def __post_init__(self):
+        check_precision(self.precision, "sample")
         if self.anchors not in ("iid", "stratified"):
             raise ValueError(f"sample.anchors must be 'iid' or 'stratified', not {self.anchors!r}")
         if self.anchor_pool < 1:
@@ -232,6 +247,10 @@ class EvaluateConfig:
     )
     bootstrap: int = f(1000, "bootstrap resamples over prompts for confidence intervals")
     seed: int = f(0, "seed for the bootstrap and the classifier")
+    precision: str = f(PRECISION, PRECISION_HELP + " (fluency scoring)")
+
+    def __post_init__(self):
+        check_precision(self.precision, "evaluate")
 
 
 @dataclass

@@ -75,7 +75,10 @@ class Scorer:
         self.embedder = load_embedder(cfg.embedder)
         self.clf = AttributeClassifier(self.embed, cfg.seed)
         self.clf_info = self.clf.fit(corpus, cfg.classifier_docs_per_category)
+        from anchorlm.precision import dtype
+
         self.ref_model, self.ref_tok = load_causal_lm(cfg.reference_lm)
+        self.ref_model.to(dtype(cfg.precision))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)

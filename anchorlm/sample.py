@@ -8,11 +8,13 @@ beside it; `annotation_ok` records whether the model closed a well-formed annota
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from anchorlm import engine
 from anchorlm.config import SampleConfig
 from anchorlm.format import (
     ANN_CLOSE,
@@ -26,41 +28,9 @@ from anchorlm.format import (
 )
 
 
-def _generate(model, tok, seqs: list[list[int]], max_new: int, stop: list[int], cfg: SampleConfig):
-    """Left-padded batched sampling; returns the new tokens of each row, cut at its first stop."""
-    import torch
-
-    n = max(map(len, seqs))
-    ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, n - len(s) :] = torch.tensor(s)
-        mask[i, n - len(s) :] = 1
-    if cfg.temperature == 0:  # greedy
-        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new,
-            **sampling,
-            eos_token_id=stop,
-            pad_token_id=tok.pad_token_id,
-            use_cache=True,
-        )
-    return [_cut(row, stop) for row in out[:, n:].tolist()]
-
-
-def _cut(row: list[int], stop: list[int]) -> tuple[list[int], int | None]:
-    cut = next((k for k, t in enumerate(row) if t in stop), None)
-    return row[:cut], row[cut] if cut is not None else None
-
-
 class VLLMGenerator:
-    """The same contract as `_generate` on a vLLM engine (`pip install anchorlm[vllm]`): token ids
-    in, the new tokens of each row up to its first stop token out. Each request gets its own seed,
+    """A vLLM engine (`pip install anchorlm[vllm]`): token ids in, the new tokens of each row up to
+    its first stop token out. Each request gets its own seed,
     derived from the run seed and the request's key, so results do not depend on batching."""
 
     def __init__(self, model_dir: str, seed: int, engine_args: dict | None = None):
@@ -107,6 +77,11 @@ class VLLMGenerator:
         gc.collect()
 
 
+def _cut(row: list[int], stop: list[int]) -> tuple[list[int], int | None]:
+    cut = next((k for k, t in enumerate(row) if t in stop), None)
+    return row[:cut], row[cut] if cut is not None else None
+
+
 def _clean(tok, ids: list[int]) -> str:
     text = strip_annotations(tok.decode(ids, skip_special_tokens=False))
     for t in SPECIAL_TOKENS + list(tok.all_special_tokens):
@@ -143,34 +118,54 @@ def _batches(jobs: list, size: int) -> list[list]:
 
 
 def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
-    """(tokenizer, generate(seqs, max_new, stop, keys), close()) of `cfg.backend` for a model."""
+    """(tokenizer, run, close) of `cfg.backend` for a model, where run(prompts, keys, settings,
+    uncond) samples rows as `anchorlm.engine.generate` does."""
     if cfg.backend == "vllm":
-        from anchorlm.models import anchor_tokens, hf_dir, load_causal_lm_tokenizer
-
-        model_dir = hf_dir(str(model_dir))  # vLLM reads no GGUF: a GGUF model is dequantised once
-        tok = load_causal_lm_tokenizer(model_dir)
-        missing = anchor_tokens(tok, annotations=anchored)
-        if missing:
-            raise ValueError(
-                f"{model_dir} lacks {missing}; vLLM serves a model as saved: add them by training it with "
-                "anchorlm (pretrain --init-from, posttrain) or sample with backend 'transformers'"
-            )
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        engine = VLLMGenerator(model_dir, cfg.seeds[0], cfg.vllm_args)
-
-        def generate(seqs, max_new, stop, keys):
-            return engine(seqs, max_new, stop, cfg, keys)
-
-        return tok, generate, engine.close
+        return _vllm_backend(cfg, model_dir, anchored)
     from anchorlm.models import load_lm
+    from anchorlm.precision import dtype
 
     model, tok = load_lm(str(model_dir), add_tokens=anchored)
+    model.to(dtype(cfg.precision))
 
-    def generate(seqs, max_new, stop, keys):
-        return _generate(model, tok, seqs, max_new, stop, cfg)
+    def run(prompts, keys, settings, uncond=None):
+        return engine.generate(model, prompts, keys, settings, tok.pad_token_id, uncond=uncond)
 
-    return tok, generate, lambda: None
+    return tok, run, lambda: None
+
+
+def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
+    from anchorlm.models import anchor_tokens, hf_dir, load_causal_lm_tokenizer
+
+    if cfg.guidance_scale:
+        raise ValueError(
+            "sample.guidance_scale needs each sample's logits with and without its annotation in one "
+            "step, which vLLM does not give; use sample.backend 'transformers' or guidance_scale 0"
+        )
+    model_dir = hf_dir(str(model_dir))  # vLLM reads no GGUF: a GGUF model is dequantised once
+    tok = load_causal_lm_tokenizer(model_dir)
+    missing = anchor_tokens(tok, annotations=anchored)
+    if missing:
+        raise ValueError(
+            f"{model_dir} lacks {missing}; vLLM serves a model as saved: add them by training it with "
+            "anchorlm (pretrain --init-from, posttrain) or sample with backend 'transformers'"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    gen = VLLMGenerator(model_dir, cfg.seeds[0], cfg.vllm_args)
+
+    def run(prompts, keys, settings, uncond=None):
+        """Annotation and response in two calls: vLLM gives no hook between them."""
+        if settings.annotation:
+            max_ann, close, stops = settings.annotation
+            anns = gen(prompts, max_ann, [close, *stops], cfg, [("ann", k) for k in keys])
+            prompts = [p + ids + [close] for p, (ids, _) in zip(prompts, anns)]
+        else:
+            anns = [None] * len(prompts)
+        resp = gen(prompts, settings.max_new_tokens, list(settings.stop), cfg, [("resp", k) for k in keys])
+        return [engine.Out(*(a if a else ([], None)), ids, stop) for a, (ids, stop) in zip(anns, resp)]
+
+    return tok, run, gen.close
 
 
 def sample(
@@ -179,14 +174,17 @@ def sample(
     """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL.
 
     Anchored, a prompt's optional `annotation_prefix` (tags, e.g. ["topic:food"]) is written for the
-    model as the start of its annotation; the model completes the rest.
+    model as the start of its annotation; the model completes the rest. With `cfg.guidance_scale`
+    g, response logits are l(y|x,z) + g (l(y|x,z) - l(y|x)) (anchorlm.engine).
 
     With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
     drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
     """
-    tok, generate, close = _backend(cfg, model_dir, anchored)
+    if cfg.guidance_scale and not anchored:
+        raise ValueError("sample.guidance_scale needs anchored sampling: plain samples have no annotation")
+    tok, run, close = _backend(cfg, model_dir, anchored)
     try:
-        results = _draw(cfg, tok, generate, prompts, anchored)
+        results = _draw(cfg, tok, run, prompts, anchored)
     finally:
         close()
     out = Path(out_path)
@@ -199,72 +197,81 @@ def sample(
     return results
 
 
-def _draw(cfg: SampleConfig, tok, generate, prompts: list[dict], anchored: bool) -> list[dict]:
-    """The rows `sample` writes, drawn with `generate` (either backend's)."""
+def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> list[dict]:
+    """The rows `sample` writes, drawn with `run` (either backend's)."""
     import random
-
-    import torch
 
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
     stratified = anchored and cfg.anchors == "stratified"
     per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
+    base = dict(temperature=cfg.temperature, top_p=cfg.top_p, guidance_scale=cfg.guidance_scale)
+    respond = engine.Settings(max_new_tokens=cfg.max_new_tokens, stop=(end_id,), **base)
+    guided = anchored and bool(cfg.guidance_scale)
+    query = {id(p): encode_prompt(tok, p["prompt"]) for p in prompts}
+    prefix = {  # a prompt may fix the annotation's first tags (steering)
+        id(p): encode_annotation(tok, p["annotation_prefix"])[0][1:-1] if p.get("annotation_prefix") else []
+        for p in prompts
+    }
     results = []
     bar = tqdm(
         total=len(cfg.seeds) * len(prompts) * per_prompt,
         desc=f"sample ({'anchored, ' + cfg.anchors if anchored else 'plain'})",
         unit="sample",
     )
-
-    def prefix(p: dict) -> list[int]:  # a prompt may fix the annotation's first tags (steering)
-        return encode_annotation(tok, p["annotation_prefix"])[0][1:-1] if p.get("annotation_prefix") else []
-
-    def annotate(batch):
-        seqs = [encode_prompt(tok, p["prompt"]) + [open_id] + prefix(p) for _, p, _ in batch]
-        keys = [("ann", s, p["id"], k) for s, p, k in batch]
-        gen = generate(seqs, cfg.max_annotation_tokens, [close_id, end_id], keys)
-        return [(prefix(p) + ids, stop == close_id) for (_, p, _), (ids, stop) in zip(batch, gen)]
-
-    for seed in cfg.seeds:  # batches never mix seeds, so each seed's samples depend on that seed alone
-        torch.manual_seed(seed)
-        jobs = [(seed, p, k) for p in prompts for k in range(cfg.n_samples)]
-        anns: dict = {}
+    for seed in cfg.seeds:  # each row's random stream is named by (seed, prompt id, index)
+        jobs = [(p, k) for p in prompts for k in range(cfg.n_samples)]
+        got: dict = {}
         if stratified:
-            pool_jobs = [(seed, p, j) for p in prompts for j in range(per_prompt)]
             pools: dict = {}
+            pool_jobs = [(p, j) for p in prompts for j in range(per_prompt)]
+            draft = engine.Settings(max_new_tokens=cfg.max_annotation_tokens, stop=(close_id, end_id), **base)
             for batch in _batches(pool_jobs, cfg.batch_size):
-                for (_, p, _), ann in zip(batch, annotate(batch)):
-                    pools.setdefault(p["id"], []).append(ann)
+                seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
+                keys = [engine.row_key("pool", seed, p["id"], j) for p, j in batch]
+                for (p, _), o in zip(batch, run(seqs, keys, draft)):
+                    pools.setdefault(id(p), []).append((prefix[id(p)] + o.response, o.stop == close_id))
                 bar.update(len(batch))
             rng = random.Random(seed)
             for p in prompts:
-                pool = pools[p["id"]]
+                pool = pools[id(p)]
                 texts = [tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in pool]
                 for k, i in enumerate(choose_anchors(texts, cfg.n_samples, rng)):
-                    anns[(p["id"], k)] = pool[i]
+                    got[(id(p), k)] = pool[i]
         for batch in _batches(jobs, cfg.batch_size):
-            seqs = [encode_prompt(tok, p["prompt"]) for _, p, _ in batch]
-            if anchored:
-                got = [anns[(p["id"], k)] for _, p, k in batch] if stratified else annotate(batch)
-                seqs = [q + [open_id] + ids + [close_id] for q, (ids, _) in zip(seqs, got)]
+            keys = [engine.row_key(seed, p["id"], k) for p, k in batch]
+            uncond = [query[id(p)] for p, _ in batch] if guided else None
+            if stratified:
+                seqs = [query[id(p)] + [open_id] + got[(id(p), k)][0] + [close_id] for p, k in batch]
+                outs = run(seqs, keys, respond, uncond)
+            elif anchored:
+                seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
+                settings = dataclasses.replace(
+                    respond, annotation=(cfg.max_annotation_tokens, close_id, (end_id,))
+                )
+                outs = run(seqs, keys, settings, uncond)
+                for (p, k), o in zip(batch, outs):
+                    got[(id(p), k)] = (prefix[id(p)] + o.annotation, o.annotation_stop == close_id)
             else:
-                got = [None] * len(batch)
-            gen = generate(seqs, cfg.max_new_tokens, [end_id], [("resp", s, p["id"], k) for s, p, k in batch])
-            for (seed_, p, k), (ids, stop), ann in zip(batch, gen, got):
+                outs = run([query[id(p)] for p, _ in batch], keys, respond)
+            for (p, k), o in zip(batch, outs):
                 row = {
                     "prompt_id": p["id"],
                     "prompt": p["prompt"],
-                    "seed": seed_,
+                    "seed": seed,
                     "index": k,
-                    "response": _clean(tok, ids),
-                    "n_tokens": len(ids),
-                    "finished": stop is not None,
+                    "response": _clean(tok, o.response),
+                    "n_tokens": len(o.response),
+                    "finished": o.stop is not None,
                 }
-                if ann is not None:
-                    raw = tok.decode(ann[0], skip_special_tokens=False).strip()
+                if anchored:
+                    ids, closed = got[(id(p), k)]
+                    raw = tok.decode(ids, skip_special_tokens=False).strip()
                     tags = parse_tags(raw)
-                    row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(ann[1] and tags))
+                    row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(closed and tags))
                     row["anchors"] = cfg.anchors
+                    if guided:
+                        row["guidance_scale"] = cfg.guidance_scale
                 results.append(row)
             if not stratified:
                 bar.update(len(batch))

@@ -69,15 +69,15 @@ def test_temperature_zero_decodes_greedily(smoke_run):
     lengths are left-padded in the batch, which must not change what is decoded."""
     import torch
 
+    from anchorlm.engine import Settings, generate
     from anchorlm.format import encode_prompt, eos_id
     from anchorlm.models import load_lm
-    from anchorlm.sample import _generate
 
     model, tok = load_lm(str(smoke_run / "models/sft"))
     seqs = [encode_prompt(tok, p["prompt"]) for p in PROMPTS]
     assert len({len(s) for s in seqs}) > 1
-    got = _generate(model, tok, seqs, 10, [eos_id(tok)], SampleConfig(temperature=0))
-    for s, (ids, stop) in zip(seqs, got):
+    got = generate(model, seqs, [0, 1], Settings(temperature=0, max_new_tokens=10, stop=(eos_id(tok),)), 0)
+    for s, o in zip(seqs, got):
         ref = list(s)
         while len(ref) - len(s) < 10:
             with torch.no_grad():
@@ -85,5 +85,5 @@ def test_temperature_zero_decodes_greedily(smoke_run):
             if nxt == eos_id(tok):
                 break
             ref.append(nxt)
-        assert ids == ref[len(s) :]
-        assert (stop is not None) == (len(ids) < 10)
+        assert o.response == ref[len(s) :]
+        assert (o.stop is not None) == (len(o.response) < 10)

@@ -37,10 +37,15 @@ def train(
     report_to: str = "none",
     callbacks=(),
     compute_loss_func=None,
+    precision: str = "auto",
 ) -> dict:
-    """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss."""
+    """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss
+    and the precision that ran (`precision` resolved for this machine: bf16 is mixed precision,
+    float32 master weights under bf16 autocast)."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
+
+    from anchorlm.precision import resolve
 
     out = Path(out_dir)
     ckpt = out / "checkpoints"
@@ -71,7 +76,7 @@ def train(
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
-        bf16=_bf16(),  # bf16 mixed precision on a GPU that has it; fp32 on the CPU
+        bf16=resolve(precision) == "bf16",  # autocast; the weights and checkpoints stay float32
     )
     with _logging_env(out, report_names(report_to)):  # the loggers read it when the Trainer is made
         trainer = Trainer(
@@ -97,6 +102,7 @@ def train(
         "final_loss": losses[-1] if losses else None,
         "processes": world,
         "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU/MULTI_GPU (DDP), FSDP, DEEPSPEED
+        "precision": resolve(precision),
     }
 
 
@@ -136,9 +142,3 @@ def _has_accelerator() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def _bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -131,6 +131,7 @@ def posttrain(
         logging_steps=max(steps // 10, 1),
         report_to=cfg.report_to,
         callbacks=callbacks,
+        precision=cfg.precision,
         compute_loss_func=gem_loss_func(cfg.gem_beta) if cfg.loss == "gem" else None,
     )
     return write_manifest(

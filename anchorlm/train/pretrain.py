@@ -71,6 +71,7 @@ def pretrain(
         logging_steps=cfg.logging_steps,
         report_to=cfg.report_to,
         callbacks=callbacks,
+        precision=cfg.precision,
     )
     return write_manifest(
         out_dir,

@@ -1,0 +1,155 @@
+"""anchorlm.engine, the decode loop, against references that run one unpadded sequence at a time.
+
+Tiny random models (a Llama with grouped-query attention and a preallocated cache, a GPT-2 with a
+growing one), so every check runs in seconds."""
+
+import numpy as np
+import pytest
+import torch
+
+from anchorlm.engine import Settings, draw, generate, row_key, uniforms
+
+OPEN, CLOSE, EOS, PAD = 96, 97, 98, 0
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18, 19], [5, 6, 7, 8, 9], [3, 4]]
+
+
+def _llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=128)).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model(request):
+    return _llama() if request.param == "llama" else _gpt2()
+
+
+def _argmax_decode(model, prompt, n, stop):
+    ids = list(prompt)
+    while len(ids) - len(prompt) < n:
+        with torch.no_grad():
+            nxt = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+        if nxt in stop:
+            return ids[len(prompt) :], nxt
+        ids.append(nxt)
+    return ids[len(prompt) :], None
+
+
+def test_greedy_equals_one_sequence_at_a_time(model):
+    """Left padding, shared prompts, rows leaving the batch: none changes what is decoded."""
+    s = Settings(temperature=0, max_new_tokens=12, stop=(EOS, 41), compact_at=0.01)
+    outs = generate(model, PROMPTS, [row_key(i) for i in range(len(PROMPTS))], s, PAD)
+    for p, o in zip(PROMPTS, outs):
+        assert (o.response, o.stop) == _argmax_decode(model, p, 12, (EOS, 41))
+
+
+def test_anchored_in_one_pass_equals_annotation_then_response(model):
+    """One loop (annotation closed by the model, by EOS or by force after 4 tokens) gives the rows
+    that two calls give: the annotation first, then the response after prompt + annotation + close,
+    each row continuing its own random stream."""
+    prompts = [p + [OPEN] for p in PROMPTS] * 4
+    keys = [row_key("r", i) for i in range(len(prompts))]
+    one = generate(
+        model, prompts, keys, Settings(max_new_tokens=10, stop=(EOS,), annotation=(4, CLOSE, (EOS,))), PAD
+    )
+    ann = generate(model, prompts, keys, Settings(max_new_tokens=4, stop=(CLOSE, EOS)), PAD)
+    seqs = [p + a.response + [CLOSE] for p, a in zip(prompts, ann)]
+    used = [len(a.response) + (a.stop is not None) for a in ann]
+    two = generate(model, seqs, keys, Settings(max_new_tokens=10, stop=(EOS,)), PAD, counters=used)
+    for o, a, r in zip(one, ann, two):
+        assert (o.annotation, o.annotation_stop) == (a.response, a.stop)
+        assert (o.response, o.stop) == (r.response, r.stop)
+    assert any(o.annotation_stop is None for o in one)  # some were closed by force
+
+
+def test_rows_do_not_depend_on_their_batch(model):
+    s = Settings(max_new_tokens=10, stop=(EOS,), annotation=(4, CLOSE, (EOS,)))
+    prompts = [p + [OPEN] for p in PROMPTS]
+    keys = [row_key(i) for i in range(len(prompts))]
+    whole = generate(model, prompts, keys, s, PAD)
+    for i in range(len(prompts)):
+        alone = generate(model, [prompts[i]], [keys[i]], s, PAD)[0]
+        assert (alone.annotation, alone.response) == (whole[i].annotation, whole[i].response)
+    other = generate(model, prompts, [row_key("other", i) for i in range(len(prompts))], s, PAD)
+    assert [o.response for o in other] != [o.response for o in whole]
+
+
+def test_guidance_zero_is_plain_anchored_sampling_token_for_token(model):
+    prompts = [p + [OPEN] for p in PROMPTS] * 3
+    keys = [row_key(i) for i in range(len(prompts))]
+    s = Settings(max_new_tokens=10, stop=(EOS,), annotation=(4, CLOSE, (EOS,)))
+    plain = generate(model, prompts, keys, s, PAD)
+    uncond = [p[:-1] for p in prompts]
+    g0 = generate(model, prompts, keys, Settings(**{**s.__dict__, "guidance_scale": 0.0}), PAD, uncond=uncond)
+    assert [(o.annotation, o.response) for o in g0] == [(o.annotation, o.response) for o in plain]
+    g3 = generate(model, prompts, keys, Settings(**{**s.__dict__, "guidance_scale": 3.0}), PAD, uncond=uncond)
+    assert [o.annotation for o in g3] == [o.annotation for o in plain]  # guidance acts on responses only
+    assert [o.response for o in g3] != [o.response for o in plain]
+
+
+def test_guided_greedy_follows_the_mixed_logits(model):
+    """Greedy guided decoding against a brute-force reference: each response token is the argmax of
+    l_c + g (l_c - l_u), with l_c after prompt + annotation and l_u after the prompt alone, both
+    computed one unpadded sequence at a time."""
+    g = 2.0
+    prompts = [p + [OPEN] for p in PROMPTS]
+    uncond = [p[:-1] for p in prompts]
+    s = Settings(
+        temperature=0, max_new_tokens=6, stop=(EOS,), annotation=(3, CLOSE, (EOS,)), guidance_scale=g
+    )
+    outs = generate(model, prompts, [0] * len(prompts), s, PAD, uncond=uncond)
+    for p, u, o in zip(prompts, uncond, outs):
+        cond = p + o.annotation + [CLOSE]
+        resp = []
+        for _ in range(6):
+            with torch.no_grad():
+                lc = model(torch.tensor([cond + resp])).logits[0, -1]
+                lu = model(torch.tensor([u + resp])).logits[0, -1]
+            t = int((lc + g * (lc - lu)).argmax())
+            if t == EOS:
+                break
+            resp.append(t)
+        assert o.response == resp
+
+
+def test_draws_follow_the_softmax_and_stay_in_the_nucleus():
+    """3000 draws from one row of logits: a chi-square test against softmax(l / T) (p > 0.001), and
+    with top_p nothing outside the nucleus, the nucleus renormalised. The same test rejects draws
+    at the wrong temperature, so it can fail."""
+    from scipy.stats import chisquare
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 12) * 2
+    n = 3000
+    u = uniforms(np.full(n, 12345, dtype=np.uint64), np.arange(n))
+    for temp, top_p in ((0.8, 1.0), (1.0, 0.7)):
+        tok = draw(logits.expand(n, -1), temp, top_p, u).numpy()
+        p = torch.softmax(logits[0].double() / temp, -1).numpy()
+        order = np.argsort(-p)
+        nucleus = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)] if top_p < 1 else order
+        assert set(tok) <= set(nucleus)
+        expect = np.zeros_like(p)
+        expect[nucleus] = p[nucleus] / p[nucleus].sum()
+        counts = np.bincount(tok, minlength=12)[nucleus]
+        assert chisquare(counts, expect[nucleus] * n).pvalue > 0.001
+        wrong = torch.softmax(logits[0].double() / (temp * 2), -1).numpy()[nucleus]
+        assert chisquare(counts, wrong / wrong.sum() * n).pvalue < 1e-6
+
+
+def test_uniforms_are_uniform_and_counter_based():
+    from scipy.stats import kstest
+
+    u = uniforms(np.arange(5000, dtype=np.uint64), np.zeros(5000, dtype=np.int64))
+    assert kstest(u, "uniform").pvalue > 0.001 and (0 <= u).all() and (u < 1).all()
+    again = uniforms(np.array([7], dtype=np.uint64), np.array([3]))
+    assert again[0] == uniforms(np.array([7, 7], dtype=np.uint64), np.array([2, 3]))[1]
