@@ -124,6 +124,24 @@ class ModelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = f(
+        0,
+        "LoRA rank; 0 trains every weight. With a rank, only the adapters (peft) and the anchor "
+        "tokens' embedding rows train, and they are merged into the model when training ends",
+    )
+    alpha: float = f(32.0, "LoRA scale numerator: the adapters' output is scaled by alpha / rank")
+    dropout: float = f(0.0, "dropout on the adapters' input")
+    targets: Any = f(
+        "all-linear", "modules given adapters: 'all-linear' (every linear layer but the output) or names"
+    )
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 0:
+            raise ValueError(f"lora.rank must be an integer >= 0 (0 = no LoRA), not {self.rank!r}")
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     init_from: str = f("", "continue from this checkpoint dir instead of a fresh model")
@@ -141,9 +159,12 @@ class PretrainConfig:
         "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
     )
     precision: str = f(PRECISION, PRECISION_HELP)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
         check_precision(self.precision, "pretrain")
+        if isinstance(self.lora, dict):
+            self.lora = build(LoRAConfig, self.lora, "pretrain.lora")
         report_names(self.report_to, "pretrain")
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
@@ -183,9 +204,12 @@ class PosttrainConfig:
         "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
     )
     precision: str = f(PRECISION, PRECISION_HELP)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
         check_precision(self.precision, "posttrain")
+        if isinstance(self.lora, dict):
+            self.lora = build(LoRAConfig, self.lora, "posttrain.lora")
         report_names(self.report_to, "posttrain")
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")

@@ -269,6 +269,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> l
                     raw = tok.decode(ids, skip_special_tokens=False).strip()
                     tags = parse_tags(raw)
                     row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(closed and tags))
+                    row["annotation_tokens"] = len(ids) - len(prefix[id(p)])  # drawn, not forced
                     row["anchors"] = cfg.anchors
                     if guided:
                         row["guidance_scale"] = cfg.guidance_scale

@@ -14,16 +14,8 @@ TINY = ModelConfig(
 
 
 def _cfg(**kw):
-    return PretrainConfig(
-        model=TINY,
-        seq_len=32,
-        batch_size=4,
-        token_budget=32 * 4 * 12,
-        lr=3e-3,
-        save_steps=5,
-        logging_steps=1,
-        **kw,
-    )
+    base = dict(model=TINY, seq_len=32, batch_size=4, token_budget=32 * 4 * 12, lr=3e-3, save_steps=5)
+    return PretrainConfig(**{**base, "logging_steps": 1, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +146,31 @@ def test_bf16_mixed_precision_follows_the_fp32_loss_curve(blocks, tmp_path):
     for a, b in zip(runs["fp32"], runs["bf16"]):
         assert abs(a - b) <= 2**-9 * a
     assert runs["fp32"][-1] < runs["fp32"][0] - 0.5  # a curve that moves, not a flat line
+
+
+def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tmp_path):
+    """Continued pretraining with LoRA: the saved model is a plain one (adapters merged, the same
+    weights as the model it started from, no adapter files); only the linear layers (through their
+    adapters) and the anchor tokens' embedding rows moved; a killed LoRA run resumes to the
+    uninterrupted result, bit for bit."""
+    from anchorlm.config import LoRAConfig
+    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.train.lora import anchor_token_ids
+
+    pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "base")
+    cfg = _cfg(init_from=str(tmp_path / "base"), lora=LoRAConfig(rank=4), lr=1e-2)
+    m = pretrain(cfg, blocks / "data", blocks / "tok", tmp_path / "lora")
+    assert not (tmp_path / "lora/adapter_config.json").exists()
+    wb, wl = _weights(tmp_path / "base"), _weights(tmp_path / "lora")
+    assert wb.keys() == wl.keys()
+    total = sum(v.numel() for v in wb.values())
+    assert m["counts"]["trainable_params"] < 0.25 * total
+    moved = {k for k in wb if not torch.equal(wb[k], wl[k])}
+    assert moved and all(k.endswith("proj.weight") or "embed" in k or "lm_head" in k for k in moved)
+    rows = (wl["model.embed_tokens.weight"] - wb["model.embed_tokens.weight"]).abs().sum(1).nonzero()
+    assert sorted(rows.flatten().tolist()) == anchor_token_ids(load_tokenizer(blocks / "tok"))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, blocks / "data", blocks / "tok", tmp_path / "resumed", callbacks=[_Kill()])
+    pretrain(cfg, blocks / "data", blocks / "tok", tmp_path / "resumed")
+    wr = _weights(tmp_path / "resumed")
+    assert all(torch.equal(wr[k], wl[k]) for k in wl)

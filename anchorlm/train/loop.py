@@ -38,10 +38,12 @@ def train(
     callbacks=(),
     compute_loss_func=None,
     precision: str = "auto",
+    lora=None,
 ) -> dict:
     """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss
     and the precision that ran (`precision` resolved for this machine: bf16 is mixed precision,
-    float32 master weights under bf16 autocast)."""
+    float32 master weights under bf16 autocast). With `lora` (a LoRAConfig of rank > 0) only
+    adapters and the anchor tokens' rows train; the merged model is saved."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -49,6 +51,11 @@ def train(
 
     out = Path(out_dir)
     ckpt = out / "checkpoints"
+    if lora is not None and lora.rank:
+        from anchorlm.train.lora import apply_lora
+
+        model = apply_lora(model, tokenizer, lora.rank, lora.alpha, lora.dropout, lora.targets)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     world = world_size()
     if batch_size % world:
         raise ValueError(
@@ -91,7 +98,14 @@ def train(
         if last:
             print(f"resuming from {last}", flush=True)
         trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))  # the main process writes, the others wait
+    if lora is not None and lora.rank:
+        from anchorlm.train.lora import merged
+
+        final = merged(trainer.model)
+        if trainer.is_world_process_zero():
+            final.save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))  # the main process writes, the others wait
     history = trainer.state.log_history
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
@@ -103,6 +117,7 @@ def train(
         "processes": world,
         "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU/MULTI_GPU (DDP), FSDP, DEEPSPEED
         "precision": resolve(precision),
+        "trainable_params": trainable,
     }
 
 

@@ -132,6 +132,7 @@ def posttrain(
         report_to=cfg.report_to,
         callbacks=callbacks,
         precision=cfg.precision,
+        lora=cfg.lora,
         compute_loss_func=gem_loss_func(cfg.gem_beta) if cfg.loss == "gem" else None,
     )
     return write_manifest(

@@ -72,6 +72,7 @@ def pretrain(
         report_to=cfg.report_to,
         callbacks=callbacks,
         precision=cfg.precision,
+        lora=cfg.lora,
     )
     return write_manifest(
         out_dir,
