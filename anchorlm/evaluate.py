@@ -119,20 +119,63 @@ class Scorer:
             figures["anchoring"] = anchoring(rows, labels)
         return figures, per_prompt
 
+    def forced(self, rows: list[dict]) -> dict:
+        """Forced-plan accuracy of samples whose annotations started with a fixed `topic:` tag."""
+        labels = self.clf.predict(
+            self.embed([_for_diversity(r["response"], self.cfg, self.sft) for r in rows])
+        )
+        return forced_plan(rows, labels, self.sft.categories, self.clf_info["per_category_accuracy"])
+
+
+def _topic(tags) -> str | None:
+    return next((t[6:] for t in tags or [] if t.startswith("topic:")), None)
+
 
 def anchoring(rows: list[dict], labels: list[str]) -> dict:
-    """Does the writer follow its plan? For anchored samples: the entropy of the sampled annotations'
-    topics per prompt (what the plan asks for) and the share of responses whose classified category is
-    the annotation's topic (whether the response does it)."""
-    topics = [next((t[6:] for t in r.get("annotation") or [] if t.startswith("topic:")), None) for r in rows]
+    """Does the writer follow the plan it writes? For free anchored samples: the entropy of the
+    sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for) and the share
+    of responses whose classified category is their annotation's topic (`free_agreement`)."""
+    topics = [_topic(r.get("annotation")) for r in rows]
     by_prompt = defaultdict(list)
     for r, tp in zip(rows, topics):
         by_prompt[(r["prompt_id"], r.get("seed", 0))].append(tp or "(none)")
     with_topic = [(tp, lab) for tp, lab in zip(topics, labels) if tp]
     return {
-        "annotation_topic_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
-        "topic_followed": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
+        "plan_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
+        "free_agreement": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
         "with_topic": len(with_topic) / len(rows),
+    }
+
+
+def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: dict) -> dict:
+    """Does the writer follow a plan it is given? Rows sampled with the annotation's start fixed to
+    `topic:<t>` (their `annotation_prefix`): the share of responses the attribute classifier puts
+    in t, over topics of the SFT data (`forced_sft`) and over the others (`forced_other`), beside
+    the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
+    hits: dict = defaultdict(list)
+    for r, lab in zip(rows, labels):
+        t = _topic(r.get("annotation_prefix"))
+        if t is None:
+            raise ValueError(
+                f"forced-plan sample of prompt {r.get('prompt_id')!r} has no topic in annotation_prefix"
+            )
+        hits[t].append(lab == t)
+    by_topic = {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+    sft = [t for t in by_topic if t in set(sft_topics)]
+    other = [t for t in by_topic if t not in set(sft_topics)]
+
+    def mean(xs, table):
+        vals = [table[t] for t in xs if table.get(t) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "forced_sft": mean(sft, by_topic),
+        "forced_other": mean(other, by_topic),
+        "classifier_accuracy": mean(list(by_topic), per_category),
+        "classifier_accuracy_sft": mean(sft, per_category),
+        "classifier_accuracy_other": mean(other, per_category),
+        "forced_by_topic": by_topic,
+        "forced_samples": len(rows),
     }
 
 
@@ -143,10 +186,17 @@ def evaluate(
     samples: dict[str, str | Path],
     out_path: str | Path,
     prompts: list[dict] | None = None,
+    forced: dict[str, str | Path] | None = None,
 ) -> dict:
     """Score each variant's samples file (JSONL from `anchorlm sample`); write results JSON. With
-    `prompts` (the prompt file's rows), every variant must cover exactly those prompts."""
+    `prompts` (the prompt file's rows), every variant must cover exactly those prompts. `forced`
+    names each anchored variant's forced-plan samples (prompts with `annotation_prefix`
+    ["topic:<t>"]); their accuracy joins the variant's `anchoring` figures."""
     loaded = read_samples(samples)  # bad input fails here, before any model is loaded
+    forced_rows = read_samples(forced or {})
+    unknown = sorted(set(forced_rows) - set(loaded))
+    if unknown:
+        raise ValueError(f"forced-plan samples for {unknown} but no samples of those variants")
     if prompts is not None:
         want = {str(p["id"]) for p in prompts}
         for name, rows in loaded.items():
@@ -161,6 +211,8 @@ def evaluate(
     variants, per_prompt = {}, {}
     for name, rows in loaded.items():
         variants[name], per_prompt[name] = scorer.score(rows)
+    for name, rows in forced_rows.items():
+        variants[name].setdefault("anchoring", {}).update(scorer.forced(rows))
 
     results = {
         "variants": variants,

@@ -271,6 +271,8 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> l
                     row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(closed and tags))
                     row["annotation_tokens"] = len(ids) - len(prefix[id(p)])  # drawn, not forced
                     row["anchors"] = cfg.anchors
+                    if p.get("annotation_prefix"):
+                        row["annotation_prefix"] = list(p["annotation_prefix"])
                     if guided:
                         row["guidance_scale"] = cfg.guidance_scale
                 results.append(row)
