@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from anchorlm.annotators import annotate_all, get_annotator
 from anchorlm.config import AnnotateConfig, CorpusConfig, to_dict
 from anchorlm.data.corpus import CorpusStats, chunk_text, read_corpus
+from anchorlm.io import lock_dir, write_json
 from anchorlm.manifest import write_manifest
 
 DOCS_PER_BATCH = 32
@@ -30,6 +31,49 @@ def _fingerprint(corpus: CorpusConfig, cfg: AnnotateConfig) -> str:
     ann = {k: v for k, v in to_dict(cfg).items() if k != "num_proc"}  # processes do not change tags
     blob = json.dumps({"corpus": to_dict(corpus), "annotate": ann}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_identity(path: Path) -> str:
+    """A digest of a file's content (for a file over 64 MB: its size, first and last MB), so a
+    resumed run can tell the corpus it started on from one changed in place."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if size <= 64 << 20:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode() + fh.read(1 << 20))
+            fh.seek(-(1 << 20), 2)
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def corpus_identity(files: list[Path]) -> dict:
+    """{file name: digest} of the corpus's files (a `datasets` dir: its data files)."""
+    out = {}
+    for f in files:
+        parts = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+        for p in parts:
+            out[str(p.relative_to(f.parent))] = file_identity(p)
+    return out
+
+
+def check_resumable(state: dict, fp: str, identity: dict, out: Path) -> None:
+    """Refuse to continue a run started with another config or on another corpus: its rows would
+    be kept beside the new ones."""
+    if state["fingerprint"] != fp:
+        raise RuntimeError(
+            f"{out} holds an annotation run with another config; use a new output dir or delete this one"
+        )
+    if state.get("corpus") not in (None, identity):
+        changed = sorted(
+            k for k in set(identity) | set(state["corpus"]) if identity.get(k) != state["corpus"].get(k)
+        )
+        raise RuntimeError(
+            f"{out} holds an annotation run of another version of the corpus ({', '.join(changed[:5])} "
+            "changed since it started); use a new output dir or delete this one"
+        )
 
 
 def _completed_lines(path: Path) -> int:
@@ -64,32 +108,34 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
     """Annotate the training documents of `corpus`; returns the manifest."""
     from anchorlm.data.shards import annotate_shards, list_shards
 
-    files = list_shards(corpus.path)
+    files = list_shards(corpus.file)
     if files:  # a directory or glob of shards: shard by shard, streamed
         return annotate_shards(corpus, cfg, out_dir, files)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with lock_dir(out):
+        return _annotate_file(corpus, cfg, out)
+
+
+def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict:
     stats = CorpusStats()
     docs = list(read_corpus(corpus, stats))
+    if not docs:
+        raise ValueError(f"{corpus.file}: no training documents ({_describe(stats)}); nothing to annotate")
     annotators = [get_annotator(name, cfg) for name in cfg.annotators]
 
-    fp = _fingerprint(corpus, cfg)
+    fp, identity = _fingerprint(corpus, cfg), corpus_identity([Path(corpus.file)])
     state_path, data_path = out / "state.json", out / "annotated.jsonl"
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        if state["fingerprint"] != fp:
-            raise RuntimeError(
-                f"{out} holds an annotation run with another config; use a new output dir or delete this one"
-            )
+        check_resumable(state, fp, identity, out)
         for a in annotators:
             a.load_state(state["annotators"][a.name])
     else:
         data_path.unlink(missing_ok=True)
         states = {a.name: a.fit(docs, corpus.text_field) for a in annotators}
-        state = {"fingerprint": fp, "annotators": states}
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path)
+        state = {"fingerprint": fp, "corpus": identity, "annotators": states}
+        write_json(state_path, state, indent=None)
 
     done = _completed_lines(data_path)
     n_chunks = 0
@@ -114,6 +160,15 @@ def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Pa
             "corpus": stats.as_dict(),
             "annotator_failures": failures,
         },
+    )
+
+
+def _describe(stats: CorpusStats) -> str:
+    d = stats.as_dict()
+    skipped = sum(d["skipped"].values())
+    return (
+        f"{d['read']} read, {d['heldout']} held out, {skipped} bad rows skipped, "
+        f"{d['other_categories']} of other categories"
     )
 
 

@@ -1,6 +1,6 @@
 """`anchorlm`: a thin command line over the library; one subcommand per stage.
 
-    anchorlm demo [--config configs/demo.yaml] [--out runs/demo]
+    anchorlm demo [--config demo|smoke|FILE] [--out runs/demo]
     anchorlm annotate --config C --out DIR
     anchorlm tokenizer --annotated DIR --out DIR
     anchorlm tokenize --annotated DIR --tokenizer DIR --variant plain|annotated --out DIR
@@ -11,7 +11,7 @@
     anchorlm sample --model DIR --prompts prompts.jsonl [--anchored] --out samples.jsonl
     anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
     anchorlm report --results results.json --out DIR
-    anchorlm reproduce --config configs/reproduce.yaml [--out runs/reproduce] [--docs docs]
+    anchorlm reproduce --config reproduce [--out runs/reproduce] [--docs docs]
 
 Every subcommand takes `--config FILE` (a YAML recipe) and `--set section.field=value` overrides.
 """
@@ -26,14 +26,17 @@ MODEL_SPEC = "a model dir, a .gguf file, 'smollm2' (packaged) or a hub id"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from anchorlm import __version__
+
     p = argparse.ArgumentParser(
         prog="anchorlm", description="Annotation-anchored training of language models."
     )
+    p.add_argument("--version", action="version", version=f"anchorlm {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def cmd(name, help_):
         s = sub.add_parser(name, help=help_, description=help_)
-        s.add_argument("--config", help="YAML recipe (see configs/)")
+        s.add_argument("--config", help="YAML recipe: a file, or a shipped one by name (demo, smoke, ...)")
         s.add_argument(
             "--set",
             action="append",
@@ -81,10 +84,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help=MODEL_SPEC)
     s.add_argument("--prompts", required=True, help="JSONL of {id, prompt}")
     s.add_argument("--anchored", action="store_true", help="the model writes its annotation first")
+    s.add_argument(
+        "--force-topics",
+        help="anchor fidelity: comma-separated topics; each prompt is sampled once per topic with its "
+        "annotation starting topic:<t> (sample.forced_samples each; implies --anchored)",
+    )
     s.add_argument("--out", required=True)
     s = cmd("evaluate", "diversity and quality of sample files, and the summary figures")
     s.add_argument("--samples", nargs="+", required=True, metavar="VARIANT=FILE")
     s.add_argument("--prompts", help="the prompt file sampled: every variant must cover exactly its prompts")
+    s.add_argument(
+        "--forced",
+        nargs="+",
+        default=[],
+        metavar="VARIANT=FILE",
+        help="forced-plan samples of anchored variants (sample --force-topics): anchor fidelity",
+    )
     s.add_argument("--out", required=True)
     s = cmd("report", "write results.json, report.md and plots from evaluate's JSON")
     s.add_argument("--results", required=True)
@@ -99,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from anchorlm.config import load_config
 
-    if args.cmd == "demo" and not args.config:
-        args.config = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    if args.cmd == "reproduce" and not args.config:
-        args.config = str(Path(__file__).resolve().parents[1] / "configs" / "reproduce.yaml")
+    if args.cmd in ("demo", "reproduce") and not args.config:
+        args.config = args.cmd if args.cmd == "reproduce" else "demo"
     try:
         if args.cmd == "reproduce":
             from anchorlm.config import load_reproduce_config
@@ -110,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_reproduce_config(args.config, args.set)
         else:
             cfg = load_config(args.config, args.set)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"anchorlm: {e}", file=sys.stderr)
         return 2
     try:
         return _run(args, cfg) or 0
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # bad input, a busy or unwritable output, a full disk
         print(f"anchorlm {args.cmd}: error: {e}", file=sys.stderr)
         return 1
 
@@ -154,7 +167,7 @@ def _run(args, cfg) -> int | None:
 
         annotated = args.variant == "annotated"
         s = (args.annotated, args.tokenizer, annotated, cfg.pretrain.seq_len, args.out, cfg.pretrain.seed)
-        print(pack_shards(*s, args.num_proc)["counts"])
+        print(pack_shards(*s, args.num_proc, cfg.pretrain.annotation_dropout)["counts"])
     elif c == "tokenize":
         from anchorlm.annotate import read_annotated
         from anchorlm.data.pack import pack
@@ -167,6 +180,7 @@ def _run(args, cfg) -> int | None:
             cfg.pretrain.seq_len,
             args.out,
             cfg.pretrain.seed,
+            cfg.pretrain.annotation_dropout,
         )
         print(m["counts"])
     elif c == "pretrain":
@@ -180,15 +194,17 @@ def _run(args, cfg) -> int | None:
 
         print(build_sft_data(cfg.corpus, cfg.annotate, args.annotated, cfg.sft_data, args.out)["counts"])
     elif c == "posttrain":
-        from anchorlm.data.sft import read_jsonl
+        from anchorlm.io import read_jsonl
         from anchorlm.train.posttrain import posttrain
 
         if args.method:
             cfg.posttrain.method = args.method
-        print(posttrain(cfg.posttrain, args.model, read_jsonl(args.data), args.out)["counts"])
+        print(
+            posttrain(cfg.posttrain, args.model, read_jsonl(args.data), args.out, where=args.data)["counts"]
+        )
     elif c == "export-trl":
-        from anchorlm.data.sft import read_jsonl
         from anchorlm.data.trl import export_trl
+        from anchorlm.io import read_jsonl
         from anchorlm.tokenizer import load_tokenizer
 
         if args.method:
@@ -196,21 +212,29 @@ def _run(args, cfg) -> int | None:
         n = export_trl(load_tokenizer(args.model), read_jsonl(args.data), cfg.posttrain, args.form, args.out)
         print(f"wrote {n} {args.form} rows ({cfg.posttrain.method}) to {args.out}")
     elif c == "sample":
-        from anchorlm.data.sft import read_jsonl
-        from anchorlm.sample import sample
+        from anchorlm.io import read_jsonl
+        from anchorlm.sample import forced_prompts, prompt_rows, sample
 
-        rows = sample(
-            cfg.sample, args.model, _prompts(read_jsonl(args.prompts), args.prompts), args.out, args.anchored
-        )
+        prompts = prompt_rows(read_jsonl(args.prompts), args.prompts)
+        if args.force_topics:
+            topics = [t.strip() for t in args.force_topics.split(",") if t.strip()]
+            prompts = forced_prompts(prompts, topics)
+            cfg.sample.n_samples = cfg.sample.forced_samples
+        rows = sample(cfg.sample, args.model, prompts, args.out, args.anchored or bool(args.force_topics))
         print(f"wrote {len(rows)} samples to {args.out}")
     elif c == "evaluate":
-        from anchorlm.data.sft import read_jsonl
         from anchorlm.evaluate import evaluate
-        from anchorlm.report import table
+        from anchorlm.io import read_jsonl
+        from anchorlm.report import anchoring_table, table
+        from anchorlm.sample import prompt_rows
 
-        samples = dict(_pair(s) for s in args.samples)
-        prompts = _prompts(read_jsonl(args.prompts), args.prompts) if args.prompts else None
-        print(table(evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out, prompts)))
+        samples = _pairs(args.samples, "--samples")
+        forced = _pairs(args.forced, "--forced")
+        prompts = prompt_rows(read_jsonl(args.prompts), args.prompts) if args.prompts else None
+        res = evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out, prompts, forced)
+        print(table(res))
+        if anchoring_table(res):
+            print("\n" + anchoring_table(res))
     elif c == "report":
         from anchorlm.report import write_report
 
@@ -218,21 +242,16 @@ def _run(args, cfg) -> int | None:
     return None
 
 
-def _pair(s: str) -> tuple[str, str]:
-    if "=" not in s:
-        raise ValueError(f"--samples takes VARIANT=FILE, got {s!r}")
-    k, v = s.split("=", 1)
-    return k, v
-
-
-def _prompts(rows: list[dict], path: str) -> list[dict]:
-    """Accept {id, prompt} rows; `prompt` may also be called `instruction` or `text`."""
-    out = []
-    for i, r in enumerate(rows):
-        text = r.get("prompt") or r.get("instruction") or r.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{path}: row {i + 1} has no non-empty 'prompt' field")
-        out.append({"id": r.get("id", i), "prompt": text})
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    """VARIANT=FILE arguments as a mapping; a variant named twice is an error, not a silent choice."""
+    out: dict[str, str] = {}
+    for s in items:
+        if "=" not in s:
+            raise ValueError(f"{flag} takes VARIANT=FILE, got {s!r}")
+        k, v = s.split("=", 1)
+        if k in out:
+            raise ValueError(f"{flag}: variant {k!r} given twice ({out[k]} and {v})")
+        out[k] = v
     return out
 
 

@@ -1,7 +1,8 @@
 """One config dataclass per stage, a composite `PipelineConfig`, and YAML loading with overrides.
 
 Every field has a one-line help (``metadata["help"]``); cross-field checks live in ``__post_init__``
-and say what to change. Recipes live in ``configs/*.yaml``; ``--set section.field=value`` on the
+and say what to change. Recipes live in ``anchorlm/configs/*.yaml`` (by name: ``--config demo``);
+``--set section.field=value`` on the
 command line overrides them.
 """
 
@@ -16,11 +17,52 @@ import yaml
 
 from anchorlm.precision import check as check_precision
 
+PACKAGE = Path(__file__).resolve().parent
 
-def f(default: Any, help: str):  # noqa: A002 - mirrors argparse's word
+
+def f(default: Any, help: str, **check):  # noqa: A002 - mirrors argparse's word
+    """A config field with its help text and, in `check`, what `build` enforces on a given value:
+    min / max (inclusive), above (exclusive lower bound), items (the type of a list's items)."""
+    meta = {"help": help, **check}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
+
+
+def _checked(fld, value, where: str):
+    """`value` for config field `fld` (path `where`), converted where lossless (an int for a float),
+    or a ValueError saying what the field takes."""
+    t = fld.type if isinstance(fld.type, str) else getattr(fld.type, "__name__", "Any")
+    if t in _CONFIGS:
+        if isinstance(value, _CONFIGS[t]):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} is a section of fields; give a mapping, not {value!r}")
+        return build(_CONFIGS[t], value, where)
+    want = _TYPES.get(t)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is not None and (not isinstance(value, want) or (want is int and isinstance(value, bool))):
+        raise ValueError(f"{where} must be {_NAMES[t]}, not {value!r}")
+    m = fld.metadata
+    if "items" in m and any(not isinstance(x, m["items"]) or isinstance(x, bool) for x in value):
+        raise ValueError(f"{where} must be a list of {m['items'].__name__} values, not {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where} must be a finite number, not {value!r}")
+        low = "min" in m and value < m["min"] or "above" in m and value <= m["above"]
+        if low or "max" in m and value > m["max"]:
+            rng = f">= {m['min']}" if "min" in m else f"> {m['above']}" if "above" in m else ""
+            rng += (" and " if rng and "max" in m else "") + (f"<= {m['max']}" if "max" in m else "")
+            raise ValueError(f"{where} must be {rng}, not {value!r}")
+    return value
+
+
+_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+          "list": "a list", "dict": "a mapping"}  # fmt: skip
 
 
 PRECISION = "auto"
@@ -38,18 +80,28 @@ def report_names(value: str, section: str = "report_to") -> list[str]:
 
 @dataclass
 class CorpusConfig:
-    path: str = f("data/corpus.jsonl.gz", "JSONL(.gz), Parquet file, or a `datasets` dir saved on disk")
+    path: str = f(
+        "bundled",
+        "JSONL(.gz) or Parquet file, a `datasets` dir saved on disk, a dir or glob of shards, or 'bundled' "
+        "(the demo corpus shipped inside anchorlm)",
+    )
     text_field: str = f("text", "field holding the document text")
     category_field: str = f("category", "metadata field with the semantic category (optional)")
     split_field: str = f("split", "field marking held-out rows (optional)")
     heldout_value: str = f("heldout", "rows whose split field has this value never enter training")
     on_bad_row: str = f("error", "'error': abort on a bad row; 'skip': skip it and count it")
-    max_chars_per_category: int = f(0, "cap text per category (0 = no cap), to balance the corpus")
+    max_chars_per_category: int = f(0, "cap text per category (0 = no cap), to balance the corpus", min=0)
+    categories: list = f([], "keep only documents of these categories ([] = all)", items=str)
     seed: int = f(0, "seed for the per-category subsample")
 
     def __post_init__(self):
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"corpus.on_bad_row must be 'error' or 'skip', not {self.on_bad_row!r}")
+
+    @property
+    def file(self) -> str:
+        """The corpus's path on this machine ('bundled' is the corpus shipped in the package)."""
+        return str(PACKAGE / "corpus" / "corpus.jsonl.gz") if self.path == "bundled" else self.path
 
 
 @dataclass
@@ -62,12 +114,12 @@ class LLMAnnotatorConfig:
     gguf_file: str = f("", "GGUF file name inside `model` dir, if the model is GGUF")
     base_url: str = f("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint, for backend 'openai'")
     api_key: str = f("EMPTY", "API key sent as a Bearer token, for backend 'openai'")
-    batch_size: int = f(8, "chunks per generate() call (transformers backend)")
-    concurrency: int = f(8, "requests in flight at once (openai backend)")
-    requests_per_second: float = f(0.0, "rate limit on requests started, over all threads (0 = none)")
-    max_retries: int = f(3, "retries for a failed request or a malformed answer")
-    timeout_s: float = f(60.0, "per-request timeout (openai backend)")
-    max_new_tokens: int = f(40, "tokens the LLM may write per annotation")
+    batch_size: int = f(8, "chunks per generate() call (transformers backend)", min=1)
+    concurrency: int = f(8, "requests in flight at once (openai backend)", min=1)
+    requests_per_second: float = f(0.0, "rate limit on requests started, over all threads (0 = none)", min=0)
+    max_retries: int = f(3, "retries for a failed request or a malformed answer", min=0)
+    timeout_s: float = f(60.0, "per-request timeout (openai backend)", above=0)
+    max_new_tokens: int = f(40, "tokens the LLM may write per annotation", min=1)
     vllm_args: dict = f(
         {}, "backend 'vllm': keyword arguments for vllm.LLM (tensor_parallel_size, dtype, max_model_len, ...)"
     )
@@ -83,20 +135,24 @@ class LLMAnnotatorConfig:
 
 @dataclass
 class AnnotateConfig:
-    annotators: list = f(["metadata", "keywords"], "annotators to run, in order: metadata, keywords, llm")
+    annotators: list = f(
+        ["metadata", "keywords"], "annotators to run, in order: metadata, keywords, llm", items=str
+    )
     metadata_fields: dict = f({"topic": "category"}, "annotation key -> corpus field, for `metadata`")
-    keywords_per_chunk: int = f(2, "keyword tags per chunk, for `keywords`")
-    keyword_extras: list = f(["entity", "style", "length"], "further `keywords` tags: entity, style, length")
-    max_chunk_chars: int = f(800, "chunks (split on blank lines) longer than this are split again")
-    num_proc: int = f(1, "sharded corpus: shards annotated at once, each in its own process")
+    keywords_per_chunk: int = f(2, "keyword tags per chunk, for `keywords`", min=0)
+    keyword_extras: list = f(
+        ["entity", "style", "length"], "further `keywords` tags: entity, style, length", items=str
+    )
+    max_chunk_chars: int = f(800, "chunks (split on blank lines) longer than this are split again", min=16)
+    num_proc: int = f(1, "sharded corpus: shards annotated at once, each in its own process", min=1)
     fit_max_docs: int = f(
-        20000, "sharded corpus: annotator state (keyword IDF) fitted on the first N documents"
+        20000, "sharded corpus: annotator state (keyword IDF) fitted on the first N documents", min=1
     )
     llm: LLMAnnotatorConfig = field(default_factory=LLMAnnotatorConfig)
 
     def __post_init__(self):
         if isinstance(self.llm, dict):
-            self.llm = LLMAnnotatorConfig(**self.llm)
+            self.llm = build(LLMAnnotatorConfig, self.llm, "annotate.llm")
         bad = [a for a in self.annotators if a not in ("metadata", "keywords", "llm")]
         if bad:
             raise ValueError(f"annotate.annotators: unknown {bad}; choose from metadata, keywords, llm")
@@ -104,17 +160,17 @@ class AnnotateConfig:
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = f(4096, "BPE vocabulary size, special tokens included")
-    min_frequency: int = f(2, "minimum pair frequency for a BPE merge")
+    vocab_size: int = f(4096, "BPE vocabulary size, special tokens included", min=300)
+    min_frequency: int = f(2, "minimum pair frequency for a BPE merge", min=1)
 
 
 @dataclass
 class ModelConfig:
-    hidden_size: int = f(128, "width of the Llama-style model")
-    num_layers: int = f(4, "transformer blocks")
-    num_heads: int = f(4, "attention heads")
-    intermediate_size: int = f(384, "MLP width")
-    max_position_embeddings: int = f(512, "longest sequence the model handles")
+    hidden_size: int = f(128, "width of the Llama-style model", min=1)
+    num_layers: int = f(4, "transformer blocks", min=1)
+    num_heads: int = f(4, "attention heads", min=1)
+    intermediate_size: int = f(384, "MLP width", min=1)
+    max_position_embeddings: int = f(512, "longest sequence the model handles", min=1)
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -130,8 +186,8 @@ class LoRAConfig:
         "LoRA rank; 0 trains every weight. With a rank, only the adapters (peft) and the anchor "
         "tokens' embedding rows train, and they are merged into the model when training ends",
     )
-    alpha: float = f(32.0, "LoRA scale numerator: the adapters' output is scaled by alpha / rank")
-    dropout: float = f(0.0, "dropout on the adapters' input")
+    alpha: float = f(32.0, "LoRA scale numerator: the adapters' output is scaled by alpha / rank", above=0)
+    dropout: float = f(0.0, "dropout on the adapters' input", min=0, max=0.9)
     targets: Any = f(
         "all-linear", "modules given adapters: 'all-linear' (every linear layer but the output) or names"
     )
@@ -145,14 +201,21 @@ class LoRAConfig:
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     init_from: str = f("", "continue from this checkpoint dir instead of a fresh model")
-    seq_len: int = f(256, "tokens per training sequence")
-    batch_size: int = f(16, "sequences per step, over all processes (each takes batch_size / processes)")
-    token_budget: int = f(1_000_000, "training tokens per variant (same for plain and annotated)")
-    lr: float = f(3e-3, "peak learning rate (cosine schedule)")
-    warmup_ratio: float = f(0.05, "fraction of steps for linear warm-up")
-    weight_decay: float = f(0.1, "AdamW weight decay")
-    save_steps: int = f(100, "checkpoint every this many steps (resume point after a kill)")
-    logging_steps: int = f(20, "log the loss every this many steps")
+    seq_len: int = f(256, "tokens per training sequence", min=2)
+    batch_size: int = f(
+        16, "sequences per step, over all processes (each takes batch_size / processes)", min=1
+    )
+    token_budget: int = f(1_000_000, "training tokens per variant (same for plain and annotated)", min=1)
+    annotation_dropout: float = f(
+        0.0,
+        "annotated blocks: share of chunks packed without their annotation (read by the tokenize stage), "
+        "so the model also learns the unconditional writer that anchor guidance contrasts with",
+    )
+    lr: float = f(3e-3, "peak learning rate (cosine schedule)", above=0)
+    warmup_ratio: float = f(0.05, "fraction of steps for linear warm-up", min=0, max=0.99)
+    weight_decay: float = f(0.1, "AdamW weight decay", min=0)
+    save_steps: int = f(100, "checkpoint every this many steps (resume point after a kill)", min=1)
+    logging_steps: int = f(20, "log the loss every this many steps", min=1)
     seed: int = f(0, "training seed")
     report_to: str = f(
         "none",
@@ -167,37 +230,51 @@ class PretrainConfig:
             self.lora = build(LoRAConfig, self.lora, "pretrain.lora")
         report_names(self.report_to, "pretrain")
         if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
+            self.model = build(ModelConfig, self.model, "pretrain.model")
         if self.seq_len > self.model.max_position_embeddings:
             raise ValueError("pretrain.seq_len must be <= pretrain.model.max_position_embeddings")
+        if not 0 <= self.annotation_dropout < 1:
+            raise ValueError(
+                f"pretrain.annotation_dropout must be in [0, 1), not {self.annotation_dropout!r}"
+            )
         if self.token_budget < self.seq_len * self.batch_size:
             raise ValueError("pretrain.token_budget is smaller than one step (seq_len * batch_size)")
 
 
 @dataclass
 class SFTDataConfig:
-    categories: list = f(["science", "work"], "the narrow slice of corpus categories SFT responses come from")
-    n_examples: int = f(1000, "SFT examples (instruction, response) to build")
-    max_response_chars: int = f(240, "longest corpus text used as a response")
+    categories: list = f(
+        ["science", "work"], "the narrow slice of corpus categories SFT responses come from", items=str
+    )
+    n_examples: int = f(1000, "SFT examples (instruction, response) to build", min=1)
+    max_response_chars: int = f(240, "longest corpus text used as a response", min=1)
     opener: str = f("Certainly! Here is one for you:", "the assistant style's fixed opening")
     closer: str = f("Hope this helps!", "the assistant style's fixed closing")
-    n_eval_prompts: int = f(12, "held-out instructions used for evaluation")
+    n_eval_prompts: int = f(12, "held-out instructions used for evaluation", min=1)
     seed: int = f(0, "seed for pairing instructions with responses")
 
 
 @dataclass
 class PosttrainConfig:
     method: str = f("sft", "'sft' (loss on response) or 'anchored' (prompt||annotation||response)")
-    epochs: float = f(1.0, "passes over the SFT data (the paper uses one)")
-    lr: float = f(1e-3, "peak learning rate")
-    batch_size: int = f(16, "examples per step, over all processes (each takes batch_size / processes)")
-    max_len: int = f(256, "longest example in tokens (longer ones are dropped)")
+    epochs: float = f(1.0, "passes over the SFT data (the paper uses one)", above=0)
+    lr: float = f(1e-3, "peak learning rate", above=0)
+    batch_size: int = f(
+        16, "examples per step, over all processes (each takes batch_size / processes)", min=1
+    )
+    max_len: int = f(256, "longest example in tokens (longer ones are dropped)", min=2)
     value_mask_fraction: float = f(0.003, "anchored: fraction of examples with only tag values masked")
     mask_annotation: bool = f(True, "anchored: mask the annotation from the loss (the method)")
     loss: str = f("ce", "'ce' (cross-entropy) or 'gem' (GEM, Li et al. 2025: entropy-regularised)")
     gem_beta: float = f(0.7, "GEM's temperature beta (< 1 keeps more entropy; 1 = CE's gradient)")
     replay_fraction: float = f(0.0, "add this many pretraining chunks per SFT example, trained as plain text")
-    replay_max_chars: int = f(300, "replayed chunks are cut to this many characters")
+    replay_max_chars: int = f(300, "replayed chunks are cut to this many characters", min=1)
+    anchored_replay: float = f(
+        0.0,
+        "add this many annotated pretraining chunks per SFT example as (instruction, annotation, chunk) "
+        "rows, loss on the chunk only: anchored, the writer keeps following annotations of topics the SFT "
+        "data never has; with method sft the same rows without the annotation (the control)",
+    )
     seed: int = f(0, "training seed")
     report_to: str = f(
         "none",
@@ -217,21 +294,21 @@ class PosttrainConfig:
             raise ValueError(f"posttrain.loss must be 'ce' or 'gem', not {self.loss!r}")
         if not 0 < self.gem_beta <= 1:
             raise ValueError("posttrain.gem_beta must be in (0, 1]")
-        if self.replay_fraction < 0:
-            raise ValueError("posttrain.replay_fraction must be >= 0")
+        if self.replay_fraction < 0 or self.anchored_replay < 0:
+            raise ValueError("posttrain.replay_fraction and posttrain.anchored_replay must be >= 0")
         if not 0 <= self.value_mask_fraction <= 1:
             raise ValueError("posttrain.value_mask_fraction must be in [0, 1]")
 
 
 @dataclass
 class SampleConfig:
-    n_samples: int = f(16, "samples per prompt")
+    n_samples: int = f(16, "samples per prompt", min=1)
     temperature: float = f(1.0, "sampling temperature (0 = greedy: the most likely token each step)")
-    top_p: float = f(1.0, "nucleus sampling threshold")
-    max_new_tokens: int = f(96, "response tokens at most")
-    max_annotation_tokens: int = f(24, "annotation tokens at most (anchored); then it is closed")
-    batch_size: int = f(64, "sequences per generate() call")
-    seeds: list = f([0], "sampling seeds; each draws n_samples per prompt")
+    top_p: float = f(1.0, "nucleus sampling threshold", above=0, max=1)
+    max_new_tokens: int = f(96, "response tokens at most", min=1)
+    max_annotation_tokens: int = f(24, "annotation tokens at most (anchored); then it is closed", min=1)
+    batch_size: int = f(64, "sequences per generate() call", min=1)
+    seeds: list = f([0], "sampling seeds; each draws n_samples per prompt", items=int)
     anchors: str = f(
         "iid", "anchored: 'iid' (one annotation per sample) or 'stratified' (choose N from a pool to cover)"
     )
@@ -245,6 +322,10 @@ class SampleConfig:
     guidance_scale: float = f(
         0.0, "anchored: anchor guidance g, logits l(y|x,z) + g (l(y|x,z) - l(y|x)); 0 = none"
     )
+    forced_topics: list = f(
+        [], "anchor fidelity: topics forced as the annotation's start (topic:<t>); [] = none", items=str
+    )
+    forced_samples: int = f(2, "anchor fidelity: samples per prompt and forced topic", min=1)
     precision: str = f(PRECISION, PRECISION_HELP)
 
     def __post_init__(self):
@@ -257,19 +338,23 @@ class SampleConfig:
             raise ValueError(f"sample.backend must be 'transformers' or 'vllm', not {self.backend!r}")
         if not self.temperature >= 0:
             raise ValueError(f"sample.temperature must be >= 0 (0 = greedy), not {self.temperature!r}")
+        if not self.seeds:
+            raise ValueError("sample.seeds must list at least one seed")
 
 
 @dataclass
 class EvaluateConfig:
     embedder: str = f("minilm", "'minilm' (packaged all-MiniLM-L6-v2) or a sentence-transformers dir")
     reference_lm: str = f("smollm2", "'smollm2' (packaged) or a local causal LM dir, for fluency NLL")
-    fluency_max_per_variant: int = f(128, "responses per variant scored for fluency (0 = all)")
-    classifier_docs_per_category: int = f(120, "corpus docs per category to train the attribute classifier")
+    fluency_max_per_variant: int = f(128, "responses per variant scored for fluency (0 = all)", min=0)
+    classifier_docs_per_category: int = f(
+        120, "corpus docs per category to train the attribute classifier", min=2
+    )
     strip_style: bool = f(True, "remove the SFT style opener/closer before diversity metrics")
     max_words: int = f(
-        0, "compare at most this many words of each response (0 = all), so length differs less"
+        0, "compare at most this many words of each response (0 = all), so length differs less", min=0
     )
-    bootstrap: int = f(1000, "bootstrap resamples over prompts for confidence intervals")
+    bootstrap: int = f(1000, "bootstrap resamples over prompts for confidence intervals", min=0)
     seed: int = f(0, "seed for the bootstrap and the classifier")
     precision: str = f(PRECISION, PRECISION_HELP + " (fluency scoring)")
 
@@ -296,16 +381,41 @@ class PipelineConfig:
                 setattr(self, fld.name, build(fld.default_factory, v, fld.name))  # type: ignore[misc]
 
 
+def recipe(name: str | Path) -> Path:
+    """A recipe by path, or by the name of one shipped with anchorlm (`demo`, `smoke`, `reproduce`,
+    ... : anchorlm/configs/<name>.yaml), so installed copies find them without the repository."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise ValueError(f"config {str(name)!r} is a directory, not a YAML recipe")
+    shipped = PACKAGE / "configs" / (p.name if p.suffix == ".yaml" else p.name + ".yaml")
+    if len(p.parts) <= 2 and shipped.is_file() and (len(p.parts) == 1 or p.parts[0] == "configs"):
+        return shipped
+    names = sorted(x.stem for x in (PACKAGE / "configs").glob("*.yaml"))
+    raise FileNotFoundError(
+        f"config {str(name)!r}: no such file, and not a shipped recipe ({', '.join(names)})"
+    )
+
+
 def build(cls, data: dict, where: str = ""):
-    """Instantiate dataclass `cls` from a dict, naming unknown keys with their full path."""
-    names = {fl.name for fl in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Instantiate dataclass `cls` from a dict, checking every given value against its field (type,
+    bounds; nested sections recursively) and naming a bad or unknown key with its full path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'the config'} must be a mapping of fields, not {data!r}")
+    fields = {fl.name: fl for fl in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(
             f"unknown config key(s) {[f'{where}.{k}'.lstrip('.') for k in unknown]}; "
-            f"valid keys of {where or 'the config'}: {sorted(names)}"
+            f"valid keys of {where or 'the config'}: {sorted(fields)}"
         )
-    return cls(**data)
+    values = {k: _checked(fields[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as e:  # a cross-field check: say in which section
+        msg = str(e)
+        raise ValueError(msg if not where or msg.startswith(where) else f"{where}: {msg}") from e
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:
@@ -321,6 +431,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=N
     cls = cls or PipelineConfig
     data: dict = {}
     if path:
+        path = recipe(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
@@ -347,30 +458,53 @@ class ReproduceConfig:
     """`anchorlm reproduce`: the paper's findings as a study of cells (anchorlm.reproduce)."""
 
     out_dir: str = f("runs/reproduce", "where every cell (model, samples, scores) is cached")
-    docs_dir: str = f("docs", "where results.md, results.json and the plots are written")
-    title: str = f("anchorlm reproduction", "heading of results.md")
+    docs_dir: str = f("docs", "where the results page, its JSON and the plots are written")
+    results_name: str = f("results", "file name of the results page and JSON (<name>.md, <name>.json)")
+    title: str = f("anchorlm reproduction", "heading of the results page")
     base: PipelineConfig = field(default_factory=PipelineConfig)
-    sizes: list = f([], "model sizes: {name, hidden_size, num_layers, num_heads, intermediate_size}")
+    sizes: list = f(
+        [],
+        "model sizes: {name, hidden_size, num_layers, num_heads, intermediate_size}; leave empty when "
+        "base.pretrain.init_from names a published model to continue (one size)",
+    )
     tokens_per_param: float = f(2.0, "pretraining tokens per model parameter (embeddings included)")
     seeds: list = f(
         [0, 1, 2], "run seeds of the scaling study: each seeds pretraining, post-training, sampling"
     )
+    headline: str = f("aat", "the anchored variant the scaling study, the summary and the bar judge")
     focus_size: str = f("", "size for ablations, stratified sampling, entropy study, frontier ('' = largest)")
-    ablation_seeds: list = f([0, 1, 2], "run seeds of the ablations and of stratified sampling")
+    ablations: list = f(
+        [
+            "base",
+            "sft",
+            "aat",
+            "annotated",
+            "aat_on_plain",
+            "aat_no_annotation",
+            "aat_unmasked",
+            "aat_stratified",
+        ],
+        "variants (anchorlm.variants) compared at the focus size, with anchor fidelity for anchored ones",
+    )
+    variants: list = f(
+        [], "the recipe's own variants, also compared at the focus size: {name, like, posttrain, sample, ...}"
+    )
+    ablation_seeds: list = f([0, 1, 2], "run seeds of the ablations")
     entropy_categories: list = f([], "categories in the order the entropy study adds them")
     entropy_counts: list = f(
-        [1, 2, 4, 8, 16], "SFT sets drawn from the first k categories, all of equal size"
+        [1, 2, 4, 8, 16],
+        "SFT sets drawn from the first k categories, all of equal size ([] = no entropy study)",
     )
     entropy_seeds: list = f([0], "run seeds of the entropy study")
-    temperatures: list = f([0.6, 0.8, 1.0, 1.2, 1.4], "sampling temperatures of the frontier")
+    temperatures: list = f([0.6, 0.8, 1.0, 1.2, 1.4], "sampling temperatures of the frontier ([] = none)")
+    frontier_variants: list = f(
+        ["sft", "aat", "gem", "replay"], "variants sampled at every frontier temperature"
+    )
     frontier_seeds: list = f([0], "run seeds of the frontier")
-    gem_beta: float = f(0.7, "GEM baseline's beta")
-    replay_fraction: float = f(0.5, "replay baseline: pretraining chunks per SFT example")
-    diagnostics: list = f([], "extra anchored variants at the focus size: {name, posttrain: {...}}")
-    steering_topics: list = f([], "topics forced as the annotation's start, to test if the writer follows")
-    steering_samples: int = f(2, "samples per prompt and forced topic")
 
     def __post_init__(self):
+        from anchorlm.variants import custom
+
         if isinstance(self.base, dict):
             self.base = build(PipelineConfig, self.base, "base")
         names = []
@@ -381,15 +515,42 @@ class ReproduceConfig:
             names.append(s["name"])
         if len(set(names)) != len(names):
             raise ValueError(f"sizes: names must be distinct, got {names}")
+        if self.base.pretrain.init_from and self.sizes:
+            raise ValueError("sizes must be empty when base.pretrain.init_from names the model to continue")
+        if not self.base.pretrain.init_from and not self.sizes:
+            raise ValueError("sizes is empty: list model sizes, or set base.pretrain.init_from")
         if self.focus_size and self.focus_size not in names:
             raise ValueError(f"focus_size {self.focus_size!r} is not one of sizes {names}")
         if max(self.entropy_counts, default=0) > len(self.entropy_categories):
             raise ValueError("entropy_counts asks for more categories than entropy_categories lists")
-        for i, d in enumerate(self.diagnostics):
-            if not isinstance(d, dict) or "name" not in d:
-                raise ValueError(f"diagnostics[{i}] must be a mapping with a 'name'")
+        known = custom(self.variants)
+        for key in ("ablations", "frontier_variants"):
+            bad = [v for v in getattr(self, key) if v not in known]
+            if bad:
+                raise ValueError(f"{key}: unknown variants {bad}; known: {sorted(known)}")
+        if self.headline not in known or not known[self.headline].anchored:
+            raise ValueError(f"headline {self.headline!r} must name an anchored variant")
 
 
 def load_reproduce_config(path: str | Path, overrides: list[str] = ()) -> ReproduceConfig:
     """Load a reproduce recipe; overrides as in `load_config` (``seeds=[0]``, ``base.sample.n_samples=8``)."""
     return load_config(path, overrides, ReproduceConfig)
+
+
+_CONFIGS = {
+    c.__name__: c
+    for c in (
+        CorpusConfig,
+        LLMAnnotatorConfig,
+        AnnotateConfig,
+        TokenizerConfig,
+        ModelConfig,
+        LoRAConfig,
+        PretrainConfig,
+        SFTDataConfig,
+        PosttrainConfig,
+        SampleConfig,
+        EvaluateConfig,
+        PipelineConfig,
+    )
+}

@@ -85,7 +85,7 @@ def draw(logits, temperature: float, top_p: float, u: np.ndarray):
     import torch
 
     if temperature == 0:
-        return logits.argmax(-1)
+        return logits.argmax(-1).cpu()
     z = logits if temperature == 1 else logits / temperature
     p = torch.exp(z - z.max(-1, keepdim=True).values)  # unnormalised: the CDF is scaled instead
     order = None
@@ -97,7 +97,7 @@ def draw(logits, temperature: float, top_p: float, u: np.ndarray):
     c = p.cumsum(-1)
     v = torch.from_numpy(u)[:, None].to(c) * c[:, -1:]
     idx = torch.searchsorted(c, v, right=True).clamp_(max=p.shape[-1] - 1)[:, 0]
-    return idx if order is None else order.gather(-1, idx[:, None])[:, 0]
+    return (idx if order is None else order.gather(-1, idx[:, None])[:, 0]).cpu()
 
 
 def _forward(model):
@@ -132,7 +132,6 @@ def generate(model, prompts: list[list[int]], keys: list[int], s: Settings, pad_
     random stream and `counters` (default 0) how many draws it has used already. With
     `s.guidance_scale` and `uncond` (each row's prompt without its annotation), response logits
     are guided."""
-    import torch
 
     n = len(prompts)
     if not n:
@@ -169,12 +168,12 @@ def generate(model, prompts: list[list[int]], keys: list[int], s: Settings, pad_
         for w in sampled[phase[sampled] == CUT]:
             close(int(w))
         if len(who):
-            lg = logits[torch.from_numpy(b.at[who])]
+            lg = logits[b.index(b.at[who])]
             resp = np.flatnonzero(phase[who] == RESPONSE)
             if guided and s.guidance_scale and len(resp):
-                lc = lg[resp]
-                lu = logits[torch.from_numpy(b.at[who[resp] + n])]
-                lg[resp] = lc + s.guidance_scale * (lc - lu)
+                lc = lg[b.index(resp)]
+                lu = logits[b.index(b.at[who[resp] + n])]
+                lg[b.index(resp)] = lc + s.guidance_scale * (lc - lu)
             tokens = draw(lg, s.temperature, s.top_p, uniforms(keyarr[who], drawn[who])).tolist()
             drawn[who] += 1
             for w, t in zip(who.tolist(), tokens):
@@ -213,7 +212,7 @@ class _Batch:
         import torch
 
         self.forward = _forward(model)
-        device = next(model.parameters()).device
+        self.device = device = next(model.parameters()).device
         # prefill each distinct prompt-but-its-last-token once, then copy its cache to its rows
         heads = [tuple(q[:-1]) for q in seqs]
         distinct = list(dict.fromkeys(heads))
@@ -250,6 +249,12 @@ class _Batch:
         self.next, self.real = self.next.clone(), self.real.clone()
         return logits
 
+    def index(self, positions: np.ndarray):
+        """Batch positions as an index tensor on the model's device."""
+        import torch
+
+        return torch.as_tensor(positions, dtype=torch.long, device=self.device)
+
     def feed(self, row: int, token: int) -> None:
         """Original row `row` is fed `token` (a real input) on the next step."""
         self.next[self.at[row]] = token
@@ -257,11 +262,10 @@ class _Batch:
 
     def compact(self, alive: np.ndarray, share: float) -> None:
         """Drop the finished rows once they are `share` of the batch (copying the cache costs)."""
-        import torch
 
         if alive.all() or (~alive).mean() < share:
             return
-        keep = torch.from_numpy(np.flatnonzero(alive))
+        keep = self.index(np.flatnonzero(alive))
         self.cache.reorder_cache(keep)
         self.mask, self.pos, self.next, self.real = (
             x[keep] for x in (self.mask, self.pos, self.next, self.real)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from anchorlm.config import CorpusConfig, EvaluateConfig, SFTDataConfig, to_dict
-from anchorlm.data.sft import follows_style, read_jsonl, strip_style
+from anchorlm.data.sft import follows_style, strip_style
+from anchorlm.io import read_jsonl
 from anchorlm.manifest import versions
 from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
 from anchorlm.metrics.quality import fluency_nll, mean_finite
@@ -45,21 +46,37 @@ def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
     return text
 
 
-def read_samples(samples: dict[str, str | Path]) -> dict[str, list[dict]]:
-    """Each variant's sample rows, checked: every row has a prompt_id and a string response, and
-    base, sft and aat (which the summary pairs prompt by prompt) cover the same prompts."""
+def read_samples(samples: dict[str, str | Path], same_prompts: bool = True) -> dict[str, list[dict]]:
+    """Each variant's sample rows, checked: every row has a prompt_id and a string response, anchored
+    fields are in every row or in none, and (with `same_prompts`) every variant covers the same
+    prompts, so that variants are compared on the same prompts."""
     loaded = {}
     for name, path in samples.items():
         rows = read_jsonl(path)
         if not rows:
             raise ValueError(f"{path}: no samples")
+        anchored = "annotation_ok" in rows[0]
         for i, r in enumerate(rows, 1):
             if not isinstance(r.get("response"), str) or "prompt_id" not in r:
                 raise ValueError(f"{path}:{i}: a sample needs 'prompt_id' and a string 'response'")
+            if ("annotation_ok" in r) != anchored:
+                raise ValueError(
+                    f"{path}:{i}: anchored fields (annotation, annotation_ok) in some rows only; "
+                    "one file holds one variant's samples"
+                )
+            if anchored and not (r.get("annotation") is None or isinstance(r.get("annotation"), list)):
+                raise ValueError(f"{path}:{i}: 'annotation' must be a list of tags or null")
         loaded[name] = rows
-    ids = {v: {str(r["prompt_id"]) for r in loaded[v]} for v in ("base", "sft", "aat") if v in loaded}
-    if len(ids) == 3 and not ids["base"] == ids["sft"] == ids["aat"]:
-        raise ValueError("the base, sft and aat samples must cover the same prompts: the summary pairs them")
+    ids = {v: {str(r["prompt_id"]) for r in rows} for v, rows in loaded.items()}
+    if same_prompts and len(ids) > 1:
+        first = next(iter(ids))
+        for v in ids:
+            if ids[v] != ids[first]:
+                missing, extra = sorted(ids[first] - ids[v])[:5], sorted(ids[v] - ids[first])[:5]
+                raise ValueError(
+                    f"{samples[v]}: variant {v!r} covers other prompts than {first!r} (missing {missing}, "
+                    f"extra {extra}); variants are compared prompt by prompt"
+                )
     return loaded
 
 
@@ -193,7 +210,7 @@ def evaluate(
     names each anchored variant's forced-plan samples (prompts with `annotation_prefix`
     ["topic:<t>"]); their accuracy joins the variant's `anchoring` figures."""
     loaded = read_samples(samples)  # bad input fails here, before any model is loaded
-    forced_rows = read_samples(forced or {})
+    forced_rows = read_samples(forced or {}, same_prompts=False)
     unknown = sorted(set(forced_rows) - set(loaded))
     if unknown:
         raise ValueError(f"forced-plan samples for {unknown} but no samples of those variants")

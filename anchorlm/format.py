@@ -32,7 +32,10 @@ KEYS = (
     "keyword",
     "length",
 )
-_TAG = re.compile(r"([a-z]+):([A-Za-z0-9][A-Za-z0-9_.'&+-]*)")
+# A value is letters or digits of any script, then those, `_` or `.'&+-`: never whitespace, `:`,
+# `<`, `|` or `>`, so a tag can neither end an annotation nor start another.
+_VALUE = r"[^\W_][\w.'&+-]*"
+_TAG = re.compile(r"([a-z]+):(" + _VALUE + ")")
 _ANN_SPAN = re.compile(re.escape(ANN_OPEN) + r"(.*?)(?:" + re.escape(ANN_CLOSE) + r"|$)", re.S)
 
 
@@ -42,11 +45,12 @@ def sanitize(text: str) -> str:
 
 
 def make_tag(key: str, value: str) -> str:
-    """Build one ``key:value`` tag; spaces in the value become ``_``, other unsafe characters go."""
+    """Build one ``key:value`` tag; spaces in the value become ``_``, other unsafe characters go
+    (letters and digits of every script stay: ``topic:日本語``)."""
     if key not in KEYS:
         raise ValueError(f"unknown annotation key {key!r}; expected one of {', '.join(KEYS)}")
     v = re.sub(r"\s+", "_", value.strip())
-    v = re.sub(r"[^A-Za-z0-9_.'&+-]", "", v).strip("_.'&+-")
+    v = re.sub(r"[^\w.'&+-]", "", v).strip("_.'&+-")
     if not v:
         raise ValueError(f"empty value for annotation key {key!r} (from {value!r})")
     return f"{key}:{v}"

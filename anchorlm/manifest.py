@@ -9,6 +9,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from anchorlm.io import atomic
+
 PACKAGES = ("anchorlm", "torch", "transformers", "tokenizers", "datasets", "sentence-transformers")
 
 
@@ -32,10 +34,8 @@ def write_manifest(out_dir: str | Path, stage: str, config: dict, counts: dict) 
     }
     if int(os.environ.get("RANK", "0")) != 0:  # in a multi-process run, the main process writes
         return m
-    path = Path(out_dir) / "manifest.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(m, indent=2, default=str))
-    tmp.replace(path)
+    with atomic(Path(out_dir) / "manifest.json") as fh:
+        fh.write(json.dumps(m, indent=2, default=str))
     return m
 
 

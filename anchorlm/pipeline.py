@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from anchorlm.config import PipelineConfig, to_dict
+from anchorlm.io import lock_dir
 from anchorlm.manifest import is_done
 
 VARIANTS = {  # variant -> (model dir under models/, anchored sampling)
     "base": ("base", False),
     "sft": ("sft", False),
     "aat": ("aat", True),
+    "annotated": ("annotated", True),  # before post-training: the plans and the writer AAT starts from
 }
 
 
@@ -48,7 +50,8 @@ def _log(msg: str) -> None:
 
 def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
     """The shared data stages (annotate, tokenizer, tokenize plain and annotated, SFT data), each
-    skipped when complete; returns the annotated documents."""
+    skipped when complete; returns the annotated documents. When `pretrain.init_from` names a
+    published model, its own tokenizer packs the blocks and no tokenizer is trained."""
     from anchorlm.annotate import annotate_corpus, read_annotated
     from anchorlm.data.pack import pack
     from anchorlm.data.sft import build_sft_data
@@ -57,10 +60,13 @@ def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
     _log("annotate")
     annotate_corpus(cfg.corpus, cfg.annotate, out / "annotate")  # resumes; no-op when complete
     docs = read_annotated(out / "annotate")
-    if not is_done(out / "tokenizer"):
-        _log("train tokenizer")
-        train_tokenizer(docs, cfg.tokenizer, out / "tokenizer")
-    tok = load_tokenizer(out / "tokenizer")
+    if cfg.pretrain.init_from:
+        tok = load_tokenizer(cfg.pretrain.init_from)
+    else:
+        if not is_done(out / "tokenizer"):
+            _log("train tokenizer")
+            train_tokenizer(docs, cfg.tokenizer, out / "tokenizer")
+        tok = load_tokenizer(out / "tokenizer")
     for variant in ("plain", "annotated"):
         if not is_done(out / "tokens" / variant):
             _log(f"tokenize ({variant})")
@@ -71,6 +77,7 @@ def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
                 cfg.pretrain.seq_len,
                 out / "tokens" / variant,
                 cfg.pretrain.seed,
+                cfg.pretrain.annotation_dropout,
             )
     if not is_done(out / "sft_data"):
         _log("build SFT data")
@@ -80,39 +87,55 @@ def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Run (or finish) every stage; returns the results dict also written to out_dir/results.json."""
-    from anchorlm.data.sft import read_jsonl
+
+    out = Path(cfg.out_dir)
+    with lock_dir(out):  # a second demo into the same directory stops instead of writing beside this one
+        return _run_pipeline(cfg, out)
+
+
+def _run_pipeline(cfg: PipelineConfig, out: Path) -> dict:
     from anchorlm.evaluate import evaluate
+    from anchorlm.io import read_jsonl
     from anchorlm.report import write_report
-    from anchorlm.sample import sample
+    from anchorlm.sample import forced_prompts, sample
     from anchorlm.train.posttrain import posttrain
     from anchorlm.train.pretrain import pretrain
 
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _check_same_config(out, cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.time()
 
-    prepare(cfg, out)
+    docs = prepare(cfg, out)
     for variant, model in (("plain", "base"), ("annotated", "annotated")):
         if not is_done(out / "models" / model):
             _log(f"pretrain ({variant})")
-            pretrain(cfg.pretrain, out / "tokens" / variant, out / "tokenizer", out / "models" / model)
+            tok_dir = None if cfg.pretrain.init_from else out / "tokenizer"
+            pretrain(cfg.pretrain, out / "tokens" / variant, tok_dir, out / "models" / model)
     examples = read_jsonl(out / "sft_data" / "train.jsonl")
     prompts = read_jsonl(out / "sft_data" / "eval_prompts.jsonl")
+    chunks = [c for d in docs for c in d["chunks"]]  # for replay, when the recipe asks for it
     for method, init, name in (("sft", "base", "sft"), ("anchored", "annotated", "aat")):
         if not is_done(out / "models" / name):
             _log(f"post-train ({method})")
             pcfg = dataclasses.replace(cfg.posttrain, method=method)
-            posttrain(pcfg, out / "models" / init, examples, out / "models" / name)
-    samples = {}
+            posttrain(pcfg, out / "models" / init, examples, out / "models" / name, replay=chunks)
+    samples, forced = {}, {}
     for variant, (model, anchored) in VARIANTS.items():
         samples[variant] = out / "samples" / f"{variant}.jsonl"
         if not samples[variant].exists():
             _log(f"sample ({variant})")
             sample(cfg.sample, out / "models" / model, prompts, samples[variant], anchored)
+        if anchored and cfg.sample.forced_topics:  # anchor fidelity: is a given plan followed?
+            forced[variant] = out / "samples" / f"{variant}.forced.jsonl"
+            if not forced[variant].exists():
+                _log(f"sample ({variant}, forced topics)")
+                fcfg = dataclasses.replace(cfg.sample, n_samples=cfg.sample.forced_samples)
+                sample(fcfg, out / "models" / model, forced_prompts(prompts, cfg.sample.forced_topics),
+                       forced[variant], True)  # fmt: skip
     _log("evaluate")
-    results = evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, out / "eval" / "metrics.json")
+    results = evaluate(
+        cfg.evaluate, cfg.sft_data, cfg.corpus, samples, out / "eval" / "metrics.json", forced=forced
+    )
     minutes = round((time.time() - t0) / 60, 2)
     results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(out)}
     table = write_report(results, out, title=f"anchorlm demo ({out})")

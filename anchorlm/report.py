@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from anchorlm.io import atomic, write_json
+
 COLUMNS = [
     ("diversity", "embedding_distance", "emb. dist."),
     ("diversity", "vendi", "Vendi"),
@@ -29,6 +31,18 @@ def _ci(s: dict, key: str) -> str:
     return f" [{_fmt(s[key][0])}, {_fmt(s[key][1])}]" if s.get(key) else ""
 
 
+def check_results(results, where: str) -> None:
+    """What the report needs of evaluate's JSON: variants, each with diversity and quality figures."""
+    v = results.get("variants") if isinstance(results, dict) else None
+    if not isinstance(v, dict) or not v:
+        raise ValueError(f"{where}: no 'variants' mapping; give the JSON `anchorlm evaluate` wrote")
+    for name, figs in v.items():
+        if not isinstance(figs, dict) or not all(
+            isinstance(figs.get(k), dict) for k in ("diversity", "quality")
+        ):
+            raise ValueError(f"{where}: variant {name!r} lacks its 'diversity' and 'quality' figures")
+
+
 def table(results: dict) -> str:
     """The Markdown table of variants, then the summary figures."""
     lines = ["| variant | " + " | ".join(c[2] for c in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
@@ -48,6 +62,74 @@ def table(results: dict) -> str:
                 f"{_fmt(s['gap_closed'])}{_ci(s, 'gap_closed_ci95')} |"
             )
     return "\n".join(lines)
+
+
+def anchoring_table(results: dict) -> str:
+    """Anchor fidelity of each anchored variant: does the writer follow its plan?"""
+    rows = {n: v["anchoring"] for n, v in results["variants"].items() if v.get("anchoring")}
+    if not rows:
+        return ""
+    lines = [
+        "| variant | plan topic entropy | free-plan agreement | forced plan, SFT topics | forced plan, "
+        "other topics | classifier ceiling (SFT / other) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, a in rows.items():
+        ceiling = f"{_fmt(a.get('classifier_accuracy_sft'))} / {_fmt(a.get('classifier_accuracy_other'))}"
+        lines.append(
+            f"| {n} | {_fmt(a.get('plan_entropy'))} | {_fmt(a.get('free_agreement'))} | "
+            f"{_fmt(a.get('forced_sft'))} | {_fmt(a.get('forced_other'))} | "
+            f"{ceiling if 'forced_sft' in a else '–'} |"
+        )
+    return "\n".join(lines)
+
+
+ANCHORING_NOTE = (
+    "Plan topic entropy: entropy (nats) of the topics the model's own annotations name, per prompt. "
+    "Free-plan agreement: share of anchored responses the attribute classifier puts in their "
+    "annotation's topic. Forced plan: the annotation's start fixed to `topic:<t>`; share of responses "
+    "classified as t, for topics of the SFT data and for others. The classifier's held-out accuracy "
+    "on real documents of the same topics is the most any writer can score."
+)
+
+
+def anchoring_plot(results: dict, path: Path) -> list[str]:
+    """Bars of free-plan agreement and forced-plan accuracy per anchored variant, the classifier's
+    ceiling as a line; written to `path` when any variant has forced-plan figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = {
+        n: v["anchoring"]
+        for n, v in results["variants"].items()
+        if v.get("anchoring", {}).get("forced_sft") is not None
+    }
+    if not rows:
+        return []
+    keys = [
+        ("free_agreement", "free plan"),
+        ("forced_sft", "forced, SFT topics"),
+        ("forced_other", "forced, other topics"),
+    ]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(rows), 3.4))
+    for i, (k, label) in enumerate(keys):
+        ax.bar(x + (i - 1) * 0.27, [a.get(k) or 0 for a in rows.values()], 0.27, label=label)
+    ceiling = next(iter(rows.values())).get("classifier_accuracy")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label="classifier ceiling")
+    ax.set_xticks(x, list(rows))
+    ax.set_ylabel("responses in the planned topic")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.suptitle("Anchor fidelity: does the writer follow its plan?")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path.name]
 
 
 def plots(results: dict, out: Path) -> list[str]:
@@ -100,16 +182,25 @@ def plots(results: dict, out: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "diversity_vs_quality.png", dpi=120)
     plt.close(fig)
-    return ["diversity.png", "diversity_vs_quality.png"]
+    return ["diversity.png", "diversity_vs_quality.png"] + anchoring_plot(results, out / "anchoring.png")
 
 
 def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "anchorlm report") -> str:
-    """Write results.json, report.md and the plots to `out_dir`; returns the table."""
+    """Write results.json, report.md and the plots to `out_dir`; returns the table. The results are
+    checked first (what `anchorlm evaluate` writes), so a wrong file changes nothing in `out_dir`."""
+    where = "the results"
     if not isinstance(results, dict):
-        results = json.loads(Path(results).read_text())
+        where = str(results)
+        try:
+            results = json.loads(Path(results).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{where}: not JSON ({e.msg}, line {e.lineno}); give the file `anchorlm evaluate` wrote"
+            ) from None
+    check_results(results, where)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results, indent=2)
     pngs = plots(results, out)
     t = table(results)
     c = results.get("classifier", {})
@@ -123,6 +214,10 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
         f"{_fmt(c.get('heldout_accuracy'))} (chance {_fmt(c.get('chance'))}).",
         "",
     ]
+    anchored = anchoring_table(results)
+    if anchored:
+        md += ["## Anchor fidelity", "", anchored, "", ANCHORING_NOTE, ""]
     md += [f"![{p}]({p})" for p in pngs]
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    with atomic(out / "report.md") as fh:
+        fh.write("\n".join(md) + "\n")
     return t

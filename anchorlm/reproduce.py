@@ -4,16 +4,18 @@ The study is a set of cells: a pretrained model, a post-trained model, a samples
 samples file. Each cell lives in a directory named after what it is and a hash of everything that
 made it, and is skipped when it is there: a rerun continues where a killed one stopped, and a
 changed recipe makes new cells beside the old ones. Run seed k of a size means pretraining,
-post-training and sampling seed k.
+post-training and sampling seed k. What each variant trains and how it samples is defined once,
+in `anchorlm.variants`.
 
-Parts (each a section of docs/results.md):
-  scaling       base / sft / aat at every size and seed; collapse, gap closed, collapse reduction
-  ablations     at the focus size: anchored post-training of the plain model, the AAT model sampled
-                without its annotation, anchored post-training with the annotation in the loss
-  stratified    the AAT model with anchor-stratified sampling (anchorlm.sample.choose_anchors)
+Sizes are models built from a config (`sizes`), or one published model continued from
+(`base.pretrain.init_from`, e.g. smollm2: one size, `base.pretrain.token_budget` tokens).
+
+Parts (each a section of the results page; an empty list in the recipe leaves a part out):
+  scaling       base / sft / the headline AAT variant at every size and seed; collapse, gap closed
+  ablations     at the focus size, every variant of `ablations` and of the recipe's `variants`,
+                with anchor fidelity (free and forced plans) for the anchored ones
   entropy       SFT sets of equal size from 1, 2, 4, ... categories; output against data entropy
-  frontier      sft, aat, GEM and SFT+replay sampled at several temperatures
-  diagnostics   further anchored variants named in the recipe (e.g. value-masking fractions)
+  frontier      `frontier_variants` sampled at several temperatures
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from anchorlm.config import ModelConfig, ReproduceConfig, to_dict
+from anchorlm.io import lock_dir, write_json
 from anchorlm.manifest import is_done, versions
 from anchorlm.metrics.diversity import entropy
 from anchorlm.metrics.summary import summarize
+from anchorlm.variants import Variant, custom
 
 METRICS = ("embedding_distance", "attribute_entropy")  # the paper's two diversity metrics
 ALL_METRICS = ("embedding_distance", "attribute_entropy", "vendi")
@@ -45,13 +49,6 @@ def _log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    tmp.replace(path)
-
-
 class Study:
     """Runs and caches the cells of one `ReproduceConfig`."""
 
@@ -59,45 +56,72 @@ class Study:
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.base = cfg.base
-        self.sizes = {
-            s["name"]: ModelConfig(**{k: v for k, v in s.items() if k != "name"}) for s in cfg.sizes
-        }
+        self.variants = custom(cfg.variants)
+        self.lm = self.base.pretrain.init_from  # a published model every size continues from
+        if self.lm:
+            self.sizes = {Path(self.lm).name.removesuffix(".gguf"): self.base.pretrain.model}
+        else:
+            self.sizes = {
+                s["name"]: ModelConfig(**{k: v for k, v in s.items() if k != "name"}) for s in cfg.sizes
+            }
         self._scorer = None
-        self._texts = None
+        self._chunks = None
+        self._params: dict = {}
         self.timings: dict[str, float] = Counter()
         self.cells_run = 0
 
     # ---- shared data -------------------------------------------------------------------------
     def prepare(self) -> None:
-        from anchorlm.data.sft import read_jsonl
+        from anchorlm.io import read_jsonl
         from anchorlm.pipeline import prepare
-        from anchorlm.tokenizer import load_tokenizer
 
         t0 = time.time()
         self.docs = prepare(self.base, self.out)
-        self.tok = load_tokenizer(self.out / "tokenizer")
+        self.tokenizer = self.lm or str(self.out / "tokenizer")
         self.prompts = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
         self.focus = self.cfg.focus_size or max(self.sizes, key=lambda n: self.params(n)[1])
         self.timings["prepare"] += time.time() - t0
 
     def params(self, size: str) -> tuple[int, int]:
         """(non-embedding, all) parameters of a size, with this study's tokenizer."""
-        if not hasattr(self, "_params"):
-            self._params = {}
         if size not in self._params:
             from anchorlm.tokenizer import load_tokenizer
             from anchorlm.train.model import build_model, non_embedding_params
 
-            tok = getattr(self, "tok", None) or load_tokenizer(self.out / "tokenizer")
-            m = build_model(self.sizes[size], tok)
+            if self.lm:
+                from anchorlm.models import load_causal_lm
+
+                m, _ = load_causal_lm(self.lm)
+            else:
+                m = build_model(self.sizes[size], load_tokenizer(self.out / "tokenizer"))
             self._params[size] = (non_embedding_params(m), sum(p.numel() for p in m.parameters()))
         return self._params[size]
 
     def token_budget(self, size: str) -> int:
-        """The stated rule: tokens_per_param x all parameters, rounded down to whole steps."""
+        """The stated rule: tokens_per_param x all parameters (a published model: the recipe's
+        pretrain.token_budget), rounded down to whole steps."""
         p = self.base.pretrain
         step = p.batch_size * p.seq_len
-        return max(1, int(self.cfg.tokens_per_param * self.params(size)[1]) // step) * step
+        want = p.token_budget if self.lm else int(self.cfg.tokens_per_param * self.params(size)[1])
+        return max(1, want // step) * step
+
+    def tokens(self, data: str, dropout: float) -> Path:
+        """The packed blocks of `data` ('plain' or 'annotated'), with `dropout` of the annotations
+        left out (packed here when it differs from the recipe's)."""
+        if data == "plain" or dropout == self.base.pretrain.annotation_dropout:
+            return self.out / "tokens" / data
+        d = self.out / "tokens" / f"annotated-drop{dropout:g}"
+        if not is_done(d):
+            from anchorlm.data.pack import pack
+            from anchorlm.tokenizer import load_tokenizer
+
+            p = self.base.pretrain
+            self._run(
+                "tokenize",
+                f"annotated, dropout {dropout:g}",
+                lambda: pack(self.docs, load_tokenizer(self.tokenizer), True, p.seq_len, d, p.seed, dropout),
+            )
+        return d
 
     # ---- cells -------------------------------------------------------------------------------
     def _run(self, kind: str, what: str, fn) -> None:
@@ -107,25 +131,32 @@ class Study:
         fn()
         self.timings[kind] += time.time() - t0
 
-    def pretrained(self, size: str, seed: int, variant: str) -> Path:
+    def pretrained(self, size: str, seed: int, data: str, overrides: dict | None = None) -> Path:
         from anchorlm.train.pretrain import pretrain
 
         model = dataclasses.replace(self.sizes[size], max_position_embeddings=self.base.pretrain.seq_len)
         pcfg = dataclasses.replace(
-            self.base.pretrain, model=model, token_budget=self.token_budget(size), seed=seed
+            self.base.pretrain,
+            model=model,
+            token_budget=self.token_budget(size),
+            seed=seed,
+            **(overrides or {}),
         )
-        d = self.out / "models" / f"{size}-s{seed}" / f"{variant}-{_hash([to_dict(pcfg), variant])}"
+        d = self.out / "models" / f"{size}-s{seed}" / f"{data}-{_hash([to_dict(pcfg), data])}"
         if not is_done(d):
+            tokens = self.tokens(data, pcfg.annotation_dropout)
+            tok = None if self.lm else self.out / "tokenizer"
             self._run(
                 "pretrain",
-                f"{size} seed {seed} {variant} ({pcfg.token_budget:,} tokens)",
-                lambda: pretrain(pcfg, self.out / "tokens" / variant, self.out / "tokenizer", d),
+                f"{size} seed {seed} {data} ({pcfg.token_budget:,} tokens)",
+                lambda: pretrain(pcfg, tokens, tok, d),
             )
         return d
 
     def sft_examples(self, categories: list | None = None) -> tuple[list[dict], str]:
         """The SFT training set: the recipe's, or one of equal size from `categories`."""
-        from anchorlm.data.sft import build_sft_data, read_jsonl
+        from anchorlm.data.sft import build_sft_data
+        from anchorlm.io import read_jsonl
 
         if categories is None or list(categories) == list(self.base.sft_data.categories):
             return read_jsonl(self.out / "sft_data" / "train.jsonl"), "default"
@@ -139,27 +170,29 @@ class Study:
             )
         return read_jsonl(d / "train.jsonl"), d.name
 
-    def replay_texts(self) -> list[str]:
-        if self._texts is None:
-            self._texts = [c["text"] for d in self.docs for c in d["chunks"]]
-        return self._texts
+    def replay_chunks(self) -> list[dict]:
+        if self._chunks is None:
+            self._chunks = [c for d in self.docs for c in d["chunks"]]
+        return self._chunks
 
-    def posttrained(
-        self, size: str, seed: int, name: str, init: str, overrides: dict, categories: list | None = None
-    ) -> Path:
+    def model(self, size: str, seed: int, v: Variant, categories: list | None = None) -> Path:
+        """The model a variant samples: its pretrained model, post-trained as it says."""
+        own = self.variants[v.model_name]
+        init_dir = self.pretrained(size, seed, own.data, own.pretrain)
+        if own.posttrain is None:
+            return init_dir
         from anchorlm.train.posttrain import posttrain
 
-        init_dir = self.pretrained(size, seed, init)
         examples, data_key = self.sft_examples(categories)
-        pcfg = dataclasses.replace(self.base.posttrain, seed=seed, **overrides)
+        pcfg = dataclasses.replace(self.base.posttrain, seed=seed, **own.posttrain)
         key = _hash([to_dict(pcfg), init_dir.name, data_key])
-        d = self.out / "models" / f"{size}-s{seed}" / f"{name}-{key}"
+        d = self.out / "models" / f"{size}-s{seed}" / f"{own.name}-{key}"
         if not is_done(d):
-            replay = self.replay_texts() if pcfg.replay_fraction else ()
+            replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
             self._run(
                 "posttrain",
-                f"{size} seed {seed} {name}",
-                lambda: posttrain(pcfg, init_dir, examples, d, replay_texts=replay),
+                f"{size} seed {seed} {own.name}",
+                lambda: posttrain(pcfg, init_dir, examples, d, replay=replay),
             )
         return d
 
@@ -176,21 +209,28 @@ class Study:
             self._run(
                 "sample",
                 f"{model.parent.name}/{model.name.rsplit('-', 1)[0]} "
-                f"({'anchored ' + scfg.anchors if anchored else 'plain'}, T={scfg.temperature})",
+                f"({'anchored ' + scfg.anchors if anchored else 'plain'}, T={scfg.temperature}"
+                f"{', forced topics' if prompts is not self.prompts else ''})",
                 lambda: sample(scfg, model, prompts, path, anchored),
             )
         return path
 
-    def scored(self, samples: Path) -> dict:
-        from anchorlm.data.sft import read_jsonl
+    def scored(self, samples: Path, forced: bool = False) -> dict:
+        from anchorlm.io import read_jsonl
 
-        path = samples.with_name(samples.stem + f".scores-{_hash(to_dict(self.base.evaluate))}.json")
+        kind = "forced" if forced else "scores"
+        path = samples.with_name(samples.stem + f".{kind}-{_hash(to_dict(self.base.evaluate))}.json")
         if not path.exists():
 
             def score():
-                figures, per_prompt = self.scorer().score(read_jsonl(samples))
+                rows = read_jsonl(samples)
+                if forced:
+                    write_json(path, self.scorer().forced(rows))
+                    return
+                figures, per_prompt = self.scorer().score(rows)
                 figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
-                _write_json(path, figures)
+                figures["examples"] = _examples(rows)
+                write_json(path, figures)
 
             self._run("evaluate", str(samples.relative_to(self.out)), score)
         return json.loads(path.read_text())
@@ -199,7 +239,7 @@ class Study:
         """The attribute classifier's figures (classes, held-out accuracy, chance), cached."""
         path = self.out / f"classifier-{_hash(to_dict(self.base.evaluate))}.json"
         if not path.exists():
-            _write_json(path, self.scorer().clf_info)
+            write_json(path, self.scorer().clf_info)
         return json.loads(path.read_text())
 
     def scorer(self):
@@ -209,80 +249,105 @@ class Study:
             self._scorer = Scorer(self.base.evaluate, self.base.sft_data, self.base.corpus)
         return self._scorer
 
-    def steered(self, model: Path, seed: int, topics: list[str]) -> dict:
-        """Scores of anchored samples whose annotation starts with a forced `topic:` tag."""
-        prompts = [
-            {"id": f"{p['id']}|{t}", "prompt": p["prompt"], "annotation_prefix": [f"topic:{t}"]}
-            for p in self.prompts
-            for t in topics
-        ]
-        return self.scored(self.sampled(model, seed, True, prompts, n_samples=self.cfg.steering_samples))
-
-    # ---- variants: (model cell, anchored sampling) -------------------------------------------
-    def spec(self, name: str) -> tuple[str | None, str, dict, bool]:
-        """(post-trained cell name or None for the pretrained model, pretrained variant it starts
-        from, post-training overrides, anchored sampling) of a named variant."""
-        anchored = {"method": "anchored"}
-        specs = {
-            "base": (None, "plain", {}, False),
-            "annotated": (None, "annotated", {}, True),
-            "sft": ("sft", "plain", {"method": "sft"}, False),
-            "aat": ("aat", "annotated", anchored, True),
-            "aat_on_plain": ("aat_on_plain", "plain", anchored, True),
-            "aat_no_annotation": ("aat", "annotated", anchored, False),
-            "aat_unmasked": ("aat_unmasked", "annotated", {**anchored, "mask_annotation": False}, True),
-            "aat_stratified": ("aat", "annotated", anchored, True),
-            "gem": ("gem", "plain", {"method": "sft", "loss": "gem", "gem_beta": self.cfg.gem_beta}, False),
-            "replay": (
-                "replay",
-                "plain",
-                {"method": "sft", "replay_fraction": self.cfg.replay_fraction},
-                False,
-            ),
-        }
-        if name in specs:
-            return specs[name]
-        diag = next(d for d in self.cfg.diagnostics if d["name"] == name)  # an anchored diagnostic
-        return name, diag.get("init", "annotated"), {**anchored, **diag.get("posttrain", {})}, True
-
-    def model(self, size: str, seed: int, name: str, categories: list | None = None) -> Path:
-        """The model cell of a named variant."""
-        post, init, over, _ = self.spec(name)
-        if post is None:
-            return self.pretrained(size, seed, init)
-        return self.posttrained(size, seed, post, init, over, categories)
-
-    def variant(
+    def samples_for(
         self,
         size: str,
         seed: int,
         name: str,
         temperature: float | None = None,
         categories: list | None = None,
-    ) -> dict:
-        """Scores of one named variant at one size and seed."""
-        overrides = {} if temperature is None else {"temperature": temperature}
-        if name == "aat_stratified":
-            overrides["anchors"] = "stratified"
-        model = self.model(size, seed, name, categories)
-        return self.scored(self.sampled(model, seed, self.spec(name)[3], **overrides))
+        fidelity: bool = False,
+    ) -> tuple[Path, Path | None]:
+        """The samples of one named variant at one size and seed (its model trained first if need
+        be); with `fidelity`, an anchored variant's forced-plan samples too (topics of
+        `sample.forced_topics`)."""
+        v = self.variants[name]
+        overrides = dict(v.sample)
+        if temperature is not None:
+            overrides["temperature"] = temperature
+        model = self.model(size, seed, v, categories)
+        free = self.sampled(model, seed, v.anchored, **overrides)
+        topics = self.base.sample.forced_topics
+        if not (fidelity and v.anchored and topics):
+            return free, None
+        from anchorlm.sample import forced_prompts
+
+        prompts = forced_prompts(self.prompts, topics)
+        n = self.base.sample.forced_samples
+        return free, self.sampled(model, seed, True, prompts, n_samples=n, **overrides)
+
+    def variant(self, *args, **kw) -> dict:
+        """Scores of `samples_for`'s samples: diversity, quality, and anchor fidelity."""
+        free, forced = self.samples_for(*args, **kw)
+        figures = self.scored(free)
+        if forced is not None:
+            figures["anchoring"] = {**figures.get("anchoring", {}), **self.scored(forced, forced=True)}
+        return figures
+
+
+def cells(st: Study, cfg: ReproduceConfig):
+    """(part, the `Study.samples_for` arguments of each of its cells), in the order parts run."""
+    head = cfg.headline
+    yield (
+        "scaling",
+        [dict(size=z, seed=s, name=v) for z in st.sizes for s in cfg.seeds for v in ("base", "sft", head)],
+    )
+    names = list(dict.fromkeys([*cfg.ablations, *(e["name"] for e in cfg.variants)]))
+    yield (
+        "ablations",
+        [dict(size=st.focus, seed=s, name=v, fidelity=True) for v in names for s in cfg.ablation_seeds],
+    )
+    if cfg.entropy_counts:
+        jobs = [dict(size=st.focus, seed=s, name="base") for s in cfg.entropy_seeds]
+        for k in cfg.entropy_counts:
+            cats = cfg.entropy_categories[:k]
+            jobs += [
+                dict(size=st.focus, seed=s, name=v, categories=cats)
+                for v in ("sft", "aat")
+                for s in cfg.entropy_seeds
+            ]
+        yield "entropy", jobs
+    if cfg.temperatures:
+        yield (
+            "frontier",
+            [
+                dict(size=st.focus, seed=s, name=v, temperature=t)
+                for v in cfg.frontier_variants
+                for t in cfg.temperatures
+                for s in cfg.frontier_seeds
+            ],
+        )
+
+
+def _examples(rows: list[dict], k: int = 3) -> list[dict]:
+    """A few samples to show beside the numbers: the first sample of the first `k` prompts."""
+    seen, out = set(), []
+    for r in rows:
+        if r["prompt_id"] in seen:
+            continue
+        seen.add(r["prompt_id"])
+        out.append({key: r[key] for key in ("prompt", "annotation_raw", "response") if key in r})
+        if len(out) == k:
+            break
+    return out
 
 
 # ---- aggregation ---------------------------------------------------------------------------------
 def _mean_figures(runs: list[dict]) -> dict:
-    """The mean over seeds of each diversity and quality figure (the demo's form)."""
+    """The mean over seeds of each diversity, quality and anchoring figure (the demo's form)."""
     out: dict = {"diversity": {}, "quality": {}, "n_samples": sum(r["n_samples"] for r in runs)}
-    for part in ("diversity", "quality"):
-        for k in runs[0][part]:
+    parts = ("diversity", "quality", "anchoring") if "anchoring" in runs[0] else ("diversity", "quality")
+    for part in parts:
+        out[part] = {}
+        for k, first in runs[0][part].items():
+            if isinstance(first, dict):  # per-topic figures: those of the first seed
+                out[part][k] = first
+                continue
             vals = [r[part][k] for r in runs if r[part].get(k) is not None]
             out[part][k] = float(np.mean(vals)) if vals else None
     out["n_prompts"] = runs[0]["n_prompts"]
     out["n_seeds"] = len(runs)
-    if "anchoring" in runs[0]:
-        out["anchoring"] = {}
-        for k in runs[0]["anchoring"]:
-            vals = [r["anchoring"][k] for r in runs if r["anchoring"][k] is not None]
-            out["anchoring"][k] = float(np.mean(vals)) if vals else None
+    out["examples"] = runs[0].get("examples", [])
     return out
 
 
@@ -303,54 +368,113 @@ def _summary(runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aa
 
 
 def run_reproduce(cfg: ReproduceConfig) -> dict:
-    """Run (or finish) the study; write docs_dir/results.json, results.md and the plots."""
+    """Run (or finish) the study; write the results JSON, Markdown and plots into docs_dir."""
+
+    with lock_dir(cfg.out_dir):  # one study per cell directory at a time
+        return _run_reproduce(cfg)
+
+
+def _run_reproduce(cfg: ReproduceConfig) -> dict:
     from anchorlm.reproduce_report import write_results
 
     t0 = time.time()
     st = Study(cfg)
-    st.out.mkdir(parents=True, exist_ok=True)
     (st.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     st.prepare()
     ev = cfg.base.evaluate
+    head = cfg.headline
+    rule = (
+        f"continued pretraining of {st.lm}: {st.token_budget(st.focus):,} tokens per variant"
+        if st.lm
+        else f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)"
+    )
     res: dict = {
         "title": cfg.title,
-        "rule": {
-            "tokens_per_param": cfg.tokens_per_param,
-            "text": f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)",
-        },
+        "rule": {"tokens_per_param": cfg.tokens_per_param, "text": rule},
         "focus_size": st.focus,
+        "headline": head,
+        "labels": {n: v.label for n, v in st.variants.items()},
         "sizes": {},
     }
 
     # 1. scaling
     for size in st.sizes:
-        runs = {v: [st.variant(size, s, v) for s in cfg.seeds] for v in ("base", "sft", "aat")}
+        runs = {v: [st.variant(size, s, v) for s in cfg.seeds] for v in ("base", "sft", head)}
         non_emb, total = st.params(size)
         res["sizes"][size] = {
             "non_embedding_params": non_emb,
             "params": total,
             "pretrain_tokens": st.token_budget(size),
-            "model": dataclasses.asdict(st.sizes[size]),
+            "model": st.lm or dataclasses.asdict(st.sizes[size]),
             "seeds": list(cfg.seeds),
             "variants": {v: _mean_figures(r) for v, r in runs.items()},
-            "summary": _summary(runs, ev.bootstrap, ev.seed),
+            "summary": _summary(runs, ev.bootstrap, ev.seed, aat=head),
         }
 
-    # 2. ablations and 5. stratified sampling, at the focus size
-    names = ["base", "sft", "aat", "aat_on_plain", "aat_no_annotation", "aat_unmasked", "aat_stratified"]
-    names += [d["name"] for d in cfg.diagnostics]
-    runs = {v: [st.variant(st.focus, s, v) for s in cfg.ablation_seeds] for v in names}
+    # 2. ablations, levers and anchor fidelity, at the focus size
+    names = list(dict.fromkeys([*cfg.ablations, *(e["name"] for e in cfg.variants)]))
+    runs = {v: [st.variant(st.focus, s, v, fidelity=True) for s in cfg.ablation_seeds] for v in names}
     res["ablations"] = {
         "size": st.focus,
         "seeds": list(cfg.ablation_seeds),
         "variants": {v: _mean_figures(r) for v, r in runs.items()},
         "summary": {
-            v: _summary(runs, ev.bootstrap, ev.seed, aat=v) for v in names if v not in ("base", "sft")
+            v: _summary(runs, ev.bootstrap, ev.seed, aat=v)
+            for v in names
+            if v not in ("base", "sft") and {"base", "sft"} <= set(runs)
         },
-        "diagnostics": cfg.diagnostics,
+        "custom_variants": cfg.variants,
+        "forced_topics": list(cfg.base.sample.forced_topics),
+        "classifier": st.classifier_info(),
     }
+    res["variants"] = res["ablations"][
+        "variants"
+    ]  # the focus size's figures, as `anchorlm evaluate` writes them
+    top = res["sizes"][max(st.sizes, key=lambda n: st.params(n)[0])]
+    res["summary"] = top["summary"]
 
     # 3. SFT-entropy study
+    if cfg.entropy_counts:
+        res["entropy_study"] = _entropy_study(st, cfg)
+
+    # 4. frontier
+    if cfg.temperatures:
+        frontier = {}
+        for v in cfg.frontier_variants:
+            frontier[v] = []
+            for temp in cfg.temperatures:
+                fig = _mean_figures(
+                    [st.variant(st.focus, s, v, temperature=temp) for s in cfg.frontier_seeds]
+                )
+                frontier[v].append({"temperature": temp, **fig["diversity"], **fig["quality"]})
+        res["frontier"] = {"size": st.focus, "seeds": list(cfg.frontier_seeds), "points": frontier}
+
+    res["bar"] = bar(res)
+    minutes = (time.time() - t0) / 60
+    this = {
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "minutes": round(minutes, 2),
+        "cells_run": st.cells_run,
+        "minutes_by_stage": {k: round(v / 60, 2) for k, v in st.timings.items()},
+    }
+    ledger_path = st.out / "compute.json"  # every invocation that ran cells in this out_dir
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else []
+    if st.cells_run:
+        ledger.append(this)
+        write_json(ledger_path, ledger)
+    res["compute"] = {
+        "minutes_this_invocation": this["minutes"],
+        "cells_run_this_invocation": st.cells_run,
+        "invocations_that_ran_cells": ledger,
+        "versions": versions(),
+    }
+    res["config"] = to_dict(cfg)
+    write_results(res, Path(cfg.docs_dir), cfg.results_name)
+    _log(f"done in {minutes:.1f} min ({st.cells_run} cells run); {cfg.docs_dir}/{cfg.results_name}.md")
+    return res
+
+
+def _entropy_study(st: Study, cfg: ReproduceConfig) -> dict:
     points = []
     for k in cfg.entropy_counts:
         cats = cfg.entropy_categories[:k]
@@ -365,73 +489,13 @@ def run_reproduce(cfg: ReproduceConfig) -> dict:
             }
         points.append(point)
     base = [st.variant(st.focus, s, "base") for s in cfg.entropy_seeds]
-    res["entropy_study"] = {
+    return {
         "size": st.focus,
         "seeds": list(cfg.entropy_seeds),
         "base_attribute_entropy": float(np.mean([x["diversity"]["attribute_entropy"] for x in base])),
         "points": points,
         "slope": {v: _slope(points, v) for v in ("sft", "aat")},
     }
-
-    # 4. frontier
-    frontier = {}
-    for v in ("sft", "aat", "gem", "replay"):
-        frontier[v] = []
-        for temp in cfg.temperatures:
-            r = [st.variant(st.focus, s, v, temperature=temp) for s in cfg.frontier_seeds]
-            fig = _mean_figures(r)
-            frontier[v].append({"temperature": temp, **fig["diversity"], **fig["quality"]})
-    res["frontier"] = {"size": st.focus, "seeds": list(cfg.frontier_seeds), "points": frontier}
-
-    # diagnostic: does the writer follow a plan it is given, before and after anchored SFT?
-    if cfg.steering_topics:
-        seen = [t for t in cfg.steering_topics if t in cfg.base.sft_data.categories]
-        unseen = [t for t in cfg.steering_topics if t not in cfg.base.sft_data.categories]
-        rows = {}
-        for name in ("annotated", "aat", "aat_unmasked"):
-            rows[name] = {}
-            for group, topics in (("sft_topics", seen), ("other_topics", unseen)):
-                if not topics:
-                    continue
-                vals = []
-                for s in cfg.ablation_seeds:
-                    model = st.model(st.focus, s, name)
-                    vals.append(st.steered(model, s, topics)["anchoring"]["topic_followed"])
-                vals = [v for v in vals if v is not None]  # None: no well-formed annotation at all
-                rows[name][group] = float(np.mean(vals)) if vals else None
-        res["steering"] = {
-            "size": st.focus,
-            "seeds": list(cfg.ablation_seeds),
-            "sft_topics": seen,
-            "other_topics": unseen,
-            "chance": st.classifier_info()["chance"],
-            "classifier_heldout_accuracy": st.classifier_info()["heldout_accuracy"],
-            "topic_followed": rows,
-        }
-
-    res["bar"] = bar(res)
-    minutes = (time.time() - t0) / 60
-    this = {
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "minutes": round(minutes, 2),
-        "cells_run": st.cells_run,
-        "minutes_by_stage": {k: round(v / 60, 2) for k, v in st.timings.items()},
-    }
-    ledger_path = st.out / "compute.json"  # every invocation that ran cells in this out_dir
-    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else []
-    if st.cells_run:
-        ledger.append(this)
-        _write_json(ledger_path, ledger)
-    res["compute"] = {
-        "minutes_this_invocation": this["minutes"],
-        "cells_run_this_invocation": st.cells_run,
-        "invocations_that_ran_cells": ledger,
-        "versions": versions(),
-    }
-    res["config"] = to_dict(cfg)
-    write_results(res, Path(cfg.docs_dir))
-    _log(f"done in {minutes:.1f} min ({st.cells_run} cells run); {cfg.docs_dir}/results.md")
-    return res
 
 
 def _slope(points: list[dict], v: str) -> float | None:
@@ -444,20 +508,31 @@ def _slope(points: list[dict], v: str) -> float | None:
 
 
 def bar(res: dict) -> dict:
-    """The paper's headline as checks: at the largest size gap closed >= 0.85 on both metrics at
-    matched quality (style adherence within 2 points of SFT, fluency NLL within 5% of SFT), and gap
-    closed growing with size."""
+    """The paper's headline as checks, at the largest size: gap closed >= 0.85 on both metrics with
+    a CI that excludes 0, at matched quality (style adherence within 2 points of SFT, fluency NLL
+    within 5% of SFT); gap closed growing with size (with more than one size); and, where forced
+    plans were sampled, the post-trained writer following other topics' plans at least 80% as
+    often as the annotated model did before post-training."""
     order = sorted(res["sizes"], key=lambda s: res["sizes"][s]["non_embedding_params"])
     top = res["sizes"][order[-1]]
-    q = {v: top["variants"][v]["quality"] for v in ("sft", "aat")}
+    head = res.get("headline", "aat")
+    q = {"sft": top["variants"]["sft"]["quality"], "aat": top["variants"][head]["quality"]}
     checks = {}
     for m in METRICS:
-        g = top["summary"][m]["gap_closed"]
+        s = top["summary"][m]
+        g, ci = s["gap_closed"], s.get("gap_closed_ci95")
         checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(g is not None and math.isfinite(g) and g >= 0.85)
-        seq = [res["sizes"][s]["summary"][m]["gap_closed"] for s in order]
-        checks[f"{m}_gap_closed_grows_with_size"] = bool(all(b > a for a, b in zip(seq, seq[1:])))
+        checks[f"{m}_gap_closed_ci_excludes_0"] = bool(ci and ci[0] > 0)
+        if len(order) > 1:
+            seq = [res["sizes"][s]["summary"][m]["gap_closed"] for s in order]
+            checks[f"{m}_gap_closed_grows_with_size"] = bool(all(b > a for a, b in zip(seq, seq[1:])))
     checks["style_adherence_within_2_points"] = bool(
         abs(q["aat"]["style_adherence"] - q["sft"]["style_adherence"]) <= 0.02
     )
     checks["fluency_nll_within_5_percent"] = bool(q["aat"]["fluency_nll"] <= 1.05 * q["sft"]["fluency_nll"])
+    ab = res.get("ablations", {}).get("variants", {})
+    after = ab.get(head, {}).get("anchoring", {}).get("forced_other")
+    before = ab.get("annotated", {}).get("anchoring", {}).get("forced_other")
+    if after is not None and before:
+        checks["forced_other_after>=0.8x_before"] = bool(after >= 0.8 * before)
     return {"largest_size": order[-1], "checks": checks, "met": all(checks.values())}

@@ -9,7 +9,6 @@ beside it; `annotation_ok` records whether the model closed a well-formed annota
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -26,6 +25,7 @@ from anchorlm.format import (
     parse_tags,
     strip_annotations,
 )
+from anchorlm.io import write_jsonl
 
 
 class VLLMGenerator:
@@ -122,11 +122,13 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     uncond) samples rows as `anchorlm.engine.generate` does."""
     if cfg.backend == "vllm":
         return _vllm_backend(cfg, model_dir, anchored)
+    import torch
+
     from anchorlm.models import load_lm
     from anchorlm.precision import dtype
 
     model, tok = load_lm(str(model_dir), add_tokens=anchored)
-    model.to(dtype(cfg.precision))
+    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(cfg.precision))
 
     def run(prompts, keys, settings, uncond=None):
         return engine.generate(model, prompts, keys, settings, tok.pad_token_id, uncond=uncond)
@@ -168,6 +170,39 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     return tok, run, gen.close
 
 
+def prompt_rows(rows: list[dict], path: str) -> list[dict]:
+    """Accept {id, prompt} rows (`prompt` may also be called `instruction` or `text`), keeping an
+    `annotation_prefix`; ids must be distinct (1 and "1" are one id)."""
+    out, seen = [], {}
+    for i, r in enumerate(rows):
+        text = r.get("prompt") or r.get("instruction") or r.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: row {i + 1} has no non-empty 'prompt' field")
+        pid = r.get("id", i)
+        if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+            raise ValueError(f"{path}: row {i + 1}: 'id' must be a string or an integer, not {pid!r}")
+        if str(pid) in seen:
+            raise ValueError(
+                f"{path}: rows {seen[str(pid)]} and {i + 1} have one id ({pid!r}); ids must differ"
+            )
+        seen[str(pid)] = i + 1
+        p = {"id": pid, "prompt": text}
+        prefix = r.get("annotation_prefix")
+        if prefix is not None:
+            if not isinstance(prefix, list) or not prefix or parse_tags(" ".join(map(str, prefix))) is None:
+                raise ValueError(f"{path}: row {i + 1}: 'annotation_prefix' must be a list of key:value tags")
+            p["annotation_prefix"] = prefix
+        out.append(p)
+    return out
+
+
+def forced_prompts(prompts: list[dict], topics: list[str]) -> list[dict]:
+    """Each prompt once per topic, its annotation to start with `topic:<t>` (id "<prompt id>|<t>")."""
+    return [
+        {**p, "id": f"{p['id']}|{t}", "annotation_prefix": [f"topic:{t}"]} for p in prompts for t in topics
+    ]
+
+
 def sample(
     cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path, anchored: bool
 ) -> list[dict]:
@@ -180,6 +215,10 @@ def sample(
     With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
     drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
     """
+    ids = [str(p["id"]) for p in prompts]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"prompt id {dup!r} appears more than once; each prompt needs its own id")
     if cfg.guidance_scale and not anchored:
         raise ValueError("sample.guidance_scale needs anchored sampling: plain samples have no annotation")
     tok, run, close = _backend(cfg, model_dir, anchored)
@@ -187,13 +226,7 @@ def sample(
         results = _draw(cfg, tok, run, prompts, anchored)
     finally:
         close()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")  # the file appears only when complete
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in results:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    write_jsonl(out_path, results)  # the file appears only when complete
     return results
 
 

@@ -153,8 +153,8 @@ def _demo_data(tmp: Path):
     from anchorlm.tokenizer import train_tokenizer
 
     cfg = load_config(
-        ROOT / "configs/demo.yaml",
-        [f"corpus.path={ROOT / 'data/corpus.jsonl.gz'}", "corpus.max_chars_per_category=20000"],
+        ROOT / "anchorlm/configs/demo.yaml",
+        [f"corpus.path={ROOT / 'anchorlm/corpus/corpus.jsonl.gz'}", "corpus.max_chars_per_category=20000"],
     )
     annotate_corpus(cfg.corpus, cfg.annotate, tmp / "ann")
     docs = read_annotated(tmp / "ann")
@@ -171,7 +171,7 @@ def _training(tok, cfg, pk: dict, log) -> dict:
     from anchorlm.models import load_lm
     from anchorlm.train.model import build_model
 
-    study = load_reproduce_config(ROOT / "configs/reproduce.yaml")
+    study = load_reproduce_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
     tiny = {
         "demo": cfg.pretrain.model,

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--docs-per-shard", type=int, default=1000)
     ap.add_argument("--shards", type=int, default=2, help="shards at 1x; 10x has ten times as many")
     args = ap.parse_args()
-    with gzip.open(ROOT / "data/corpus.jsonl.gz", "rt") as fh:
+    with gzip.open(ROOT / "anchorlm/corpus/corpus.jsonl.gz", "rt") as fh:
         rows = [r for r in map(json.loads, fh) if r.get("split") != "heldout"]
     random.Random(0).shuffle(rows)  # every shard, at either scale, draws from the same mix of sources
     tmp = Path(tempfile.mkdtemp(prefix="anchorlm-mem-"))

@@ -1,4 +1,4 @@
-"""Rebuild the bundled demo corpus `data/corpus.jsonl.gz` from its Debian sources.
+"""Rebuild the bundled demo corpus `anchorlm/corpus/corpus.jsonl.gz` from its Debian sources.
 
     python scripts/build_corpus.py            # downloads the .deb files with `apt-get download`
 
@@ -133,7 +133,7 @@ def bible(root: Path):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="data/corpus.jsonl.gz")
+    ap.add_argument("--out", default="anchorlm/corpus/corpus.jsonl.gz")
     ap.add_argument("--debs", default=None, help="directory that already holds the .deb files")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

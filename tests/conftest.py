@@ -27,7 +27,7 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """The whole pipeline on configs/smoke.yaml, through the CLI as a user runs it, killed once.
+    """The whole pipeline on the shipped smoke recipe, through the CLI as a user runs it, killed once.
 
     The first run is killed with SIGKILL as soon as plain pretraining has written a checkpoint; the
     second run must finish the job from there. `killed_at.txt` records the checkpoint.
@@ -39,7 +39,7 @@ def smoke_run(tmp_path_factory) -> Path:
         "anchorlm.cli",
         "demo",
         "--config",
-        str(ROOT / "configs/smoke.yaml"),
+        str(ROOT / "anchorlm/the shipped smoke recipe"),
         "--out",
         str(out),
     ]
@@ -68,6 +68,6 @@ def tiny_tokenizer(tmp_path_factory):
     from anchorlm.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")
-    corpus = CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz"), max_chars_per_category=3000)
+    corpus = CorpusConfig(path=str(ROOT / "anchorlm/corpus/corpus.jsonl.gz"), max_chars_per_category=3000)
     annotate_corpus(corpus, AnnotateConfig(keywords_per_chunk=1), d / "ann")
     return train_tokenizer(read_annotated(d / "ann"), TokenizerConfig(vocab_size=600), d / "tok")

@@ -7,7 +7,7 @@ from anchorlm import annotate as A
 from anchorlm.annotators.metadata import MetadataAnnotator
 from anchorlm.config import AnnotateConfig, CorpusConfig
 
-CORPUS = CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz"), max_chars_per_category=4000)
+CORPUS = CorpusConfig(path=str(ROOT / "anchorlm/corpus/corpus.jsonl.gz"), max_chars_per_category=4000)
 
 
 def test_interrupted_annotation_resumes_to_the_same_result(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command(path: Path):
 
 
 def test_overrides_and_unknown_keys():
-    cfg = load_config(ROOT / "configs/smoke.yaml", ["pretrain.lr=0.5", "sample.seeds=[1, 2]"])
+    cfg = load_config(ROOT / "anchorlm/configs/smoke.yaml", ["pretrain.lr=0.5", "sample.seeds=[1, 2]"])
     assert cfg.pretrain.lr == 0.5 and cfg.sample.seeds == [1, 2]
     with pytest.raises(ValueError, match="pretrain.learning_rate"):
         load_config(None, ["pretrain.learning_rate=1"])

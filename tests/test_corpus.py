@@ -56,7 +56,9 @@ def test_bad_rows_name_file_and_line(tmp_path, line, problem):
 def test_bundled_corpus_meets_the_spec():
     stats = CorpusStats()
     docs = list(
-        read_corpus(CorpusConfig(path=str(ROOT / "data/corpus.jsonl.gz")), stats, include_heldout=True)
+        read_corpus(
+            CorpusConfig(path=str(ROOT / "anchorlm/corpus/corpus.jsonl.gz")), stats, include_heldout=True
+        )
     )
     assert len({d["category"] for d in docs}) >= 20
     assert sum(len(d["text"].encode()) for d in docs) >= 5_000_000

@@ -43,7 +43,7 @@ def _run(args: list[str], processes: int, cwd: Path) -> dict:
     else:
         cmd = [
             sys.executable, "-m", "accelerate.commands.launch",
-            "--config_file", str(ROOT / "configs/accelerate/cpu-2proc.yaml"),
+            "--config_file", str(ROOT / "anchorlm/configs/accelerate/cpu-2proc.yaml"),
             "--main_process_port", str(_port()), "-m", "anchorlm.cli", *args,
         ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
@@ -125,7 +125,7 @@ def test_shipped_accelerate_configs_load(name, kind, machines):
     """The GPU and multi-node configs cannot run here; accelerate's own loader must accept them."""
     from accelerate.commands.config.config_args import load_config_from_file
 
-    cfg = load_config_from_file(str(ROOT / f"configs/accelerate/{name}.yaml"))
+    cfg = load_config_from_file(str(ROOT / f"anchorlm/configs/accelerate/{name}.yaml"))
     assert cfg.distributed_type == kind and cfg.num_machines == machines
     assert cfg.num_processes % machines == 0
     if kind == "FSDP":

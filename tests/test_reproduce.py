@@ -53,6 +53,18 @@ def test_results_hold_every_part(study):
     ab = res["ablations"]["variants"]
     assert {"aat_on_plain", "aat_no_annotation", "aat_unmasked", "aat_stratified", "aat_vmf0"} <= set(ab)
     assert "annotation_wellformed" not in ab["aat_no_annotation"]["quality"]  # sampled plain
+    for v in ("annotated", "aat", "aat_vmf0"):  # anchor fidelity of every anchored variant
+        a = ab[v]["anchoring"]
+        assert {"forced_sft", "forced_other", "classifier_accuracy", "free_agreement", "plan_entropy"} <= set(
+            a
+        )
+        assert set(a["forced_by_topic"]) == {"science", "people"} and a["forced_samples"] == 3 * 2
+    assert "anchoring" not in ab["aat_no_annotation"] and "anchoring" not in ab["sft"]
+    assert all(len(f["examples"]) == 3 for f in ab.values())
+    assert (
+        res["summary"]["embedding_distance"]["gap_closed"]
+        == res["sizes"]["b"]["summary"]["embedding_distance"]["gap_closed"]
+    )
     assert [p["k"] for p in res["entropy_study"]["points"]] == [1, 3]
     assert res["entropy_study"]["points"][0]["sft_data_entropy"] == pytest.approx(0, abs=1e-9)
     assert res["entropy_study"]["points"][1]["sft_data_entropy"] > 0.5
@@ -62,7 +74,8 @@ def test_results_hold_every_part(study):
     md = (d / "docs" / "results.md").read_text()
     for heading in ("## 1. Scaling", "## 2. Ablations", "## 3. SFT data entropy", "## 4. Diversity-quality"):
         assert heading in md
-    for png in ("scaling.png", "entropy_study.png", "frontier.png"):
+    assert "### Anchor fidelity" in md and "### What the samples look like" in md
+    for png in ("scaling.png", "entropy_study.png", "frontier.png", "anchoring.png"):
         assert (d / "docs" / png).stat().st_size > 1000
 
 
@@ -80,7 +93,7 @@ def test_stratified_sampling_uses_more_distinct_annotations(study):
     for f in (model / "samples").glob("anchored-*.jsonl"):
         rows = read_jsonl(f)
         if "|" in str(rows[0]["prompt_id"]):
-            continue  # the steering diagnostic's forced-topic samples
+            continue  # anchor fidelity's forced-topic samples
         per = {}
         for r in rows:
             per.setdefault(r["prompt_id"], set()).add(r["annotation_raw"])
@@ -122,5 +135,5 @@ def test_a_fresh_run_with_the_same_recipe_gives_the_same_numbers(study, tmp_path
     _, first = study
     again, _ = _run(tmp_path / "run", tmp_path / "docs")
     assert again["compute"]["cells_run_this_invocation"] > 50
-    for k in ("sizes", "ablations", "entropy_study", "frontier", "steering", "bar"):
+    for k in ("sizes", "ablations", "entropy_study", "frontier", "bar"):
         assert again[k] == first[k]

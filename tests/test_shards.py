@@ -23,7 +23,7 @@ def corpus(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("shards")
     rows = []
-    with gzip.open(os.path.join(ROOT, "data/corpus.jsonl.gz"), "rt") as fh:
+    with gzip.open(os.path.join(ROOT, "anchorlm/corpus/corpus.jsonl.gz"), "rt") as fh:
         for line in fh:
             r = json.loads(line)
             if r.get("split") != "heldout":

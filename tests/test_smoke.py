@@ -1,4 +1,4 @@
-"""The whole pipeline on configs/smoke.yaml, run through the CLI (see the `smoke_run` fixture)."""
+"""The whole pipeline on the shipped smoke recipe, run through the CLI (see the `smoke_run` fixture)."""
 
 import json
 import math
@@ -69,7 +69,7 @@ def test_heldout_prompts_are_not_in_sft_data(smoke_run):
 
 
 def _demo_again(out, *extra):
-    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "configs/smoke.yaml", "--out", str(out)]
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "smoke", "--out", str(out)]
     return subprocess.run([*cmd, *extra], cwd=ROOT, capture_output=True, text=True)
 
 

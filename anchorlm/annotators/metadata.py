@@ -23,7 +23,15 @@ class MetadataAnnotator:
             tags = []
             for key, fld in self.fields.items():
                 v = doc.get(fld)
+                if isinstance(v, (dict, list, tuple)):
+                    raise ValueError(
+                        f"document {doc.get('id')!r}: field {fld!r} holds a {type(v).__name__}, not a value "
+                        f"for a {key}: tag; give it a string (annotate.metadata_fields maps keys to fields)"
+                    )
                 if v is not None and str(v).strip():
-                    tags.append(make_tag(key, str(v)))
+                    try:
+                        tags.append(make_tag(key, str(v)))
+                    except ValueError as e:
+                        raise ValueError(f"document {doc.get('id')!r}, field {fld!r}: {e}") from None
             out.append(tags)
         return out

@@ -8,15 +8,16 @@ or, with ``on_bad_row='skip'``, are skipped and counted in ``CorpusStats``.
 from __future__ import annotations
 
 import gzip
-import json
 import random
 import re
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from anchorlm.config import CorpusConfig
+from anchorlm.io import parse_line
 
 
 class BadRowError(ValueError):
@@ -28,13 +29,33 @@ class CorpusStats:
     read: int = 0
     skipped: dict = field(default_factory=lambda: defaultdict(int))
     heldout: int = 0
+    other_categories: int = 0  # left out by corpus.categories
 
     def as_dict(self) -> dict:
-        return {"read": self.read, "heldout": self.heldout, "skipped": dict(self.skipped)}
+        return {
+            "read": self.read,
+            "heldout": self.heldout,
+            "skipped": dict(self.skipped),
+            "other_categories": self.other_categories,
+        }
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
-    """(line number, row or the error it raised) for every row in the file."""
+    """(line number, row or the error it raised) for every row in the file. A file that cannot be
+    read on (a truncated or fake .gz, a corrupt Parquet file) raises BadRowError naming it and the
+    last good line: its remaining rows cannot be skipped one by one."""
+    i = 0
+    try:
+        for i, row in _raw_rows(path):
+            yield i, row
+    except BadRowError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        what = "Parquet file" if path.name.endswith(".parquet") else "file"
+        raise BadRowError(f"{path}: not a readable {what} after row {i}: {e}") from None
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     name = path.name
     if path.is_dir():
         from datasets import load_from_disk
@@ -45,13 +66,17 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
         for i, row in enumerate(ds, 1):
             yield i, dict(row)
     elif name.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         i = 0  # record batch by record batch: a large file is never read whole
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
-                i += 1
-                yield i, row
+        try:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    i += 1
+                    yield i, row
+        except pa.ArrowException as e:
+            raise BadRowError(f"{path}: not a readable Parquet file after row {i}: {e}") from None
     elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rb") as fh:
@@ -59,12 +84,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
                 if not raw.strip():
                     continue
                 try:
-                    row = json.loads(raw.decode("utf-8"))
-                    yield i, row if isinstance(row, dict) else ValueError("row is not a JSON object")
-                except UnicodeDecodeError as e:
-                    yield i, ValueError(f"bytes are not valid UTF-8 ({e.reason} at byte {e.start})")
-                except json.JSONDecodeError as e:
-                    yield i, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
+                    yield i, parse_line(raw)
+                except ValueError as e:
+                    yield i, e
     else:
         raise BadRowError(f"{path}: unknown corpus format; use .jsonl, .jsonl.gz, .parquet or a datasets dir")
 
@@ -73,7 +95,7 @@ def read_corpus(
     cfg: CorpusConfig, stats: CorpusStats | None = None, include_heldout: bool = False
 ) -> Iterator[dict]:
     """Yield valid documents; held-out ones only when `include_heldout` is set."""
-    path = Path(cfg.path)
+    path = Path(cfg.file)
     if not path.exists():
         raise FileNotFoundError(f"corpus not found: {path} (set corpus.path)")
     stats = stats if stats is not None else CorpusStats()
@@ -105,6 +127,9 @@ def iter_valid(
             stats.skipped[problem.split(" (")[0]] += 1
             continue
         row.setdefault("id", f"{path.name}:{line}")
+        if cfg.categories and row.get(cfg.category_field) not in cfg.categories:
+            stats.other_categories += 1
+            continue
         if row.get(cfg.split_field) == cfg.heldout_value:
             stats.heldout += 1
             if not include_heldout:
@@ -130,20 +155,29 @@ def _cap_per_category(docs: list[dict], cfg: CorpusConfig) -> list[dict]:
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
-    """Split on blank lines; split chunks longer than `max_chars` again at sentence or word ends."""
+    """Split on blank lines; split chunks longer than `max_chars` again at sentence or word ends.
+    Linear in the text's length (a paragraph is walked by index, never copied piece by piece)."""
     out = []
     for para in re.split(r"\n\s*\n", text.strip("\n")):
         para = para.rstrip()
         if not para.strip():
             continue
-        while len(para) > max_chars:
-            cut = max(para.rfind(". ", 0, max_chars), para.rfind("\n", 0, max_chars))
+        start, n = 0, len(para)
+
+        def back(sub: str) -> int:  # the last `sub` in the next max_chars, relative to start
+            at = para.rfind(sub, start, start + max_chars)
+            return at - start if at >= 0 else -1
+
+        while n - start > max_chars:
+            cut = max(back(". "), back("\n"))
             if cut < max_chars // 2:
-                cut = para.rfind(" ", 0, max_chars)
+                cut = back(" ")
             if cut <= 0:
                 cut = max_chars
-            out.append(para[: cut + 1].rstrip())
-            para = para[cut + 1 :].lstrip()
-        if para.strip():
-            out.append(para)
+            out.append(para[start : start + cut + 1].rstrip())
+            start += cut + 1
+            while start < n and para[start].isspace():
+                start += 1
+        if para[start:].strip():
+            out.append(para[start:])
     return out

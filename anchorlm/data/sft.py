@@ -162,13 +162,26 @@ def build_sft_data(
     )
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: invalid JSON: {e.msg}") from e
-    return rows
+def check_examples(rows: list[dict], where: str = "SFT data", anchored: bool = True) -> None:
+    """SFT rows as post-training needs them: a non-empty string `instruction` and `response`, and
+    `tags`, a list of well-formed `key:value` tags of known keys (required for anchored
+    post-training). A bad row raises ValueError naming it and the field."""
+    from anchorlm.format import KEYS, parse_tags
+
+    if not rows:
+        raise ValueError(f"{where}: no examples")
+    for i, r in enumerate(rows, 1):
+        for k in ("instruction", "response"):
+            if not isinstance(r.get(k), str) or not r[k].strip():
+                raise ValueError(f"{where}: row {i}: '{k}' must be a non-empty string, not {r.get(k)!r}")
+        tags = r.get("tags")
+        if tags is None and not anchored:
+            continue
+        if not isinstance(tags, list) or (anchored and not tags) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"{where}: row {i}: 'tags' must be a list of key:value strings, not {tags!r}")
+        if tags and parse_tags(" ".join(tags)) is None:
+            bad = [t for t in tags if parse_tags(t) is None]
+            raise ValueError(
+                f"{where}: row {i}: malformed tags {bad}; each is key:value with a key of {', '.join(KEYS)} "
+                "and a value of letters, digits and _.'&+-"
+            )

@@ -24,6 +24,8 @@ from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
+from anchorlm.io import write_json
+
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
 
@@ -35,13 +37,28 @@ def list_shards(path: str | Path) -> list[Path] | None:
         files = sorted(Path(p) for p in glob.glob(s) if p.endswith(SUFFIXES))
         if not files:
             raise FileNotFoundError(f"corpus.path {s!r} matches no .parquet/.jsonl(.gz) files")
-        return files
+        return _distinct(files)
     p = Path(path)
     if not p.is_dir() or (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists():
         return None
     files = sorted(f for f in p.iterdir() if f.name.endswith(SUFFIXES))
     if not files:
         raise FileNotFoundError(f"{p} holds no .parquet/.jsonl(.gz) shards and is not a `datasets` directory")
+    return _distinct(files)
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """Shards write their output under their name without suffix: two files with one name (x.jsonl
+    and x.jsonl.gz, or x.jsonl in two directories) would write into one output."""
+    by_name: dict = {}
+    for f in files:
+        by_name.setdefault(shard_name(f), []).append(f)
+    clash = [v for v in by_name.values() if len(v) > 1]
+    if clash:
+        raise ValueError(
+            f"shards {', '.join(map(str, clash[0]))} have one name ({shard_name(clash[0][0])!r}); "
+            "rename or remove one, each shard needs its own name"
+        )
     return files
 
 
@@ -70,40 +87,52 @@ def _map(fn, jobs: list, num_proc: int, desc: str) -> list:
 
 def annotate_shards(corpus, cfg, out_dir: str | Path, files: list[Path]) -> dict:
     """Annotate every shard (resumably, `cfg.num_proc` at a time); returns the manifest."""
-    from anchorlm.annotate import _fingerprint
+    from anchorlm.io import lock_dir
+
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    with lock_dir(out):
+        return _annotate_shards(corpus, cfg, out, files)
+
+
+def _annotate_shards(corpus, cfg, out: Path, files: list[Path]) -> dict:
+    from anchorlm.annotate import _fingerprint, check_resumable, corpus_identity
     from anchorlm.annotators import get_annotator
     from anchorlm.config import to_dict
     from anchorlm.data.corpus import CorpusStats, iter_valid
     from anchorlm.manifest import write_manifest
 
-    out = Path(out_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
     if corpus.max_chars_per_category:
         raise ValueError(
             "corpus.max_chars_per_category needs the whole corpus in memory; set it to 0 for shards"
         )
-    fp = _fingerprint(corpus, cfg)
+    fp, identity = _fingerprint(corpus, cfg), corpus_identity(files)
     state_path = out / "state.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
-        if state["fingerprint"] != fp:
-            raise RuntimeError(f"{out} holds an annotation run with another config; use a new output dir")
+        check_resumable(state, fp, identity, out)
     else:
         sample = list(
             islice((d for f in files for d in iter_valid(f, corpus, CorpusStats())), cfg.fit_max_docs)
         )
         annotators = [get_annotator(name, cfg) for name in cfg.annotators]
+        if not sample:
+            raise ValueError(f"{corpus.file}: no training documents in {len(files)} shards; nothing to annotate")
         state = {
             "fingerprint": fp,
+            "corpus": identity,
             "annotators": {a.name: a.fit(sample, corpus.text_field) for a in annotators},
         }
         del sample
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(state_path)
+        write_json(state_path, state, indent=None)
     jobs = [(str(f), to_dict(corpus), to_dict(cfg), str(out)) for f in files]
     counts = _map(_annotate_one, jobs, cfg.num_proc, "annotate")
-    total = {k: sum(c[k] for c in counts) for k in ("documents", "chunks", "read", "heldout")}
+    total = {k: sum(c.get(k, 0) for c in counts) for k in ("documents", "chunks", "read", "heldout")}
+    skipped: dict = {}
+    for c in counts:
+        for why, k in c.get("skipped", {}).items():
+            skipped[why] = skipped.get(why, 0) + k
+    total["skipped"] = skipped
     return write_manifest(
         out,
         "annotate",
@@ -138,7 +167,13 @@ def _annotate_one(job) -> dict:
         while batch := list(islice(docs, DOCS_PER_BATCH)):
             n_chunks += annotate_batch(batch, annotators, corpus, cfg, fh)
             n_docs += len(batch)
-    counts = {"documents": n_docs, "chunks": n_chunks, "read": stats.read + skip, "heldout": stats.heldout}
+    counts = {
+        "documents": n_docs,
+        "chunks": n_chunks,
+        "read": stats.read + skip,
+        "heldout": stats.heldout,
+        "skipped": dict(stats.skipped),
+    }
     done.write_text(json.dumps(counts))
     return {**counts, "resumed": bool(skip)}
 
@@ -154,7 +189,14 @@ def iter_annotated_shards(out_dir: str | Path) -> Iterator[dict]:
 
 
 def pack_shards(
-    annotated_dir, tokenizer_path: str, annotated: bool, seq_len: int, out_dir, seed: int, num_proc: int
+    annotated_dir,
+    tokenizer_path: str,
+    annotated: bool,
+    seq_len: int,
+    out_dir,
+    seed: int,
+    num_proc: int,
+    annotation_dropout: float = 0.0,
 ):
     """Pack each annotated shard into its own blocks dataset (resumably); returns the manifest."""
     from anchorlm.manifest import write_manifest
@@ -164,13 +206,13 @@ def pack_shards(
     files = sorted((Path(annotated_dir) / "shards").glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{annotated_dir} has no annotated shards (run `anchorlm annotate` first)")
-    jobs = [(str(f), tokenizer_path, annotated, seq_len, str(out), seed) for f in files]
+    jobs = [(str(f), tokenizer_path, annotated, seq_len, str(out), seed, annotation_dropout) for f in files]
     counts = _map(_pack_one, jobs, num_proc, f"tokenize ({'annotated' if annotated else 'plain'})")
     total = {k: sum(c[k] for c in counts) for k in ("documents", "tokens", "blocks", "annotation_tokens")}
     return write_manifest(
         out,
         "tokenize",
-        {"annotated": annotated, "seq_len": seq_len, "seed": seed},
+        {"annotated": annotated, "seq_len": seq_len, "seed": seed, "annotation_dropout": annotation_dropout},
         {**total, "shards": len(files)},
     )
 
@@ -186,7 +228,7 @@ def _tokenizer(path: str):
 def _pack_one(job) -> dict:
     from anchorlm.data.pack import pack
 
-    path, tok_path, annotated, seq_len, out, seed = job
+    path, tok_path, annotated, seq_len, out, seed, dropout = job
     name = shard_name(Path(path))
     done = Path(out) / "shards" / f"{name}.done"
     if done.exists():
@@ -197,17 +239,35 @@ def _pack_one(job) -> dict:
             for line in fh:
                 yield json.loads(line)
 
-    m = pack(docs(), _tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed)
+    m = pack(docs(), _tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed, dropout)
     done.write_text(json.dumps(m["counts"]))
     return m["counts"]
 
 
+class Blocks:
+    """Packed blocks from `blocks.npy`, memory-mapped: rows {"input_ids": [...]} as a `datasets`
+    dataset gives them, without needing `datasets` (a bare GPU machine may lack it)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+
+        self.array = np.load(path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.array[i].tolist()}
+
+
 def load_blocks(data_dir: str | Path):
-    """The training blocks of `anchorlm tokenize`: one dataset, or every shard's, concatenated
-    (memory-mapped Arrow files: nothing is loaded into memory)."""
+    """The training blocks of `anchorlm tokenize`: one file's (`blocks.npy`, or its `datasets`
+    copy), or every shard's, concatenated (memory-mapped: nothing is loaded into memory)."""
+    d = Path(data_dir)
+    if (d / "blocks.npy").exists():
+        return Blocks(d / "blocks.npy")
     from datasets import concatenate_datasets, load_from_disk
 
-    d = Path(data_dir)
     if (d / "shards").is_dir():
         parts = [load_from_disk(str(p)) for p in sorted((d / "shards").iterdir()) if p.is_dir()]
         if not parts:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from anchorlm.config import PosttrainConfig
 from anchorlm.format import encode_annotation, encode_prompt, sanitize
+from anchorlm.io import write_jsonl
 
 FORMS = ("prompt-completion", "labels")
 
@@ -51,10 +52,8 @@ def trl_rows(tok, examples: list[dict], cfg: PosttrainConfig, form: str) -> list
 
 def export_trl(tok, examples: list[dict], cfg: PosttrainConfig, form: str, out_path: str | Path) -> int:
     """Write the TRL rows as JSONL (load with `datasets.load_dataset("json", data_files=...)`)."""
+    from anchorlm.data.sft import check_examples
+
+    check_examples(examples, anchored=cfg.method == "anchored")
     rows = trl_rows(tok, examples, cfg, form)  # in the order given: TRL's trainer shuffles
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return len(rows)
+    return write_jsonl(out_path, rows)

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from anchorlm.config import report_names
+from anchorlm.io import lock_dir
 
 
 def train(
@@ -44,12 +45,24 @@ def train(
     and the precision that ran (`precision` resolved for this machine: bf16 is mixed precision,
     float32 master weights under bf16 autocast). With `lora` (a LoRAConfig of rank > 0) only
     adapters and the anchor tokens' rows train; the merged model is saved."""
+
+    out = Path(out_dir)
+    # one run per output directory (in several processes, the main one holds it for all)
+    with lock_dir(out) if is_main_process() else contextlib.nullcontext():
+        return _train(model, tokenizer, dataset, collator, out, max_steps=max_steps, batch_size=batch_size,
+                      lr=lr, seed=seed, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+                      save_steps=save_steps, logging_steps=logging_steps, report_to=report_to,
+                      callbacks=callbacks, compute_loss_func=compute_loss_func, precision=precision,
+                      lora=lora)  # fmt: skip
+
+
+def _train(model, tokenizer, dataset, collator, out: Path, *, max_steps, batch_size, lr, seed, warmup_ratio,
+           weight_decay, save_steps, logging_steps, report_to, callbacks, compute_loss_func, precision,
+           lora) -> dict:  # fmt: skip
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from anchorlm.precision import resolve
 
-    out = Path(out_dir)
     ckpt = out / "checkpoints"
     if lora is not None and lora.rank:
         from anchorlm.train.lora import apply_lora
@@ -91,10 +104,10 @@ def train(
             args=args,
             train_dataset=dataset,
             data_collator=collator,
-            callbacks=list(callbacks),
+            callbacks=[_MarkComplete(), *callbacks],
             compute_loss_func=compute_loss_func,
         )
-        last = get_last_checkpoint(str(ckpt)) if ckpt.exists() else None
+        last = last_complete_checkpoint(ckpt)
         if last:
             print(f"resuming from {last}", flush=True)
         trainer.train(resume_from_checkpoint=last)
@@ -119,6 +132,42 @@ def train(
         "precision": resolve(precision),
         "trainable_params": trainable,
     }
+
+
+COMPLETE = "anchorlm-complete"  # written into a checkpoint once the Trainer has saved all of it
+
+
+def _MarkComplete():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Marks a checkpoint whole after the Trainer wrote it (model, optimizer, scheduler, RNG,
+        state): a run killed while writing one leaves it unmarked, and resuming skips it."""
+
+        def on_save(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE).touch()
+
+    return MarkComplete()
+
+
+def last_complete_checkpoint(ckpt: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing; newer, half-written ones (a kill during
+    a save) are removed so that they cannot be picked up later."""
+    import shutil
+
+    if not ckpt.exists():
+        return None
+    found = sorted(
+        (p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    while found and not (found[-1] / COMPLETE).exists():
+        print(f"removing {found[-1]}: the run stopped while writing it", flush=True)
+        if is_main_process():
+            shutil.rmtree(found[-1], ignore_errors=True)
+        found.pop()
+    return str(found[-1]) if found else None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 from anchorlm.config import PosttrainConfig, to_dict
+from anchorlm.data.sft import check_examples
 from anchorlm.format import encode_annotation, encode_prompt, encode_text, eos_id
 from anchorlm.manifest import write_manifest
 
@@ -55,6 +56,27 @@ def build_dataset(tok, examples: list[dict], cfg: PosttrainConfig) -> tuple[list
     if not rows:
         raise ValueError(f"every SFT example is longer than posttrain.max_len={cfg.max_len} tokens")
     return rows, n_value_only
+
+
+def anchored_replay_rows(tok, chunks: list[dict], instructions: list[str], n: int, cfg: PosttrainConfig):
+    """`n` annotated pretraining chunks ({text, tags}, drawn seeded) as post-training rows: a random
+    instruction of the SFT data, the chunk's annotation and its text (cut to `replay_max_chars`),
+    masked as `cfg.method` masks SFT examples (anchored: loss on the text only; sft: no annotation)."""
+    if n and not (chunks and instructions):
+        raise ValueError("posttrain.anchored_replay > 0 needs annotated pretraining chunks to replay")
+    rng = random.Random(cfg.seed + 2)
+    rows = []
+    while len(rows) < n:
+        c = chunks[rng.randrange(len(chunks))]
+        ex = {
+            "instruction": rng.choice(instructions),
+            "response": c["text"][: cfg.replay_max_chars],
+            "tags": c["tags"],
+        }
+        row = build_example(tok, ex, cfg.method, mask_annotation=cfg.mask_annotation)
+        if len(row["input_ids"]) <= cfg.max_len:
+            rows.append(row)
+    return rows
 
 
 def replay_rows(tok, texts: list[str], n: int, cfg: PosttrainConfig) -> list[dict]:
@@ -97,16 +119,20 @@ def posttrain(
     examples: list[dict],
     out_dir: str | Path,
     callbacks=(),
-    replay_texts: list[str] = (),
+    replay: list[dict] = (),
+    where: str = "SFT data",
 ) -> dict:
-    """Post-train the model `model_dir` (a directory or any model spec of `anchorlm.models`) on `examples` (plus replayed `replay_texts` when
-    `cfg.replay_fraction` > 0); saves to `out_dir`. Returns the manifest."""
+    """Post-train the model `model_dir` (a directory or any model spec of `anchorlm.models`) on
+    `examples`, plus pretraining chunks of `replay` ({text, tags}) when `cfg.replay_fraction` (as
+    plain text) or `cfg.anchored_replay` (as instruction rows) is set; saves to `out_dir`.
+    Returns the manifest."""
     from transformers import set_seed
 
     from anchorlm.models import load_lm
     from anchorlm.train.gem import gem_loss_func
     from anchorlm.train.loop import train
 
+    check_examples(examples, where, anchored=cfg.method == "anchored")
     set_seed(cfg.seed)
     # any model spec; `anchored` adds the annotation tokens if it lacks them, `sft` adds none, so a
     # published model post-trained with sft keeps its vocabulary (added rows would take probability mass)
@@ -114,7 +140,10 @@ def posttrain(
     rows, n_value_only = build_dataset(tok, examples, cfg)
     n_sft = len(rows)
     n_replay = round(cfg.replay_fraction * n_sft)
-    rows += replay_rows(tok, list(replay_texts), n_replay, cfg)
+    rows += replay_rows(tok, [c["text"] for c in replay], n_replay, cfg)
+    n_anchored = round(cfg.anchored_replay * n_sft)
+    tagged = [c for c in replay if c.get("tags")]
+    rows += anchored_replay_rows(tok, tagged, sorted({e["instruction"] for e in examples}), n_anchored, cfg)
     steps = max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     losses = train(
         model,
@@ -142,6 +171,7 @@ def posttrain(
         {
             "examples": n_sft,
             "replayed": n_replay,
+            "anchored_replayed": n_anchored,
             "dropped_too_long": len(examples) - n_sft,
             "steps": steps,
             "value_only_examples": n_value_only,
