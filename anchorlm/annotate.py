@@ -1,26 +1,33 @@
-"""Stage 1: annotate a corpus chunk by chunk, resumably.
+"""Stage 1: annotate a corpus chunk by chunk, resumably: one file, or a corpus of shards.
 
 Writes to ``out_dir``:
   annotated.jsonl  one line per training document: id, category, chunks [{text, tags}]
-  state.json       fitted annotator state and the config fingerprint (written before any line)
+  shards/          for a sharded corpus instead: <shard>.jsonl per shard, <shard>.done when whole
+  state.json       fitted annotator state, the config fingerprint and the corpus files' digests
+                   (written before any line)
   manifest.json    counts, skipped rows, annotator failures (written when the stage completes)
 
 A killed run continues where it stopped: complete lines are kept, a torn last line is cut, and
 the remaining documents are annotated in the same order with the same fitted state, so the
-result equals an uninterrupted run's.
+result equals an uninterrupted run's. A run started with another config, or on a corpus changed
+since, refuses to continue. Shards are annotated in `num_proc` processes, each streamed row by row
+(peak memory follows the shard, not the corpus); the annotators' state is fitted once, on the
+first `annotate.fit_max_docs` documents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from itertools import islice
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from anchorlm.annotators import annotate_all, get_annotator
+from anchorlm.annotators import STATE, annotate_all, fit_state, get_annotator, load_annotators
 from anchorlm.config import AnnotateConfig, CorpusConfig, to_dict
-from anchorlm.data.corpus import CorpusStats, chunk_text, read_corpus
+from anchorlm.data.corpus import CorpusStats, chunk_text, iter_valid, read_corpus
+from anchorlm.data.shards import list_shards, map_shards, shard_name
 from anchorlm.io import lock_dir, write_json
 from anchorlm.manifest import write_manifest
 
@@ -105,16 +112,13 @@ def annotate_batch(batch: list[dict], annotators, corpus: CorpusConfig, cfg: Ann
 
 
 def annotate_corpus(corpus: CorpusConfig, cfg: AnnotateConfig, out_dir: str | Path) -> dict:
-    """Annotate the training documents of `corpus`; returns the manifest."""
-    from anchorlm.data.shards import annotate_shards, list_shards
-
+    """Annotate the training documents of `corpus` (one file, or a directory or glob of shards);
+    returns the manifest."""
     files = list_shards(corpus.file)
-    if files:  # a directory or glob of shards: shard by shard, streamed
-        return annotate_shards(corpus, cfg, out_dir, files)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with lock_dir(out):
-        return _annotate_file(corpus, cfg, out)
+        return _annotate_shards(corpus, cfg, out, files) if files else _annotate_file(corpus, cfg, out)
 
 
 def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict:
@@ -125,7 +129,7 @@ def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict
     annotators = [get_annotator(name, cfg) for name in cfg.annotators]
 
     fp, identity = _fingerprint(corpus, cfg), corpus_identity([Path(corpus.file)])
-    state_path, data_path = out / "state.json", out / "annotated.jsonl"
+    state_path, data_path = out / STATE, out / "annotated.jsonl"
     if state_path.exists():
         state = json.loads(state_path.read_text())
         check_resumable(state, fp, identity, out)
@@ -133,9 +137,10 @@ def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict
             a.load_state(state["annotators"][a.name])
     else:
         data_path.unlink(missing_ok=True)
-        states = {a.name: a.fit(docs, corpus.text_field) for a in annotators}
-        state = {"fingerprint": fp, "corpus": identity, "annotators": states}
+        state = fit_state(cfg, docs, corpus.text_field, fingerprint=fp, corpus=identity)
         write_json(state_path, state, indent=None)
+        for a in annotators:
+            a.load_state(state["annotators"][a.name])
 
     done = _completed_lines(data_path)
     n_chunks = 0
@@ -163,6 +168,81 @@ def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict
     )
 
 
+def _annotate_shards(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path, files: list[Path]) -> dict:
+    if corpus.max_chars_per_category:
+        raise ValueError(
+            "corpus.max_chars_per_category needs the whole corpus in memory; set it to 0 for shards"
+        )
+    (out / "shards").mkdir(exist_ok=True)
+    fp, identity = _fingerprint(corpus, cfg), corpus_identity(files)
+    state_path = out / STATE
+    if state_path.exists():
+        check_resumable(json.loads(state_path.read_text()), fp, identity, out)
+    else:
+        sample = list(
+            islice((d for f in files for d in iter_valid(f, corpus, CorpusStats())), cfg.fit_max_docs)
+        )
+        if not sample:
+            raise ValueError(
+                f"{corpus.file}: no training documents in {len(files)} shards; nothing to annotate"
+            )
+        write_json(
+            state_path,
+            fit_state(cfg, sample, corpus.text_field, fingerprint=fp, corpus=identity),
+            indent=None,
+        )
+        del sample
+    jobs = [(str(f), to_dict(corpus), to_dict(cfg), str(out)) for f in files]
+    counts = map_shards(_annotate_shard, jobs, cfg.num_proc, "annotate")
+    total = {k: sum(c.get(k, 0) for c in counts) for k in ("documents", "chunks", "read", "heldout")}
+    skipped: dict = {}
+    for c in counts:
+        for why, k in c.get("skipped", {}).items():
+            skipped[why] = skipped.get(why, 0) + k
+    if not total["documents"]:
+        raise ValueError(f"{corpus.file}: no training documents in {len(files)} shards; nothing to annotate")
+    return write_manifest(
+        out,
+        "annotate",
+        {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
+        {
+            **total,
+            "skipped": skipped,
+            "shards": len(files),
+            "resumed_shards": sum(c["resumed"] for c in counts),
+        },
+    )
+
+
+def _annotate_shard(job) -> dict:
+    """Annotate one shard in this process; a finished shard returns its recorded counts."""
+    path, corpus_d, cfg_d, out = Path(job[0]), job[1], job[2], Path(job[3])
+    name = shard_name(path)
+    done = out / "shards" / f"{name}.done"
+    if done.exists():
+        return {**json.loads(done.read_text()), "resumed": True}
+    corpus, cfg = CorpusConfig(**corpus_d), AnnotateConfig(**cfg_d)
+    annotators = load_annotators(cfg, out)
+    data = out / "shards" / f"{name}.jsonl"
+    skip = _completed_lines(data)
+    stats = CorpusStats()
+    docs = islice(iter_valid(path, corpus, stats), skip, None)
+    n_docs, n_chunks = skip, 0
+    with open(data, "a", encoding="utf-8") as fh:
+        while batch := list(islice(docs, DOCS_PER_BATCH)):
+            n_chunks += annotate_batch(batch, annotators, corpus, cfg, fh)
+            n_docs += len(batch)
+    counts = {
+        "documents": n_docs,
+        "chunks": n_chunks,
+        "read": stats.read + skip,
+        "heldout": stats.heldout,
+        "skipped": dict(stats.skipped),
+    }
+    done.write_text(json.dumps(counts))
+    return {**counts, "resumed": bool(skip)}
+
+
 def _describe(stats: CorpusStats) -> str:
     d = stats.as_dict()
     skipped = sum(d["skipped"].values())
@@ -172,18 +252,20 @@ def _describe(stats: CorpusStats) -> str:
     )
 
 
+def annotated_files(out_dir: str | Path) -> list[Path]:
+    """The JSONL files of a finished annotation: annotated.jsonl, or one per shard."""
+    d = Path(out_dir)
+    if not (d / "manifest.json").exists():
+        raise FileNotFoundError(f"{out_dir} has no finished annotation (run `anchorlm annotate` first)")
+    return sorted((d / "shards").glob("*.jsonl")) if (d / "shards").is_dir() else [d / "annotated.jsonl"]
+
+
 def iter_annotated(out_dir: str | Path):
     """Stream the annotated documents of `anchorlm annotate` (one file or its shards)."""
-    from anchorlm.data.shards import iter_annotated_shards
-
-    if not (Path(out_dir) / "manifest.json").exists():
-        raise FileNotFoundError(f"{out_dir} has no finished annotation (run `anchorlm annotate` first)")
-    if (Path(out_dir) / "shards").is_dir():
-        yield from iter_annotated_shards(out_dir)
-        return
-    with open(Path(out_dir) / "annotated.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            yield json.loads(line)
+    for f in annotated_files(out_dir):
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
 
 
 def read_annotated(out_dir: str | Path) -> list[dict]:

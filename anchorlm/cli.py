@@ -162,26 +162,12 @@ def _run(args, cfg) -> int | None:
         from anchorlm.tokenizer import train_tokenizer
 
         train_tokenizer(iter_annotated(args.annotated), cfg.tokenizer, args.out)
-    elif c == "tokenize" and (Path(args.annotated) / "shards").is_dir():
-        from anchorlm.data.shards import pack_shards
-
-        annotated = args.variant == "annotated"
-        s = (args.annotated, args.tokenizer, annotated, cfg.pretrain.seq_len, args.out, cfg.pretrain.seed)
-        print(pack_shards(*s, args.num_proc, cfg.pretrain.annotation_dropout)["counts"])
     elif c == "tokenize":
-        from anchorlm.annotate import read_annotated
-        from anchorlm.data.pack import pack
-        from anchorlm.tokenizer import load_tokenizer
+        from anchorlm.data.pack import tokenize_corpus
 
-        m = pack(
-            read_annotated(args.annotated),
-            load_tokenizer(args.tokenizer),
-            args.variant == "annotated",
-            cfg.pretrain.seq_len,
-            args.out,
-            cfg.pretrain.seed,
-            cfg.pretrain.annotation_dropout,
-        )
+        p = cfg.pretrain
+        m = tokenize_corpus(args.annotated, args.tokenizer, args.variant == "annotated", p.seq_len, args.out,
+                            p.seed, p.annotation_dropout, args.num_proc)  # fmt: skip
         print(m["counts"])
     elif c == "pretrain":
         from anchorlm.train.pretrain import pretrain

@@ -185,6 +185,7 @@ class LoRAConfig:
         0,
         "LoRA rank; 0 trains every weight. With a rank, only the adapters (peft) and the anchor "
         "tokens' embedding rows train, and they are merged into the model when training ends",
+        min=0,
     )
     alpha: float = f(32.0, "LoRA scale numerator: the adapters' output is scaled by alpha / rank", above=0)
     dropout: float = f(0.0, "dropout on the adapters' input", min=0, max=0.9)
@@ -192,30 +193,24 @@ class LoRAConfig:
         "all-linear", "modules given adapters: 'all-linear' (every linear layer but the output) or names"
     )
 
-    def __post_init__(self):
-        if not isinstance(self.rank, int) or self.rank < 0:
-            raise ValueError(f"lora.rank must be an integer >= 0 (0 = no LoRA), not {self.rank!r}")
-
 
 @dataclass
-class PretrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    init_from: str = f("", "continue from this checkpoint dir instead of a fresh model")
-    seq_len: int = f(256, "tokens per training sequence", min=2)
+class TrainConfig:
+    """What pretraining and post-training share: how the Trainer runs them. anchorlm.train.loop
+    turns it into TrainingArguments, in one place, for both stages."""
+
     batch_size: int = f(
-        16, "sequences per step, over all processes (each takes batch_size / processes)", min=1
-    )
-    token_budget: int = f(1_000_000, "training tokens per variant (same for plain and annotated)", min=1)
-    annotation_dropout: float = f(
-        0.0,
-        "annotated blocks: share of chunks packed without their annotation (read by the tokenize stage), "
-        "so the model also learns the unconditional writer that anchor guidance contrasts with",
+        16, "sequences (or examples) per step, over all processes (each takes batch_size / processes)", min=1
     )
     lr: float = f(3e-3, "peak learning rate (cosine schedule)", above=0)
     warmup_ratio: float = f(0.05, "fraction of steps for linear warm-up", min=0, max=0.99)
     weight_decay: float = f(0.1, "AdamW weight decay", min=0)
-    save_steps: int = f(100, "checkpoint every this many steps (resume point after a kill)", min=1)
-    logging_steps: int = f(20, "log the loss every this many steps", min=1)
+    save_steps: int = f(
+        100,
+        "checkpoint every this many steps, the resume point after a kill (0: a quarter of the steps, at least 10)",
+        min=0,
+    )
+    logging_steps: int = f(20, "log the loss every this many steps (0: a tenth of the steps)", min=0)
     seed: int = f(0, "training seed")
     report_to: str = f(
         "none",
@@ -224,11 +219,27 @@ class PretrainConfig:
     precision: str = f(PRECISION, PRECISION_HELP)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
-    def __post_init__(self):
-        check_precision(self.precision, "pretrain")
+    def check(self, section: str) -> None:
+        check_precision(self.precision, section)
         if isinstance(self.lora, dict):
-            self.lora = build(LoRAConfig, self.lora, "pretrain.lora")
-        report_names(self.report_to, "pretrain")
+            self.lora = build(LoRAConfig, self.lora, f"{section}.lora")
+        report_names(self.report_to, section)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init_from: str = f("", "continue from this checkpoint dir instead of a fresh model")
+    seq_len: int = f(256, "tokens per training sequence", min=2)
+    token_budget: int = f(1_000_000, "training tokens per variant (same for plain and annotated)", min=1)
+    annotation_dropout: float = f(
+        0.0,
+        "annotated blocks: share of chunks packed without their annotation (read by the tokenize stage), "
+        "so the model also learns the unconditional writer that anchor guidance contrasts with",
+    )
+
+    def __post_init__(self):
+        self.check("pretrain")
         if isinstance(self.model, dict):
             self.model = build(ModelConfig, self.model, "pretrain.model")
         if self.seq_len > self.model.max_position_embeddings:
@@ -255,13 +266,13 @@ class SFTDataConfig:
 
 
 @dataclass
-class PosttrainConfig:
+class PosttrainConfig(TrainConfig):
     method: str = f("sft", "'sft' (loss on response) or 'anchored' (prompt||annotation||response)")
     epochs: float = f(1.0, "passes over the SFT data (the paper uses one)", above=0)
-    lr: float = f(1e-3, "peak learning rate", above=0)
-    batch_size: int = f(
-        16, "examples per step, over all processes (each takes batch_size / processes)", min=1
-    )
+    lr: float = f(1e-3, "peak learning rate (cosine schedule)", above=0)
+    weight_decay: float = f(0.0, "AdamW weight decay", min=0)
+    save_steps: int = f(0, "checkpoint every this many steps (0: a quarter of the steps, at least 10)", min=0)
+    logging_steps: int = f(0, "log the loss every this many steps (0: a tenth of the steps)", min=0)
     max_len: int = f(256, "longest example in tokens (longer ones are dropped)", min=2)
     value_mask_fraction: float = f(0.003, "anchored: fraction of examples with only tag values masked")
     mask_annotation: bool = f(True, "anchored: mask the annotation from the loss (the method)")
@@ -275,19 +286,9 @@ class PosttrainConfig:
         "rows, loss on the chunk only: anchored, the writer keeps following annotations of topics the SFT "
         "data never has; with method sft the same rows without the annotation (the control)",
     )
-    seed: int = f(0, "training seed")
-    report_to: str = f(
-        "none",
-        "none, tensorboard, wandb or tensorboard,wandb (logs in <out>/logs; W&B offline without a key)",
-    )
-    precision: str = f(PRECISION, PRECISION_HELP)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self):
-        check_precision(self.precision, "posttrain")
-        if isinstance(self.lora, dict):
-            self.lora = build(LoRAConfig, self.lora, "posttrain.lora")
-        report_names(self.report_to, "posttrain")
+        self.check("posttrain")
         if self.method not in ("sft", "anchored"):
             raise ValueError(f"posttrain.method must be 'sft' or 'anchored', not {self.method!r}")
         if self.loss not in ("ce", "gem"):
@@ -453,6 +454,23 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def changes(cfg) -> dict:
+    """The fields of a config that differ from their defaults (nested sections recursively): what
+    names a cached result, so that adding a field with a default keeps every cache valid."""
+    out = {}
+    for fl in dataclasses.fields(cfg):
+        v = getattr(cfg, fl.name)
+        if dataclasses.is_dataclass(v):
+            sub = changes(v)
+            if sub:
+                out[fl.name] = sub
+            continue
+        default = fl.default_factory() if fl.default_factory is not dataclasses.MISSING else fl.default
+        if v != default:
+            out[fl.name] = v
+    return out
+
+
 @dataclass
 class ReproduceConfig:
     """`anchorlm reproduce`: the paper's findings as a study of cells (anchorlm.reproduce)."""
@@ -546,6 +564,7 @@ _CONFIGS = {
         TokenizerConfig,
         ModelConfig,
         LoRAConfig,
+        TrainConfig,
         PretrainConfig,
         SFTDataConfig,
         PosttrainConfig,

@@ -21,10 +21,10 @@ from anchorlm.io import read_jsonl
 from anchorlm.manifest import versions
 from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
 from anchorlm.metrics.quality import fluency_nll, mean_finite
-from anchorlm.metrics.summary import summarize
+from anchorlm.metrics.summary import SUMMARY_METRICS, summarize
+from anchorlm.variants import SUMMARY_TRIO
 
 DIVERSITY = ("embedding_distance", "vendi", "attribute_entropy", "distinct_1", "distinct_2")
-SUMMARY_METRICS = ("embedding_distance", "attribute_entropy", "vendi")
 
 
 def _group_metrics(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict:
@@ -86,7 +86,7 @@ class Scorer:
 
     def __init__(self, cfg: EvaluateConfig, sft: SFTDataConfig, corpus: CorpusConfig):
         from anchorlm.metrics.classifier import AttributeClassifier
-        from anchorlm.models import load_causal_lm, load_embedder
+        from anchorlm.models import load_embedder, load_model
 
         self.cfg, self.sft = cfg, sft
         self.embedder = load_embedder(cfg.embedder)
@@ -94,7 +94,7 @@ class Scorer:
         self.clf_info = self.clf.fit(corpus, cfg.classifier_docs_per_category)
         from anchorlm.precision import dtype
 
-        self.ref_model, self.ref_tok = load_causal_lm(cfg.reference_lm)
+        self.ref_model, self.ref_tok = load_model(cfg.reference_lm, tokens="none")
         self.ref_model.to(dtype(cfg.precision))
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -238,9 +238,9 @@ def evaluate(
         "config": to_dict(cfg),
         "versions": versions(),
     }
-    if {"base", "sft", "aat"} <= set(per_prompt):
+    if set(SUMMARY_TRIO) <= set(per_prompt):
         results["summary"] = {
-            m: summarize({v: per_prompt[v][m] for v in ("base", "sft", "aat")}, cfg.bootstrap, cfg.seed)
+            m: summarize({v: per_prompt[v][m] for v in SUMMARY_TRIO}, cfg.bootstrap, cfg.seed)
             for m in SUMMARY_METRICS
         }
     results["per_prompt"] = {v: {m: a.tolist() for m, a in d.items()} for v, d in per_prompt.items()}

@@ -6,9 +6,14 @@ A model spec is one of:
   path/to/model.gguf   a GGUF file (its config and tokenizer come from the file)
   org/name             a Hugging Face Hub id (downloaded, or read from the local cache offline)
 
-`load_lm` and `load_lm_tokenizer` add the annotation special tokens when the tokenizer lacks them
-(and the ``<|user|>``/``<|assistant|>`` turn tokens when it has no chat template), resizing the
-embeddings to match; for a model that has them already (every anchorlm output) nothing changes.
+`load_model` (model and tokenizer) and `load_tokenizer` take `tokens`, what to add:
+  "annotations"  the annotation special tokens when the tokenizer lacks them, and the turn tokens
+                 when it has no chat template (what anchored training and sampling need)
+  "turns"        only the turn tokens a model without chat template needs for prompts (plain
+                 training and sampling: a published model keeps its vocabulary)
+  "none"         nothing: the model exactly as published
+Embeddings are resized to match; a model that has the tokens already (every anchorlm output)
+is unchanged.
 """
 
 from __future__ import annotations
@@ -75,25 +80,46 @@ def _load(cls, path: str, gguf: str):
         raise FileNotFoundError(f"cannot load model {path!r} as a {where}: {e}") from e
 
 
-def load_causal_lm(name: str, gguf_file: str = ""):
-    """(model, tokenizer) exactly as published, in eval mode on the CPU (no tokens added)."""
+TOKENS = ("annotations", "turns", "none")
+
+
+def _published(name: str, gguf_file: str, with_model: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf = resolve_lm(name, gguf_file)
     _offline_if_local(path)
-    model = _load(AutoModelForCausalLM, path, gguf).eval()
-    if gguf:
-        _as_plain_model(model)
+    model = None
+    if with_model:
+        model = _load(AutoModelForCausalLM, path, gguf).eval()
+        if gguf:
+            _as_plain_model(model)
     return model, _load(AutoTokenizer, path, gguf)
 
 
-def load_causal_lm_tokenizer(name: str, gguf_file: str = ""):
-    """The tokenizer of a model spec exactly as published (no tokens added)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(name: str, tokens: str = "annotations", gguf_file: str = ""):
+    """The tokenizer of a model spec, with `tokens` added (see the module doc)."""
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be one of {TOKENS}, not {tokens!r}")
+    _, tok = _published(str(name), gguf_file, with_model=False)
+    if tokens != "none":
+        add_anchor_tokens(tok, annotations=tokens == "annotations")
+    return tok
 
-    path, gguf = resolve_lm(name, gguf_file)
-    _offline_if_local(path)
-    return _load(AutoTokenizer, path, gguf)
+
+def load_model(name: str, tokens: str = "annotations", gguf_file: str = ""):
+    """(model, tokenizer) of a model spec with `tokens` added (see the module doc), the embeddings
+    resized (each new row starts as its `STAND_INS` text). In eval mode (the Trainer switches it to
+    training), on the CPU, in the dtype it was saved in (GGUF: float32)."""
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be one of {TOKENS}, not {tokens!r}")
+    model, tok = _published(str(name), gguf_file, with_model=True)
+    if tokens == "none":
+        return model, tok
+    added = add_anchor_tokens(tok, annotations=tokens == "annotations")
+    if model.get_input_embeddings().num_embeddings < len(tok):
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+    init_new_tokens(model, tok, added)
+    return model, tok
 
 
 def cache_dir() -> Path:
@@ -104,7 +130,7 @@ def cache_dir() -> Path:
 
 def hf_dir(name: str, gguf_file: str = "") -> str:
     """A directory (or hub id) that engines reading Hugging Face checkpoints (vLLM, `transformers
-    serve`) can load. A GGUF model is dequantised once, as `load_causal_lm` loads it, into
+    serve`) can load. A GGUF model is dequantised once, as `load_model` loads it, into
     `cache_dir()/gguf/<file>-<key>`, the key naming the file's path, size and modification time."""
     import hashlib
 
@@ -116,7 +142,7 @@ def hf_dir(name: str, gguf_file: str = "") -> str:
     key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{src.stem}-{key}"
     if not (out / "config.json").exists():
-        model, tok = load_causal_lm(str(src))
+        model, tok = load_model(str(src), tokens="none")
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         try:
             model.save_pretrained(tmp)
@@ -150,29 +176,6 @@ def add_anchor_tokens(tok, annotations: bool = True) -> list[str]:
             raise ValueError("the tokenizer has neither a pad nor an EOS token; anchorlm needs an EOS")
         tok.pad_token = tok.eos_token
     return missing
-
-
-def load_lm_tokenizer(name: str, gguf_file: str = "", annotations: bool = True):
-    """The tokenizer of a model spec, with the anchor tokens added (as `load_lm` adds them; without
-    `annotations` only the turn tokens a model without chat template needs)."""
-    tok = load_causal_lm_tokenizer(name, gguf_file)
-    add_anchor_tokens(tok, annotations)
-    return tok
-
-
-def load_lm(name: str, gguf_file: str = "", add_tokens: bool = True):
-    """(model, tokenizer) of a model spec, ready for anchorlm: with `add_tokens`, the anchor tokens are
-    added and the embeddings resized (each new row starts as its `STAND_INS` text). The model is
-    in eval mode (the Trainer switches it to training), on the CPU, in the dtype it was saved in
-    (GGUF: float32). Without `add_tokens` only what prompts need is added (turn tokens, when there
-    is no chat template), so a published model sampled plain keeps its vocabulary: added rows would
-    take probability mass."""
-    model, tok = load_causal_lm(name, gguf_file)
-    added = add_anchor_tokens(tok, annotations=add_tokens)
-    if model.get_input_embeddings().num_embeddings < len(tok):
-        model.resize_token_embeddings(len(tok), mean_resizing=False)
-    init_new_tokens(model, tok, added)
-    return model, tok
 
 
 # Text each new token starts as: its embedding rows (input and output) begin as the mean of the

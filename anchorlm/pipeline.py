@@ -15,13 +15,11 @@ from pathlib import Path
 from anchorlm.config import PipelineConfig, to_dict
 from anchorlm.io import lock_dir
 from anchorlm.manifest import is_done
+from anchorlm.variants import REGISTRY
 
-VARIANTS = {  # variant -> (model dir under models/, anchored sampling)
-    "base": ("base", False),
-    "sft": ("sft", False),
-    "aat": ("aat", True),
-    "annotated": ("annotated", True),  # before post-training: the plans and the writer AAT starts from
-}
+# the demo's variants (anchorlm.variants says what each is); each samples its own model, models/<name>.
+# `annotated`, before post-training, shows the plans and the writer AAT starts from.
+VARIANTS = ("base", "sft", "aat", "annotated")
 
 
 # Stages whose outputs are reused on a rerun; `evaluate` always runs again, so it may change.
@@ -48,41 +46,38 @@ def _log(msg: str) -> None:
     print(f"[anchorlm {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare(cfg: PipelineConfig, out: Path) -> list[dict]:
+def prepare(cfg: PipelineConfig, out: Path) -> None:
     """The shared data stages (annotate, tokenizer, tokenize plain and annotated, SFT data), each
-    skipped when complete; returns the annotated documents. When `pretrain.init_from` names a
-    published model, its own tokenizer packs the blocks and no tokenizer is trained."""
-    from anchorlm.annotate import annotate_corpus, read_annotated
-    from anchorlm.data.pack import pack
+    skipped when complete; a sharded corpus stays sharded (streamed, packed shard by shard). When
+    `pretrain.init_from` names a published model, its own tokenizer packs the blocks and no
+    tokenizer is trained."""
+    from anchorlm.annotate import annotate_corpus, iter_annotated
+    from anchorlm.data.pack import tokenize_corpus
     from anchorlm.data.sft import build_sft_data
-    from anchorlm.tokenizer import load_tokenizer, train_tokenizer
+    from anchorlm.tokenizer import train_tokenizer
 
     _log("annotate")
     annotate_corpus(cfg.corpus, cfg.annotate, out / "annotate")  # resumes; no-op when complete
-    docs = read_annotated(out / "annotate")
-    if cfg.pretrain.init_from:
-        tok = load_tokenizer(cfg.pretrain.init_from)
-    else:
-        if not is_done(out / "tokenizer"):
-            _log("train tokenizer")
-            train_tokenizer(docs, cfg.tokenizer, out / "tokenizer")
-        tok = load_tokenizer(out / "tokenizer")
+    tok = cfg.pretrain.init_from or str(out / "tokenizer")
+    if not cfg.pretrain.init_from and not is_done(out / "tokenizer"):
+        _log("train tokenizer")
+        train_tokenizer(iter_annotated(out / "annotate"), cfg.tokenizer, out / "tokenizer")
+    p = cfg.pretrain
     for variant in ("plain", "annotated"):
         if not is_done(out / "tokens" / variant):
             _log(f"tokenize ({variant})")
-            pack(
-                docs,
-                tok,
-                variant == "annotated",
-                cfg.pretrain.seq_len,
-                out / "tokens" / variant,
-                cfg.pretrain.seed,
-                cfg.pretrain.annotation_dropout,
-            )
+            tokenize_corpus(out / "annotate", tok, variant == "annotated", p.seq_len, out / "tokens" / variant,
+                            p.seed, p.annotation_dropout, cfg.annotate.num_proc)  # fmt: skip
     if not is_done(out / "sft_data"):
         _log("build SFT data")
         build_sft_data(cfg.corpus, cfg.annotate, out / "annotate", cfg.sft_data, out / "sft_data")
-    return docs
+
+
+def replay_chunks(annotate_dir: str | Path) -> list[dict]:
+    """Every annotated chunk ({text, tags}): what replay in post-training draws from."""
+    from anchorlm.annotate import iter_annotated
+
+    return [c for d in iter_annotated(annotate_dir) for c in d["chunks"]]
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
@@ -105,7 +100,7 @@ def _run_pipeline(cfg: PipelineConfig, out: Path) -> dict:
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     t0 = time.time()
 
-    docs = prepare(cfg, out)
+    prepare(cfg, out)
     for variant, model in (("plain", "base"), ("annotated", "annotated")):
         if not is_done(out / "models" / model):
             _log(f"pretrain ({variant})")
@@ -113,14 +108,16 @@ def _run_pipeline(cfg: PipelineConfig, out: Path) -> dict:
             pretrain(cfg.pretrain, out / "tokens" / variant, tok_dir, out / "models" / model)
     examples = read_jsonl(out / "sft_data" / "train.jsonl")
     prompts = read_jsonl(out / "sft_data" / "eval_prompts.jsonl")
-    chunks = [c for d in docs for c in d["chunks"]]  # for replay, when the recipe asks for it
+    p = cfg.posttrain
+    chunks = replay_chunks(out / "annotate") if p.replay_fraction or p.anchored_replay else []
     for method, init, name in (("sft", "base", "sft"), ("anchored", "annotated", "aat")):
         if not is_done(out / "models" / name):
             _log(f"post-train ({method})")
             pcfg = dataclasses.replace(cfg.posttrain, method=method)
             posttrain(pcfg, out / "models" / init, examples, out / "models" / name, replay=chunks)
     samples, forced = {}, {}
-    for variant, (model, anchored) in VARIANTS.items():
+    for variant in VARIANTS:
+        model, anchored = variant, REGISTRY[variant].anchored
         samples[variant] = out / "samples" / f"{variant}.jsonl"
         if not samples[variant].exists():
             _log(f"sample ({variant})")

@@ -30,15 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anchorlm.config import ModelConfig, ReproduceConfig, to_dict
+from anchorlm.config import ModelConfig, ReproduceConfig, changes, to_dict
 from anchorlm.io import lock_dir, write_json
 from anchorlm.manifest import is_done, versions
 from anchorlm.metrics.diversity import entropy
-from anchorlm.metrics.summary import summarize
+from anchorlm.metrics.summary import PAPER_METRICS, SUMMARY_METRICS, summarize
 from anchorlm.variants import Variant, custom
-
-METRICS = ("embedding_distance", "attribute_entropy")  # the paper's two diversity metrics
-ALL_METRICS = ("embedding_distance", "attribute_entropy", "vendi")
 
 
 def _hash(obj) -> str:
@@ -76,7 +73,7 @@ class Study:
         from anchorlm.pipeline import prepare
 
         t0 = time.time()
-        self.docs = prepare(self.base, self.out)
+        prepare(self.base, self.out)
         self.tokenizer = self.lm or str(self.out / "tokenizer")
         self.prompts = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
         self.focus = self.cfg.focus_size or max(self.sizes, key=lambda n: self.params(n)[1])
@@ -89,9 +86,9 @@ class Study:
             from anchorlm.train.model import build_model, non_embedding_params
 
             if self.lm:
-                from anchorlm.models import load_causal_lm
+                from anchorlm.models import load_model
 
-                m, _ = load_causal_lm(self.lm)
+                m, _ = load_model(self.lm, tokens="none")
             else:
                 m = build_model(self.sizes[size], load_tokenizer(self.out / "tokenizer"))
             self._params[size] = (non_embedding_params(m), sum(p.numel() for p in m.parameters()))
@@ -112,14 +109,22 @@ class Study:
             return self.out / "tokens" / data
         d = self.out / "tokens" / f"annotated-drop{dropout:g}"
         if not is_done(d):
-            from anchorlm.data.pack import pack
-            from anchorlm.tokenizer import load_tokenizer
+            from anchorlm.data.pack import tokenize_corpus
 
             p = self.base.pretrain
             self._run(
                 "tokenize",
                 f"annotated, dropout {dropout:g}",
-                lambda: pack(self.docs, load_tokenizer(self.tokenizer), True, p.seq_len, d, p.seed, dropout),
+                lambda: tokenize_corpus(
+                    self.out / "annotate",
+                    self.tokenizer,
+                    True,
+                    p.seq_len,
+                    d,
+                    p.seed,
+                    dropout,
+                    self.base.annotate.num_proc,
+                ),  # fmt: skip
             )
         return d
 
@@ -142,7 +147,7 @@ class Study:
             seed=seed,
             **(overrides or {}),
         )
-        d = self.out / "models" / f"{size}-s{seed}" / f"{data}-{_hash([to_dict(pcfg), data])}"
+        d = self.out / "models" / f"{size}-s{seed}" / f"{data}-{_hash([changes(pcfg), data])}"
         if not is_done(d):
             tokens = self.tokens(data, pcfg.annotation_dropout)
             tok = None if self.lm else self.out / "tokenizer"
@@ -161,7 +166,7 @@ class Study:
         if categories is None or list(categories) == list(self.base.sft_data.categories):
             return read_jsonl(self.out / "sft_data" / "train.jsonl"), "default"
         scfg = dataclasses.replace(self.base.sft_data, categories=list(categories))
-        d = self.out / "sft_sets" / f"k{len(categories)}-{_hash(to_dict(scfg))}"
+        d = self.out / "sft_sets" / f"k{len(categories)}-{_hash(changes(scfg))}"
         if not is_done(d):
             self._run(
                 "sft-data",
@@ -172,7 +177,9 @@ class Study:
 
     def replay_chunks(self) -> list[dict]:
         if self._chunks is None:
-            self._chunks = [c for d in self.docs for c in d["chunks"]]
+            from anchorlm.pipeline import replay_chunks
+
+            self._chunks = replay_chunks(self.out / "annotate")
         return self._chunks
 
     def model(self, size: str, seed: int, v: Variant, categories: list | None = None) -> Path:
@@ -185,7 +192,7 @@ class Study:
 
         examples, data_key = self.sft_examples(categories)
         pcfg = dataclasses.replace(self.base.posttrain, seed=seed, **own.posttrain)
-        key = _hash([to_dict(pcfg), init_dir.name, data_key])
+        key = _hash([changes(pcfg), init_dir.name, data_key])
         d = self.out / "models" / f"{size}-s{seed}" / f"{own.name}-{key}"
         if not is_done(d):
             replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
@@ -203,7 +210,7 @@ class Study:
 
         prompts = prompts or self.prompts
         scfg = dataclasses.replace(self.base.sample, seeds=[seed], **overrides)
-        key = _hash([to_dict(scfg), anchored, prompts])
+        key = _hash([changes(scfg), anchored, prompts])
         path = model / "samples" / f"{'anchored' if anchored else 'plain'}-{key}.jsonl"
         if not path.exists():
             self._run(
@@ -219,7 +226,7 @@ class Study:
         from anchorlm.io import read_jsonl
 
         kind = "forced" if forced else "scores"
-        path = samples.with_name(samples.stem + f".{kind}-{_hash(to_dict(self.base.evaluate))}.json")
+        path = samples.with_name(samples.stem + f".{kind}-{_hash(changes(self.base.evaluate))}.json")
         if not path.exists():
 
             def score():
@@ -237,7 +244,7 @@ class Study:
 
     def classifier_info(self) -> dict:
         """The attribute classifier's figures (classes, held-out accuracy, chance), cached."""
-        path = self.out / f"classifier-{_hash(to_dict(self.base.evaluate))}.json"
+        path = self.out / f"classifier-{_hash(changes(self.base.evaluate))}.json"
         if not path.exists():
             write_json(path, self.scorer().clf_info)
         return json.loads(path.read_text())
@@ -355,7 +362,7 @@ def _summary(runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aa
     """Collapse, gap closed, collapse reduction of `aat` (any variant) against base and sft, pooled
     over seeds, with CIs resampling seeds and prompts."""
     out = {}
-    for m in ALL_METRICS:
+    for m in SUMMARY_METRICS:
         arr = {
             v: np.array([r["per_prompt"][m] for r in runs[src]])
             for v, src in (("base", "base"), ("sft", "sft"), ("aat", aat))
@@ -518,7 +525,7 @@ def bar(res: dict) -> dict:
     head = res.get("headline", "aat")
     q = {"sft": top["variants"]["sft"]["quality"], "aat": top["variants"][head]["quality"]}
     checks = {}
-    for m in METRICS:
+    for m in PAPER_METRICS:
         s = top["summary"][m]
         g, ci = s["gap_closed"], s.get("gap_closed_ci95")
         checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(g is not None and math.isfinite(g) and g >= 0.85)

@@ -124,10 +124,10 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
         return _vllm_backend(cfg, model_dir, anchored)
     import torch
 
-    from anchorlm.models import load_lm
+    from anchorlm.models import load_model
     from anchorlm.precision import dtype
 
-    model, tok = load_lm(str(model_dir), add_tokens=anchored)
+    model, tok = load_model(str(model_dir), tokens="annotations" if anchored else "turns")
     model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(cfg.precision))
 
     def run(prompts, keys, settings, uncond=None):
@@ -137,7 +137,7 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
 
 
 def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
-    from anchorlm.models import anchor_tokens, hf_dir, load_causal_lm_tokenizer
+    from anchorlm.models import anchor_tokens, hf_dir, load_tokenizer
 
     if cfg.guidance_scale:
         raise ValueError(
@@ -145,7 +145,7 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
             "step, which vLLM does not give; use sample.backend 'transformers' or guidance_scale 0"
         )
     model_dir = hf_dir(str(model_dir))  # vLLM reads no GGUF: a GGUF model is dequantised once
-    tok = load_causal_lm_tokenizer(model_dir)
+    tok = load_tokenizer(model_dir, tokens="none")
     missing = anchor_tokens(tok, annotations=anchored)
     if missing:
         raise ValueError(

@@ -168,7 +168,7 @@ def _training(tok, cfg, pk: dict, log) -> dict:
     from transformers import set_seed
 
     from anchorlm.config import ModelConfig, load_reproduce_config
-    from anchorlm.models import load_lm
+    from anchorlm.models import load_model
     from anchorlm.train.model import build_model
 
     study = load_reproduce_config(ROOT / "anchorlm/configs/reproduce.yaml")
@@ -195,7 +195,7 @@ def _training(tok, cfg, pk: dict, log) -> dict:
     from anchorlm.precision import fast_bf16
 
     for name, lora in (("smollm2", False), ("smollm2_lora", True)):
-        model, stok = load_lm("smollm2", add_tokens=True)
+        model, stok = load_model("smollm2")
         if lora:
             from anchorlm.train.lora import apply_lora
 
@@ -296,9 +296,9 @@ def _smollm2_sampling(log, batch: int = 32, new: int = 64) -> dict:
     from anchorlm.data.sft import INSTRUCTIONS
     from anchorlm.engine import Settings, generate, row_key
     from anchorlm.format import encode_prompt
-    from anchorlm.models import load_lm
+    from anchorlm.models import load_model
 
-    model, tok = load_lm("smollm2", add_tokens=False)
+    model, tok = load_model("smollm2", tokens="turns")
     qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
     seqs = [qs[i % 4] for i in range(batch)]
     s = Settings(temperature=1.0, max_new_tokens=new, stop=())

@@ -61,8 +61,8 @@ def test_gem_post_training_lowers_the_loss_and_keeps_more_entropy(tiny_tokenizer
     from transformers import AutoModelForCausalLM
 
     from anchorlm.config import ModelConfig, PosttrainConfig
+    from anchorlm.data.examples import build_example
     from anchorlm.train.model import build_model
-    from anchorlm.train.posttrain import build_example
 
     tok = tiny_tokenizer
     init = tmp_path / "init"

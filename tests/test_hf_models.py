@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from anchorlm.config import PosttrainConfig, PretrainConfig, SampleConfig
+from anchorlm.data.examples import build_example
 from anchorlm.data.pack import pack
 from anchorlm.format import ANN_CLOSE, ANN_OPEN, ASSISTANT, USER, encode_prompt, encode_text, eos_id
-from anchorlm.models import load_lm, load_lm_tokenizer
+from anchorlm.models import load_model, load_tokenizer
 from anchorlm.sample import sample
-from anchorlm.train.posttrain import build_example, posttrain
+from anchorlm.train.posttrain import posttrain
 from anchorlm.train.pretrain import pretrain
 
 TOPICS = {
@@ -45,7 +46,7 @@ def _sft_examples():
 
 @pytest.fixture(scope="module")
 def smol_tok():
-    return load_lm_tokenizer("smollm2")
+    return load_tokenizer("smollm2")
 
 
 def test_smollm2_tokens_added_and_chat_template_used(smol_tok):
@@ -123,7 +124,7 @@ def tiny_gpt2(tmp_path_factory):
 
 def test_foreign_model_without_chat_template_gets_turn_and_annotation_tokens(tiny_gpt2, tmp_path):
     d, n = tiny_gpt2
-    model, tok = load_lm(str(d))
+    model, tok = load_model(str(d))
     assert len(tok) == n + 4 and model.get_input_embeddings().num_embeddings == n + 4
     assert tok.pad_token == "</s>"
     # new rows start as the mean embedding of their textual stand-in
@@ -141,7 +142,7 @@ def test_foreign_model_without_chat_template_gets_turn_and_annotation_tokens(tin
     )
     m = posttrain(pc, str(d), examples, tmp_path / "aat")["counts"]
     assert m["final_loss"] < m["first_loss"]
-    reloaded, tok2 = load_lm(str(tmp_path / "aat"))  # saved with the tokens: nothing added again
+    reloaded, tok2 = load_model(str(tmp_path / "aat"))  # saved with the tokens: nothing added again
     assert len(tok2) == n + 4 and reloaded.get_input_embeddings().num_embeddings == n + 4
     rows = sample(SampleConfig(n_samples=2, max_new_tokens=8, max_annotation_tokens=6, batch_size=4),
                   tmp_path / "aat", [{"id": 0, "prompt": "About music?"}], tmp_path / "s.jsonl", anchored=True)  # fmt: skip
@@ -160,7 +161,7 @@ def test_chat_model_sampled_plain_keeps_its_vocabulary(tiny_gpt2, tmp_path):
     )
     model.save_pretrained(chat)
     tok.save_pretrained(chat)
-    m2, tok2 = load_lm(str(chat), add_tokens=False)
+    m2, tok2 = load_model(str(chat), tokens="turns")
     assert len(tok2) == m2.get_input_embeddings().num_embeddings == n  # nothing added, nothing resized
     assert tok2.decode(encode_prompt(tok2, "Hi <|ann|>")) == "<user> Hi < |ann|>\n<assistant> "
     rows = sample(SampleConfig(n_samples=2, max_new_tokens=8, batch_size=4), str(chat),
@@ -171,20 +172,20 @@ def test_chat_model_sampled_plain_keeps_its_vocabulary(tiny_gpt2, tmp_path):
     for method, size in (("sft", n), ("anchored", n + 2)):
         cfg = PosttrainConfig(method=method, epochs=1, batch_size=2, max_len=64, value_mask_fraction=1.0)
         posttrain(cfg, str(chat), ex, tmp_path / method)
-        m3, tok3 = load_lm(str(tmp_path / method), add_tokens=False)
+        m3, tok3 = load_model(str(tmp_path / method), tokens="turns")
         assert len(tok3) == m3.get_input_embeddings().num_embeddings == size, method
 
 
 def test_hf_dir_dequantises_a_gguf_once_into_a_model_directory(tmp_path, monkeypatch):
     """vLLM and `transformers serve` read no GGUF: `hf_dir` gives them a directory holding the
-    model `load_causal_lm` loads from the GGUF, written once and then reused."""
-    from anchorlm.models import hf_dir, load_causal_lm
+    model `load_model` loads from the GGUF, written once and then reused."""
+    from anchorlm.models import hf_dir
 
     monkeypatch.setenv("ANCHORLM_CACHE", str(tmp_path))
     d = hf_dir("smollm2")
     assert d.startswith(str(tmp_path)) and not list(tmp_path.glob("gguf/*.tmp*"))
-    ref, ref_tok = load_causal_lm("smollm2")
-    got, got_tok = load_causal_lm(d)
+    ref, ref_tok = load_model("smollm2", tokens="none")
+    got, got_tok = load_model(d, tokens="none")
     ids = torch.tensor([encode_prompt(got_tok, "Name three rivers.")])
     assert ids.tolist() == [encode_prompt(ref_tok, "Name three rivers.")]
     with torch.no_grad():
@@ -201,10 +202,10 @@ def test_plain_continued_pretraining_keeps_the_models_vocabulary(tiny_gpt2, tmp_
     cfg = PretrainConfig(seq_len=16, batch_size=4, token_budget=128, logging_steps=1, init_from=str(d))
     sizes = {}
     for annotated in (False, True):
-        tok = load_lm_tokenizer(str(d), annotations=annotated)
+        tok = load_tokenizer(str(d), tokens="annotations" if annotated else "turns")
         pack(_docs(), tok, annotated, 16, tmp_path / f"data{annotated}")
         pretrain(cfg, tmp_path / f"data{annotated}", None, tmp_path / f"pre{annotated}")
-        model, saved = load_lm(str(tmp_path / f"pre{annotated}"), add_tokens=False)
+        model, saved = load_model(str(tmp_path / f"pre{annotated}"), tokens="turns")
         assert model.get_input_embeddings().num_embeddings == len(saved)
         sizes[annotated] = (len(saved), ANN_OPEN in saved.get_vocab())
     assert sizes == {False: (n + 2, False), True: (n + 4, True)}

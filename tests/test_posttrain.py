@@ -1,6 +1,6 @@
 from anchorlm import format as F
 from anchorlm.config import PosttrainConfig
-from anchorlm.train.posttrain import IGNORE, PadCollator, build_dataset, build_example
+from anchorlm.data.examples import IGNORE, PadCollator, build_dataset, build_example
 
 EX = {
     "instruction": "Tell me something.",
@@ -66,8 +66,8 @@ def test_replay_rows_are_plain_text_with_full_loss(tiny_tokenizer):
     import pytest
 
     from anchorlm.config import PosttrainConfig
+    from anchorlm.data.examples import replay_rows
     from anchorlm.format import EOS
-    from anchorlm.train.posttrain import replay_rows
 
     cfg = PosttrainConfig(replay_fraction=0.5, replay_max_chars=40, max_len=32)
     rows = replay_rows(tiny_tokenizer, ["a first document " * 20, "another one"], 6, cfg)

@@ -71,9 +71,9 @@ def test_temperature_zero_decodes_greedily(smoke_run):
 
     from anchorlm.engine import Settings, generate
     from anchorlm.format import encode_prompt, eos_id
-    from anchorlm.models import load_lm
+    from anchorlm.models import load_model
 
-    model, tok = load_lm(str(smoke_run / "models/sft"))
+    model, tok = load_model(str(smoke_run / "models/sft"))
     seqs = [encode_prompt(tok, p["prompt"]) for p in PROMPTS]
     assert len({len(s) for s in seqs}) > 1
     got = generate(model, seqs, [0, 1], Settings(temperature=0, max_new_tokens=10, stop=(eos_id(tok),)), 0)

@@ -9,8 +9,7 @@ import pytest
 
 from anchorlm.annotate import annotate_corpus, read_annotated
 from anchorlm.config import AnnotateConfig, CorpusConfig
-from anchorlm.data.pack import pack
-from anchorlm.data.shards import load_blocks, pack_shards
+from anchorlm.data.pack import load_blocks, pack, pack_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

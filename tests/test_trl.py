@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from anchorlm.config import ModelConfig, PosttrainConfig
+from anchorlm.data.examples import IGNORE, build_example
 from anchorlm.data.trl import export_trl
 from anchorlm.format import encode_annotation, encode_text, eos_id
 from anchorlm.train.model import build_model
-from anchorlm.train.posttrain import IGNORE, build_example
 
 EXAMPLES = [
     {"instruction": "Tell me about the sea.", "response": "Waves <|ann|> roll in.", "tags": ["topic:sea", "style:plain"]},

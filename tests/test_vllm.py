@@ -19,7 +19,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
 from anchorlm.annotators.llm import LLMAnnotator  # noqa: E402
 from anchorlm.config import LLMAnnotatorConfig, SampleConfig  # noqa: E402
 from anchorlm.format import ANN_OPEN, encode_prompt  # noqa: E402
-from anchorlm.models import load_lm  # noqa: E402
+from anchorlm.models import load_model  # noqa: E402
 from anchorlm.sample import VLLMGenerator, sample  # noqa: E402
 
 EXACT = {"dtype": "float32", "enforce_eager": True}
@@ -35,7 +35,7 @@ PROMPTS = [
 def anchored_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct with the annotation tokens added, saved as anchorlm saves its models."""
     d = tmp_path_factory.mktemp("smollm2-anchored")
-    model, tok = load_lm("smollm2", add_tokens=True)
+    model, tok = load_model("smollm2")
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return str(d)
@@ -91,7 +91,7 @@ def test_vllm_draws_tokens_from_the_same_distribution(anchored_dir):
     import torch
     from scipy.stats import chisquare
 
-    model, tok = load_lm(anchored_dir)
+    model, tok = load_model(anchored_dir)
     seq = encode_prompt(tok, PROMPTS[0]["prompt"]) + [tok.convert_tokens_to_ids(ANN_OPEN)]
     with torch.no_grad():
         logits = model(torch.tensor([seq])).logits[0, -1].double()

@@ -7,9 +7,13 @@ llm       an instruction-tuned LM writes the tags (local transformers model or a
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Protocol
 
 from anchorlm.config import AnnotateConfig
+
+STATE = "state.json"  # in an annotation's output directory: the fitted state, and what it was fitted on
 
 
 class Annotator(Protocol):
@@ -47,3 +51,20 @@ def annotate_all(annotators: list[Annotator], items: list[tuple[dict, str]]) -> 
         for t, new in zip(tags, a.annotate(items)):
             t.extend(x for x in new if x not in t)
     return tags
+
+
+def fit_state(cfg: AnnotateConfig, docs: list[dict], text_field: str, **identity) -> dict:
+    """Each annotator's corpus-level state, fitted on `docs`, with `identity` (what the state
+    belongs to: the config's fingerprint, the corpus files' digests) beside it."""
+    annotators = [get_annotator(name, cfg) for name in cfg.annotators]
+    return {**identity, "annotators": {a.name: a.fit(docs, text_field) for a in annotators}}
+
+
+def load_annotators(cfg: AnnotateConfig, annotate_dir: str | Path) -> list[Annotator]:
+    """The configured annotators with the state an annotation run saved in `annotate_dir`, so
+    anything annotated later (shards in other processes, SFT responses) is tagged as it was."""
+    state = json.loads((Path(annotate_dir) / STATE).read_text())["annotators"]
+    annotators = [get_annotator(name, cfg) for name in cfg.annotators]
+    for a in annotators:
+        a.load_state(state[a.name])
+    return annotators

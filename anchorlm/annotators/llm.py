@@ -173,10 +173,10 @@ class LLMAnnotator:
                 from vllm import LLM
             except ImportError as e:
                 raise ImportError("annotate.llm.backend 'vllm' needs `pip install anchorlm[vllm]`") from e
-            from anchorlm.models import hf_dir, load_causal_lm_tokenizer
+            from anchorlm.models import hf_dir, load_tokenizer
 
             path = hf_dir(self.cfg.model, self.cfg.gguf_file)  # vLLM reads no GGUF: dequantised once
-            self._tok = load_causal_lm_tokenizer(path)
+            self._tok = load_tokenizer(path, tokens="none")
             self._model = LLM(model=path, tokenizer=path, **self.cfg.vllm_args)
         from vllm import SamplingParams
 
@@ -192,9 +192,9 @@ class LLMAnnotator:
         import torch
 
         if self._model is None:
-            from anchorlm.models import load_causal_lm
+            from anchorlm.models import load_model
 
-            self._model, self._tok = load_causal_lm(self.cfg.model, self.cfg.gguf_file)
+            self._model, self._tok = load_model(self.cfg.model, "none", self.cfg.gguf_file)
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:
                 self._tok.pad_token = self._tok.eos_token

@@ -1,19 +1,38 @@
-"""Stage 3: tokenize annotated documents into fixed-length blocks for pretraining.
+"""Stage 3: tokenize annotated documents into fixed-length blocks for pretraining, and read them.
 
 `plain` drops the annotations; `annotated` interleaves them (`<z1> x1 <z2> x2 ...`). Documents are
-shuffled with the seed, joined with EOS and cut into `seq_len` blocks, saved as a `datasets` dataset.
+shuffled with the seed, joined with EOS and cut into `seq_len` blocks, saved as a `datasets` dataset
+and as `blocks.npy` (read without `datasets`). A sharded annotation is packed shard by shard, in
+processes, resumably; `tokenize_corpus` chooses, and `load_blocks` reads either.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import random
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from anchorlm.data.shards import map_shards, shard_name
 from anchorlm.format import encode_document
 from anchorlm.manifest import write_manifest
+
+
+def tokenize_corpus(annotated_dir, tokenizer: str, annotated: bool, seq_len: int, out_dir, seed: int = 0,
+                    annotation_dropout: float = 0.0, num_proc: int = 1) -> dict:  # fmt: skip
+    """Pack the documents `anchorlm annotate` wrote into `out_dir`, shard by shard when the
+    annotation was sharded; `tokenizer` is a tokenizer dir or any model spec. Returns the manifest."""
+    if (Path(annotated_dir) / "shards").is_dir():
+        return pack_shards(annotated_dir, str(tokenizer), annotated, seq_len, out_dir, seed, num_proc,
+                           annotation_dropout)  # fmt: skip
+    from anchorlm.annotate import iter_annotated
+    from anchorlm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer)
+    return pack(iter_annotated(annotated_dir), tok, annotated, seq_len, out_dir, seed, annotation_dropout)
 
 
 def pack(
@@ -66,3 +85,89 @@ def pack(
             "annotations_dropped": n_dropped,
         },
     )
+
+
+def pack_shards(
+    annotated_dir,
+    tokenizer_path: str,
+    annotated: bool,
+    seq_len: int,
+    out_dir,
+    seed: int,
+    num_proc: int,
+    annotation_dropout: float = 0.0,
+):
+    """Pack each annotated shard into its own blocks dataset (resumably); returns the manifest."""
+    from anchorlm.manifest import write_manifest
+
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    files = sorted((Path(annotated_dir) / "shards").glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"{annotated_dir} has no annotated shards (run `anchorlm annotate` first)")
+    jobs = [(str(f), tokenizer_path, annotated, seq_len, str(out), seed, annotation_dropout) for f in files]
+    counts = map_shards(_pack_one, jobs, num_proc, f"tokenize ({'annotated' if annotated else 'plain'})")
+    total = {k: sum(c[k] for c in counts) for k in ("documents", "tokens", "blocks", "annotation_tokens")}
+    return write_manifest(
+        out,
+        "tokenize",
+        {"annotated": annotated, "seq_len": seq_len, "seed": seed, "annotation_dropout": annotation_dropout},
+        {**total, "shards": len(files)},
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str):
+    """One tokenizer per process: loading it for every shard kept ~3.5 MB a shard alive."""
+    from anchorlm.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _pack_one(job) -> dict:
+    path, tok_path, annotated, seq_len, out, seed, dropout = job
+    name = shard_name(Path(path))
+    done = Path(out) / "shards" / f"{name}.done"
+    if done.exists():
+        return json.loads(done.read_text())
+
+    def docs():
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    m = pack(docs(), _tokenizer(tok_path), annotated, seq_len, Path(out) / "shards" / name, seed, dropout)
+    done.write_text(json.dumps(m["counts"]))
+    return m["counts"]
+
+
+class Blocks:
+    """Packed blocks from `blocks.npy`, memory-mapped: rows {"input_ids": [...]} as a `datasets`
+    dataset gives them, without needing `datasets` (a bare GPU machine may lack it)."""
+
+    def __init__(self, path: Path):
+        import numpy as np
+
+        self.array = np.load(path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.array[i].tolist()}
+
+
+def load_blocks(data_dir: str | Path):
+    """The training blocks of `anchorlm tokenize`: one file's (`blocks.npy`, or its `datasets`
+    copy), or every shard's, concatenated (memory-mapped: nothing is loaded into memory)."""
+    d = Path(data_dir)
+    if (d / "blocks.npy").exists():
+        return Blocks(d / "blocks.npy")
+    from datasets import concatenate_datasets, load_from_disk
+
+    if (d / "shards").is_dir():
+        parts = [load_from_disk(str(p)) for p in sorted((d / "shards").iterdir()) if p.is_dir()]
+        if not parts:
+            raise FileNotFoundError(f"{d}/shards holds no tokenised shards")
+        return concatenate_datasets(parts)
+    return load_from_disk(str(d))

@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from anchorlm.annotators import annotate_all, get_annotator
+from anchorlm.annotators import annotate_all, load_annotators
 from anchorlm.config import AnnotateConfig, CorpusConfig, SFTDataConfig, to_dict
 from anchorlm.data.corpus import read_corpus
 from anchorlm.manifest import write_manifest
@@ -131,10 +131,7 @@ def build_sft_data(
             f"no corpus documents of categories {cfg.categories} are at most "
             f"{cfg.max_response_chars} characters; change sft_data.categories"
         )
-    state = json.loads((Path(annotate_dir) / "state.json").read_text())["annotators"]
-    annotators = [get_annotator(n, annotate) for n in annotate.annotators]
-    for a in annotators:
-        a.load_state(state[a.name])
+    annotators = load_annotators(annotate, annotate_dir)
 
     picks = [pool[rng.randrange(len(pool))] for _ in range(cfg.n_examples)]
     items = [(d, d[corpus.text_field].strip()) for d in picks]

@@ -31,7 +31,7 @@ def trl_rows(tok, examples: list[dict], cfg: PosttrainConfig, form: str) -> list
     if form not in FORMS:
         raise ValueError(f"TRL form must be one of {FORMS}, not {form!r}")
     if form == "labels":
-        from anchorlm.train.posttrain import build_dataset
+        from anchorlm.data.examples import build_dataset
 
         return build_dataset(tok, examples, cfg)[0]
     rows = []

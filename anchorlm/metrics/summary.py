@@ -11,6 +11,9 @@ import math
 
 import numpy as np
 
+PAPER_METRICS = ("embedding_distance", "attribute_entropy")  # the paper's two diversity metrics
+SUMMARY_METRICS = (*PAPER_METRICS, "vendi")  # the metrics whose collapse and gap closed are reported
+
 
 def collapse_reduction(base: float, sft: float, aat: float) -> float:
     c_sft, c_aat = base - sft, base - aat

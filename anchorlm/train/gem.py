@@ -13,7 +13,7 @@ than under cross-entropy. With beta = 1 the gradient equals cross-entropy's.
 
 from __future__ import annotations
 
-IGNORE = -100
+from anchorlm.data.examples import IGNORE
 
 
 def gem_loss(logits, labels, beta: float = 0.7, num_items_in_batch=None):

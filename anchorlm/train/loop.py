@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from anchorlm.config import report_names
+from anchorlm.config import TrainConfig, report_names
 from anchorlm.io import lock_dir
 
 
@@ -26,79 +26,75 @@ def train(
     dataset,
     collator,
     out_dir: str | Path,
-    *,
+    cfg: TrainConfig,
     max_steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    warmup_ratio: float = 0.0,
-    weight_decay: float = 0.0,
-    save_steps: int = 100,
-    logging_steps: int = 10,
-    report_to: str = "none",
     callbacks=(),
     compute_loss_func=None,
-    precision: str = "auto",
-    lora=None,
 ) -> dict:
-    """Train (or resume) to `max_steps`; save to `out_dir`. Returns the first and final logged loss
-    and the precision that ran (`precision` resolved for this machine: bf16 is mixed precision,
-    float32 master weights under bf16 autocast). With `lora` (a LoRAConfig of rank > 0) only
-    adapters and the anchor tokens' rows train; the merged model is saved."""
-
+    """Train (or resume) to `max_steps` as `cfg` says; save to `out_dir`. Returns the first and final
+    logged loss, the processes and distributed type, the precision that ran (bf16 is mixed
+    precision: float32 master weights under bf16 autocast) and the trainable parameters (with LoRA,
+    only adapters and the anchor tokens' rows train; the merged model is saved)."""
     out = Path(out_dir)
     # one run per output directory (in several processes, the main one holds it for all)
     with lock_dir(out) if is_main_process() else contextlib.nullcontext():
-        return _train(model, tokenizer, dataset, collator, out, max_steps=max_steps, batch_size=batch_size,
-                      lr=lr, seed=seed, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-                      save_steps=save_steps, logging_steps=logging_steps, report_to=report_to,
-                      callbacks=callbacks, compute_loss_func=compute_loss_func, precision=precision,
-                      lora=lora)  # fmt: skip
+        return _train(model, tokenizer, dataset, collator, out, cfg, max_steps, callbacks, compute_loss_func)
 
 
-def _train(model, tokenizer, dataset, collator, out: Path, *, max_steps, batch_size, lr, seed, warmup_ratio,
-           weight_decay, save_steps, logging_steps, report_to, callbacks, compute_loss_func, precision,
-           lora) -> dict:  # fmt: skip
-    from transformers import Trainer, TrainingArguments
+def training_arguments(cfg: TrainConfig, out: Path, max_steps: int):
+    """The one translation of a stage's TrainConfig into the Trainer's arguments."""
+    from transformers import TrainingArguments
 
     from anchorlm.precision import resolve
 
-    ckpt = out / "checkpoints"
-    if lora is not None and lora.rank:
-        from anchorlm.train.lora import apply_lora
-
-        model = apply_lora(model, tokenizer, lora.rank, lora.alpha, lora.dropout, lora.targets)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     world = world_size()
-    if batch_size % world:
+    if cfg.batch_size % world:
         raise ValueError(
-            f"batch_size {batch_size} is the global batch; it must divide over {world} processes"
+            f"batch_size {cfg.batch_size} is the global batch; it must divide over {world} processes"
         )
-    args = TrainingArguments(
-        output_dir=str(ckpt),
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
         max_steps=max_steps,
-        per_device_train_batch_size=batch_size // world,  # the same global batch in any number of processes
-        learning_rate=lr,
+        per_device_train_batch_size=cfg.batch_size
+        // world,  # the same global batch in any number of processes
+        learning_rate=cfg.lr,
         lr_scheduler_type="cosine",
-        warmup_steps=int(warmup_ratio * max_steps),
-        weight_decay=weight_decay,
+        warmup_steps=int(cfg.warmup_ratio * max_steps),
+        weight_decay=cfg.weight_decay,
         adam_beta2=0.95,
         max_grad_norm=1.0,
-        save_steps=save_steps,
+        save_steps=cfg.save_steps or max(max_steps // 4, 10),
         save_total_limit=2,
-        logging_steps=logging_steps,
-        seed=seed,
-        data_seed=seed,
-        report_to=report_names(report_to),
+        logging_steps=cfg.logging_steps or max(max_steps // 10, 1),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=report_names(cfg.report_to),
         run_name=out.resolve().name,
         dataloader_num_workers=0,
         save_only_model=False,
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
-        bf16=resolve(precision) == "bf16",  # autocast; the weights and checkpoints stay float32
+        bf16=resolve(cfg.precision) == "bf16",  # autocast; the weights and checkpoints stay float32
     )
-    with _logging_env(out, report_names(report_to)):  # the loggers read it when the Trainer is made
+
+
+def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max_steps: int, callbacks,
+           compute_loss_func) -> dict:  # fmt: skip
+    from transformers import Trainer
+
+    from anchorlm.precision import resolve
+
+    if cfg.lora.rank:
+        from anchorlm.train.lora import apply_lora
+
+        model = apply_lora(
+            model, tokenizer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets
+        )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    args = training_arguments(cfg, out, max_steps)
+    ckpt = out / "checkpoints"
+    with _logging_env(out, report_names(cfg.report_to)):  # the loggers read it when the Trainer is made
         trainer = Trainer(
             model=model,
             args=args,
@@ -111,7 +107,7 @@ def _train(model, tokenizer, dataset, collator, out: Path, *, max_steps, batch_s
         if last:
             print(f"resuming from {last}", flush=True)
         trainer.train(resume_from_checkpoint=last)
-    if lora is not None and lora.rank:
+    if cfg.lora.rank:
         from anchorlm.train.lora import merged
 
         final = merged(trainer.model)
@@ -127,9 +123,9 @@ def _train(model, tokenizer, dataset, collator, out: Path, *, max_steps, batch_s
     return {
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
-        "processes": world,
+        "processes": world_size(),
         "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU/MULTI_GPU (DDP), FSDP, DEEPSPEED
-        "precision": resolve(precision),
+        "precision": resolve(cfg.precision),
         "trainable_params": trainable,
     }
 

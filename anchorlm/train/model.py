@@ -9,9 +9,11 @@ def build_model(cfg: ModelConfig, tokenizer, init_from: str = "", add_tokens: bo
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if init_from:
-        from anchorlm.models import load_lm
+        from anchorlm.models import load_model
 
-        model, tok = load_lm(init_from, add_tokens=add_tokens)  # a dir, GGUF file, 'smollm2' or hub id
+        model, tok = load_model(
+            init_from, tokens="annotations" if add_tokens else "turns"
+        )  # a dir, GGUF file, 'smollm2' or hub id
         if tok.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 f"pretrain.init_from={init_from!r} has another vocabulary than the tokenizer the data "

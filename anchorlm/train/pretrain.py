@@ -37,7 +37,7 @@ def pretrain(
         raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
     from transformers import set_seed
 
-    from anchorlm.data.shards import load_blocks
+    from anchorlm.data.pack import load_blocks
     from anchorlm.tokenizer import load_tokenizer
     from anchorlm.train.loop import train
     from anchorlm.train.model import build_model, non_embedding_params
@@ -55,25 +55,7 @@ def pretrain(
     set_seed(cfg.seed)
     model = build_model(cfg.model, tok, cfg.init_from, add_tokens=annotated)
     steps = cfg.token_budget // (cfg.batch_size * cfg.seq_len)
-    losses = train(
-        model,
-        tok,
-        ds,
-        collate_blocks,
-        out_dir,
-        max_steps=steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        save_steps=cfg.save_steps,
-        logging_steps=cfg.logging_steps,
-        report_to=cfg.report_to,
-        callbacks=callbacks,
-        precision=cfg.precision,
-        lora=cfg.lora,
-    )
+    losses = train(model, tok, ds, collate_blocks, out_dir, cfg, steps, callbacks)
     return write_manifest(
         out_dir,
         "pretrain",
