@@ -202,6 +202,11 @@ class TrainConfig:
     batch_size: int = f(
         16, "sequences (or examples) per step, over all processes (each takes batch_size / processes)", min=1
     )
+    grad_accum: int = f(
+        1,
+        "micro-batches per step: each process computes batch_size / (processes x grad_accum) at a time",
+        min=1,
+    )
     lr: float = f(3e-3, "peak learning rate (cosine schedule)", above=0)
     warmup_ratio: float = f(0.05, "fraction of steps for linear warm-up", min=0, max=0.99)
     weight_decay: float = f(0.1, "AdamW weight decay", min=0)

@@ -84,6 +84,24 @@ REGISTRY = {
             sample={"guidance_scale": 1.5},
             model="aat",
         ),
+        Variant(
+            "aat_dropout",
+            "AAT on annotated pretraining with 30% of the annotations dropped",
+            "annotated",
+            ANCHORED,
+            True,
+            pretrain={"annotation_dropout": 0.3},
+        ),
+        Variant(
+            "aat_dropout_guided",
+            "AAT with annotation dropout + anchor guidance (g = 1.5)",
+            "annotated",
+            ANCHORED,
+            True,
+            sample={"guidance_scale": 1.5},
+            pretrain={"annotation_dropout": 0.3},
+            model="aat_dropout",
+        ),
     )
 }
 SUMMARY_TRIO = ("base", "sft", "aat")  # the variants the paper's summary figures compare

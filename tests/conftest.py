@@ -25,25 +25,47 @@ def _seed():
     torch.manual_seed(0)
 
 
+def install_wheel(dest: Path) -> dict:
+    """Build anchorlm's wheel from this tree and install it (without its dependencies, which .venv
+    has) into `dest`; returns the environment that runs the installed copy, as `pip install .`
+    would give it: shipped recipes and the corpus must come from the package, not the repository."""
+    dist, site = dest / "dist", dest / "site"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)], check=True
+    )
+    wheel = next(dist.glob("anchorlm-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """The whole pipeline on the shipped smoke recipe, through the CLI as a user runs it, killed once.
+    """The whole pipeline on the shipped smoke recipe, through the CLI of anchorlm installed from its
+    wheel and run from another directory, as a user who ran `pip install .` runs it; killed once.
 
     The first run is killed with SIGKILL as soon as plain pretraining has written a checkpoint; the
     second run must finish the job from there. `killed_at.txt` records the checkpoint.
     """
-    out = tmp_path_factory.mktemp("smoke")
-    cmd = [
-        sys.executable,
-        "-m",
-        "anchorlm.cli",
-        "demo",
-        "--config",
-        str(ROOT / "anchorlm/the shipped smoke recipe"),
-        "--out",
-        str(out),
-    ]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = tmp_path_factory.mktemp("smoke")
+    env = install_wheel(base)
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir()
+    out = base / "run"
+    (base / "installed.txt").write_text(
+        subprocess.run(
+            [sys.executable, "-c", "import anchorlm; print(anchorlm.__file__)"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout  # fmt: skip
+    )
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "smoke", "--out", str(out)]
+    first = subprocess.Popen(
+        cmd, cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpts = out / "models" / "base" / "checkpoints"
     deadline = time.monotonic() + 600
     while first.poll() is None and time.monotonic() < deadline:
@@ -54,9 +76,10 @@ def smoke_run(tmp_path_factory) -> Path:
             break
         time.sleep(0.2)
     first.wait()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "stdout.txt").write_text(proc.stdout)
+    (out / "installed.txt").write_text((base / "installed.txt").read_text())
     return out
 
 

@@ -79,3 +79,38 @@ def test_replay_rows_are_plain_text_with_full_loss(tiny_tokenizer):
     assert rows == replay_rows(tiny_tokenizer, ["a first document " * 20, "another one"], 6, cfg)
     with pytest.raises(ValueError, match="replay"):
         replay_rows(tiny_tokenizer, [], 2, cfg)
+
+
+def test_anchored_replay_rows_follow_the_method_masking(tiny_tokenizer):
+    """Anchored replay: an SFT instruction, the chunk's annotation (masked) and its text (in the
+    loss); with method sft the same rows without the annotation: the control."""
+    from anchorlm.data.examples import anchored_replay_rows
+
+    chunks = [{"text": "Stars burn hydrogen.", "tags": ["topic:science", "keyword:stars"]}]
+    for method, ann in (("anchored", True), ("sft", False)):
+        cfg = PosttrainConfig(method=method, anchored_replay=1.0)
+        rows = anchored_replay_rows(tiny_tokenizer, chunks, ["Tell me something."], 3, cfg)
+        assert len(rows) == 3
+        text = tiny_tokenizer.decode(rows[0]["input_ids"])
+        assert text.startswith(F.USER + "Tell me something." + F.ASSISTANT)
+        assert (F.render_annotation(chunks[0]["tags"]) in text) == ann
+        assert _loss_text(tiny_tokenizer, rows[0]) == "Stars burn hydrogen." + F.EOS
+
+
+def test_annotation_dropout_leaves_that_share_of_chunks_unannotated(tiny_tokenizer, tmp_path):
+    import json
+
+    from datasets import load_from_disk
+
+    from anchorlm.data.pack import pack
+
+    docs = [{"chunks": [{"tags": ["topic:food"], "text": f"Soup number {i}."}]} for i in range(400)]
+    m = pack(docs, tiny_tokenizer, True, 16, tmp_path / "d", seed=3, annotation_dropout=0.3)
+    assert 90 <= m["counts"]["annotations_dropped"] <= 150  # Binomial(400, 0.3): mean 120, sd 9.2
+    opened = sum(load_from_disk(str(tmp_path / "d"))["input_ids"], []).count(
+        tiny_tokenizer.convert_tokens_to_ids(F.ANN_OPEN)
+    )
+    assert opened + m["counts"]["annotations_dropped"] <= 400  # the dropped ones are really gone
+    again = pack(docs, tiny_tokenizer, True, 16, tmp_path / "e", seed=3, annotation_dropout=0.3)
+    assert again["counts"] == m["counts"]  # seeded
+    assert json.loads((tmp_path / "d/manifest.json").read_text())["config"]["annotation_dropout"] == 0.3

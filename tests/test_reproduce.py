@@ -82,7 +82,7 @@ def test_results_hold_every_part(study):
 def test_stratified_sampling_uses_more_distinct_annotations(study):
     """Same model: stratified anchors repeat an annotation only when the pool (4x larger) holds no
     other, so they give at least as many distinct annotations per prompt as i.i.d. ones at T=1."""
-    from anchorlm.data.sft import read_jsonl
+    from anchorlm.io import read_jsonl
 
     d, _ = study
     # the recipe's AAT model (the entropy study's AAT models, other SFT sets, are sampled once)

@@ -1,8 +1,9 @@
 """The shared training loop: `transformers.Trainer` with resume-from-last-checkpoint.
 
 `batch_size` is the global batch: under `accelerate launch` (or torchrun) with N processes, each
-takes batch_size / N per step, so a run in N processes follows the single-process one (the same
-examples in each step, the loss averaged over the same tokens) up to floating-point order.
+takes batch_size / N per step (in `grad_accum` micro-batches), so a run in N processes follows the
+single-process one (the same examples in each step, the loss averaged over the same tokens); with
+the same micro-batches (one process accumulating N of them) it is the same computation.
 
 Checkpoints go to ``out_dir/checkpoints``; the final model and tokenizer to ``out_dir`` with
 `save_pretrained`, the loss log to ``out_dir/log_history.json``. A run killed mid-way resumes from
@@ -48,15 +49,17 @@ def training_arguments(cfg: TrainConfig, out: Path, max_steps: int):
     from anchorlm.precision import resolve
 
     world = world_size()
-    if cfg.batch_size % world:
+    if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(
-            f"batch_size {cfg.batch_size} is the global batch; it must divide over {world} processes"
+            f"batch_size {cfg.batch_size} is the global batch; it must divide over {world} processes "
+            f"x {cfg.grad_accum} micro-batches (grad_accum)"
         )
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         max_steps=max_steps,
-        per_device_train_batch_size=cfg.batch_size
-        // world,  # the same global batch in any number of processes
+        # the same global batch in any number of processes and micro-batches
+        per_device_train_batch_size=cfg.batch_size // (world * cfg.grad_accum),
+        gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
         lr_scheduler_type="cosine",
         warmup_steps=int(cfg.warmup_ratio * max_steps),
