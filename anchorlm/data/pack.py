@@ -142,32 +142,40 @@ def _pack_one(job) -> dict:
 
 
 class Blocks:
-    """Packed blocks from `blocks.npy`, memory-mapped: rows {"input_ids": [...]} as a `datasets`
-    dataset gives them, without needing `datasets` (a bare GPU machine may lack it)."""
+    """Packed blocks from `blocks.npy` files (one, or one per shard), memory-mapped: rows
+    {"input_ids": [...]} and the column ["input_ids"] as a `datasets` dataset gives them, without
+    needing `datasets` (a bare GPU machine may lack it)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, paths: list[Path]):
         import numpy as np
 
-        self.array = np.load(path, mmap_mode="r")
+        self.arrays = [np.load(p, mmap_mode="r") for p in paths]
+        self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
 
     def __len__(self) -> int:
-        return len(self.array)
+        return int(self.starts[-1])
 
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.array[i].tolist()}
+    def __getitem__(self, i):
+        import numpy as np
+
+        if i == "input_ids":
+            return [row.tolist() for a in self.arrays for row in a]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return {"input_ids": self.arrays[k][i - self.starts[k]].tolist()}
 
 
 def load_blocks(data_dir: str | Path):
-    """The training blocks of `anchorlm tokenize`: one file's (`blocks.npy`, or its `datasets`
-    copy), or every shard's, concatenated (memory-mapped: nothing is loaded into memory)."""
+    """The training blocks of `anchorlm tokenize`: one file's, or every shard's, concatenated
+    (memory-mapped `blocks.npy`, or the `datasets` copy where an older run wrote no array)."""
     d = Path(data_dir)
-    if (d / "blocks.npy").exists():
-        return Blocks(d / "blocks.npy")
+    shards = sorted(p for p in (d / "shards").iterdir() if p.is_dir()) if (d / "shards").is_dir() else [d]
+    if not shards:
+        raise FileNotFoundError(f"{d}/shards holds no tokenised shards")
+    if all((p / "blocks.npy").exists() for p in shards):
+        return Blocks([p / "blocks.npy" for p in shards])
     from datasets import concatenate_datasets, load_from_disk
 
-    if (d / "shards").is_dir():
-        parts = [load_from_disk(str(p)) for p in sorted((d / "shards").iterdir()) if p.is_dir()]
-        if not parts:
-            raise FileNotFoundError(f"{d}/shards holds no tokenised shards")
-        return concatenate_datasets(parts)
-    return load_from_disk(str(d))
+    parts = [load_from_disk(str(p)) for p in shards]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
