@@ -87,3 +87,28 @@ def test_temperature_zero_decodes_greedily(smoke_run):
             ref.append(nxt)
         assert o.response == ref[len(s) :]
         assert (o.stop is not None) == (len(o.response) < 10)
+
+
+def test_guidance_is_refused_where_it_cannot_run(tmp_path):
+    """vLLM gives no logits of a second, unconditional sequence per step; plain samples have no
+    annotation to guide by. Both are refused before any model is loaded."""
+    import pytest
+
+    with pytest.raises(ValueError, match="vLLM does not give"):
+        sample(
+            SampleConfig(backend="vllm", guidance_scale=1.5),
+            "no-such-model",
+            PROMPTS,
+            tmp_path / "x.jsonl",
+            True,
+        )
+    with pytest.raises(ValueError, match="needs anchored sampling"):
+        sample(SampleConfig(guidance_scale=1.5), "no-such-model", PROMPTS, tmp_path / "y.jsonl", False)
+    with pytest.raises(ValueError, match="appears more than once"):
+        sample(
+            SampleConfig(),
+            "no-such-model",
+            PROMPTS + [{"id": "0", "prompt": "again"}],
+            tmp_path / "z.jsonl",
+            False,
+        )
