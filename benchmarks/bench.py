@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench.py            # about 6 minutes on 2 CPU cores
 
 1. The machine's matrix-product peak (GFLOP/s) in fp32 and bf16, at the widths the models use.
-2. Training throughput (forward, backward, AdamW step) in fp32 and bf16, for the demo's model, the
+2. Training throughput (forward, backward, AdamW step) in fp32 and bf16, for the tiny demo model (tiny.yaml), the
    CPU study's largest model and SmolLM2-135M (full and LoRA), as tokens/s, effective GFLOP/s and
    the fraction of the same run's peak in that precision. On a machine without bf16 units, bf16
    SmolLM2 is timed at a small batch (its peak says why; `auto` picks fp32 there).
@@ -153,7 +153,7 @@ def _demo_data(tmp: Path):
     from anchorlm.tokenizer import train_tokenizer
 
     cfg = load_config(
-        ROOT / "anchorlm/configs/demo.yaml",
+        ROOT / "anchorlm/configs/tiny.yaml",
         [f"corpus.path={ROOT / 'anchorlm/corpus/corpus.jsonl.gz'}", "corpus.max_chars_per_category=20000"],
     )
     annotate_corpus(cfg.corpus, cfg.annotate, tmp / "ann")
@@ -174,7 +174,7 @@ def _training(tok, cfg, pk: dict, log) -> dict:
     study = load_reproduce_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
     tiny = {
-        "demo": cfg.pretrain.model,
+        "tiny": cfg.pretrain.model,
         f"study_{largest['name']}": ModelConfig(**{k: v for k, v in largest.items() if k != "name"}),
     }
     from anchorlm.precision import fast_bf16
@@ -243,7 +243,7 @@ def _annotated_over_plain(tok, data, cfg, log, steps: int = 20) -> float:
 
 
 def _sampling(tok, cfg, tmp: Path, n_prompts: int, log) -> dict:
-    """Costs of each way of sampling, on the demo's model shape (random weights: the annotation is
+    """Costs of each way of sampling, on the tiny demo model's shape (random weights: the annotation is
     never closed, so every anchored sample draws all its annotation tokens and the lengths are the
     same in every mode)."""
     from dataclasses import replace
