@@ -73,11 +73,41 @@ class Study:
         from anchorlm.pipeline import prepare
 
         t0 = time.time()
+        self._check_prepared()
         prepare(self.base, self.out)
         self.tokenizer = self.lm or str(self.out / "tokenizer")
         self.prompts = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
         self.focus = self.cfg.focus_size or max(self.sizes, key=lambda n: self.params(n)[1])
         self.timings["prepare"] += time.time() - t0
+
+    def _check_prepared(self) -> None:
+        """The shared data (annotation, tokenizer, blocks, SFT set) is made once per cell directory
+        and reused: refuse a recipe that would need it made differently."""
+        b = self.base
+        p = b.pretrain
+        made = {
+            "corpus": changes(b.corpus),
+            "annotate": changes(b.annotate),
+            "tokenizer": changes(b.tokenizer),
+            "sft_data": changes(b.sft_data),
+            "blocks": [p.init_from, p.seq_len, p.seed, p.annotation_dropout],
+        }
+        path = self.out / "prepared.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            diff = sorted(
+                k
+                for k in made
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(made[k], sort_keys=True)
+            )
+            if diff:
+                raise ValueError(
+                    f"{self.out} holds data prepared with another recipe ({', '.join(diff)} changed); "
+                    "use a new --out or delete that directory"
+                )
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(path, made)
 
     def params(self, size: str) -> tuple[int, int]:
         """(non-embedding, all) parameters of a size, with this study's tokenizer."""
