@@ -90,7 +90,7 @@ class Scorer:
 
         self.cfg, self.sft = cfg, sft
         self.embedder = load_embedder(cfg.embedder)
-        self.clf = AttributeClassifier(self.embed, cfg.seed)
+        self.clf = AttributeClassifier(self.embed_cached, cfg.seed)
         self.clf_info = self.clf.fit(corpus, cfg.classifier_docs_per_category)
         from anchorlm.precision import dtype
 
@@ -99,6 +99,32 @@ class Scorer:
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
+
+    def embed_cached(self, texts: list[str]) -> np.ndarray:
+        """`embed`, kept in the cache under a hash of the embedder, the library versions and the
+        texts in order (so the same batches, the same bits): the classifier's corpus documents are
+        the same in every evaluation of a corpus, and embedding them is most of evaluation's time on
+        a CPU. A cache that cannot be read or written is skipped."""
+        import hashlib
+
+        from anchorlm.io import atomic
+        from anchorlm.models import cache_dir, minilm_dir
+
+        name = self.cfg.embedder
+        ident = [name, str(minilm_dir()) if name == "minilm" else name, versions(), texts]
+        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+        path = cache_dir() / "embeddings" / f"{key}.npy"
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            pass
+        emb = self.embed(texts)
+        try:
+            with atomic(path, "wb") as fh:
+                np.save(fh, emb)
+        except OSError:
+            pass
+        return emb
 
     def score(self, rows: list[dict]) -> tuple[dict, dict]:
         """(figures, per-prompt arrays of each diversity metric, averaged over sampling seeds)."""
@@ -130,6 +156,7 @@ class Scorer:
             "n_samples": len(rows),
             "n_prompts": len(pids),
             "label_counts": dict(Counter(labels).most_common()),
+            "examples": examples(rows),
         }
         if "annotation_ok" in rows[0]:
             quality["annotation_wellformed"] = float(np.mean([r["annotation_ok"] for r in rows]))
@@ -142,6 +169,19 @@ class Scorer:
             self.embed([_for_diversity(r["response"], self.cfg, self.sft) for r in rows])
         )
         return forced_plan(rows, labels, self.sft.categories, self.clf_info["per_category_accuracy"])
+
+
+def examples(rows: list[dict], k: int = 3) -> list[dict]:
+    """A few samples to show beside the numbers: the first sample of the first `k` prompts."""
+    seen, out = set(), []
+    for r in rows:
+        if r["prompt_id"] in seen:
+            continue
+        seen.add(r["prompt_id"])
+        out.append({key: r[key] for key in ("prompt", "annotation_raw", "response") if key in r})
+        if len(out) == k:
+            break
+    return out
 
 
 def _topic(tags) -> str | None:

@@ -83,11 +83,20 @@ def _load(cls, path: str, gguf: str):
 TOKENS = ("annotations", "turns", "none")
 
 
-def _published(name: str, gguf_file: str, with_model: bool):
+def _published(name: str, gguf_file: str, with_model: bool, cached: bool = True):
+    """A GGUF model is read from its dequantised copy in the cache (`hf_dir`): parsing the GGUF
+    takes about a minute a load on 2 CPU cores, the copy a second or two, and the two give the same
+    weights and token ids (tests/test_hf_models.py). Where the cache cannot be written, the GGUF
+    is read directly."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf = resolve_lm(name, gguf_file)
     _offline_if_local(path)
+    if gguf and cached:
+        try:
+            path, gguf = hf_dir(path, gguf), ""
+        except OSError:
+            pass  # a read-only or full cache: read the GGUF itself
     model = None
     if with_model:
         model = _load(AutoModelForCausalLM, path, gguf).eval()
@@ -142,7 +151,7 @@ def hf_dir(name: str, gguf_file: str = "") -> str:
     key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     out = cache_dir() / "gguf" / f"{src.stem}-{key}"
     if not (out / "config.json").exists():
-        model, tok = load_model(str(src), tokens="none")
+        model, tok = _published(str(src), "", with_model=True, cached=False)
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         try:
             model.save_pretrained(tmp)

@@ -93,6 +93,23 @@ ANCHORING_NOTE = (
 )
 
 
+def samples_section(results: dict) -> list[str]:
+    """What the numbers measure: the first sample of the first prompts, per variant (the
+    annotation the model wrote, then its response)."""
+    shown = {n: v["examples"] for n, v in results["variants"].items() if v.get("examples")}
+    if not shown:
+        return []
+    md = ["## What the samples look like", "", "The first sample of the first held-out prompts, per variant.", ""]
+    for n, exs in shown.items():
+        md += [f"**{n}**:", ""]
+        for e in exs:
+            ann = f"`{e['annotation_raw']}` " if e.get("annotation_raw") else ""
+            text = " ".join(e["response"].split())[:300]
+            md.append(f"- *{e['prompt']}* → {ann}{text or '(empty)'}")
+        md.append("")
+    return md
+
+
 def anchoring_plot(results: dict, path: Path) -> list[str]:
     """Bars of free-plan agreement and forced-plan accuracy per anchored variant, the classifier's
     ceiling as a line; written to `path` when any variant has forced-plan figures."""
@@ -217,6 +234,7 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
     anchored = anchoring_table(results)
     if anchored:
         md += ["## Anchor fidelity", "", anchored, "", ANCHORING_NOTE, ""]
+    md += samples_section(results)
     md += [f"![{p}]({p})" for p in pngs]
     with atomic(out / "report.md") as fh:
         fh.write("\n".join(md) + "\n")

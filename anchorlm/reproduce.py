@@ -266,7 +266,6 @@ class Study:
                     return
                 figures, per_prompt = self.scorer().score(rows)
                 figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
-                figures["examples"] = _examples(rows)
                 write_json(path, figures)
 
             self._run("evaluate", str(samples.relative_to(self.out)), score)
@@ -354,19 +353,6 @@ def cells(st: Study, cfg: ReproduceConfig):
                 for s in cfg.frontier_seeds
             ],
         )
-
-
-def _examples(rows: list[dict], k: int = 3) -> list[dict]:
-    """A few samples to show beside the numbers: the first sample of the first `k` prompts."""
-    seen, out = set(), []
-    for r in rows:
-        if r["prompt_id"] in seen:
-            continue
-        seen.add(r["prompt_id"])
-        out.append({key: r[key] for key in ("prompt", "annotation_raw", "response") if key in r})
-        if len(out) == k:
-            break
-    return out
 
 
 # ---- aggregation ---------------------------------------------------------------------------------

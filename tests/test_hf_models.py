@@ -184,10 +184,17 @@ def test_hf_dir_dequantises_a_gguf_once_into_a_model_directory(tmp_path, monkeyp
     monkeypatch.setenv("ANCHORLM_CACHE", str(tmp_path))
     d = hf_dir("smollm2")
     assert d.startswith(str(tmp_path)) and not list(tmp_path.glob("gguf/*.tmp*"))
-    ref, ref_tok = load_model("smollm2", tokens="none")
-    got, got_tok = load_model(d, tokens="none")
+    from anchorlm.models import _published
+
+    # the GGUF read directly (what every load did before the cache), against the cached copy that
+    # load_model now reads: the same token ids, chat template and logits, bit for bit
+    ref, ref_tok = _published("smollm2", "", with_model=True, cached=False)
+    got, got_tok = load_model("smollm2", tokens="none")
+    assert got.name_or_path == d and ref_tok.chat_template == got_tok.chat_template
+    for text in ("Name three rivers.", "topic:food <|ann|> naïve 日本語 \n\n  x"):
+        assert encode_prompt(got_tok, text) == encode_prompt(ref_tok, text)
+        assert got_tok(text)["input_ids"] == ref_tok(text)["input_ids"]
     ids = torch.tensor([encode_prompt(got_tok, "Name three rivers.")])
-    assert ids.tolist() == [encode_prompt(ref_tok, "Name three rivers.")]
     with torch.no_grad():
         assert torch.equal(got(ids).logits, ref(ids).logits)
     stamp = (Path(d) / "model.safetensors").stat().st_mtime_ns

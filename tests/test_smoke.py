@@ -56,6 +56,20 @@ def test_report_files_and_printed_table(smoke_run):
     assert "| sft |" in (smoke_run / "stdout.txt").read_text()
 
 
+def test_report_shows_sample_texts_beside_the_table(smoke_run):
+    """The report quotes each variant's first sample of the first prompt, annotation and all, as
+    the samples file holds it, so a reader sees what the numbers measure."""
+    md = (smoke_run / "report.md").read_text()
+    assert "## What the samples look like" in md
+    for variant in ("base", "sft", "aat"):
+        first = read_jsonl(smoke_run / f"samples/{variant}.jsonl")[0]
+        assert f"**{variant}**:" in md
+        line = f"- *{first['prompt']}* → "
+        if first.get("annotation_raw"):
+            line += f"`{first['annotation_raw']}` "
+        assert line + " ".join(first["response"].split())[:300] in md
+
+
 def test_post_training_taught_the_style(smoke_run):
     r = json.loads((smoke_run / "results.json").read_text())["variants"]
     assert r["base"]["quality"]["style_adherence"] == 0.0
