@@ -60,6 +60,7 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # about a minute, most of it `transformers serve` starting: run with -m slow
 def test_openai_client_annotates_concurrently_against_transformers_serve(server):
     url, model = server
     cfg = LLMAnnotatorConfig(
