@@ -101,13 +101,18 @@ def samples_section(results: dict) -> list[str]:
         return []
     md = ["## What the samples look like", "", "The first sample of the first held-out prompts, per variant.", ""]
     for n, exs in shown.items():
-        md += [f"**{n}**:", ""]
-        for e in exs:
-            ann = f"`{e['annotation_raw']}` " if e.get("annotation_raw") else ""
-            text = " ".join(e["response"].split())[:300]
-            md.append(f"- *{e['prompt']}* → {ann}{text or '(empty)'}")
-        md.append("")
+        md += [f"**{n}**:", "", *example_lines(exs), ""]
     return md
+
+
+def example_lines(examples: list[dict]) -> list[str]:
+    """One Markdown line per sample: the prompt, the annotation the model wrote, its response."""
+    lines = []
+    for e in examples:
+        ann = f"`{e['annotation_raw']}` " if e.get("annotation_raw") else ""
+        text = " ".join(e["response"].split())[:300]
+        lines.append(f"- *{e['prompt']}* → {ann}{text or '(empty)'}")
+    return lines
 
 
 def anchoring_plot(results: dict, path: Path) -> list[str]:

@@ -8,7 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-from anchorlm.report import ANCHORING_NOTE, _ci, _fmt, anchoring_table, table
+from anchorlm.report import ANCHORING_NOTE, _ci, _fmt, anchoring_table, example_lines, table
 
 
 def _device() -> str:
@@ -120,12 +120,7 @@ def render(res: dict, device: str, prefix: str = "") -> str:
     L += ["", "### What the samples look like", ""]
     L += ["The first sample of the first three held-out prompts (seed 0), per variant.", ""]
     for v, f in ab["variants"].items():
-        L += [f"**{v}** ({labels.get(v, v)}):", ""]
-        for e in f.get("examples", []):
-            ann = f"`{e['annotation_raw']}` " if e.get("annotation_raw") else ""
-            text = " ".join(e["response"].split())[:300]
-            L.append(f"- *{e['prompt']}* → {ann}{text or '(empty)'}")
-        L.append("")
+        L += [f"**{v}** ({labels.get(v, v)}):", "", *example_lines(f.get("examples", [])), ""]
 
     if "entropy_study" in res:
         es = res["entropy_study"]
