@@ -3,7 +3,8 @@
 Per prompt (averaged over sampling seeds): mean pairwise cosine distance of MiniLM embeddings,
 Vendi score, attribute entropy (entropy of the corpus-category labels the attribute classifier
 gives the samples), distinct-1/2. Per sample: style adherence (the SFT style's opener and closer)
-and fluency NLL under the reference LM. With variants base, sft and aat present, `summary` holds
+and fluency NLL under the reference LM; the share of responses that ended before the token cap
+(`finished`) and the style adherence among those (a cut response cannot end with the closer). With variants base, sft and aat present, `summary` holds
 collapse, collapse reduction and gap closed, each with a bootstrap CI over prompts.
 """
 
@@ -145,7 +146,7 @@ class Scorer:
         pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
         nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
         quality = {
-            "style_adherence": float(np.mean([follows_style(sft, t) for t in shown])),
+            **style_figures(sft, rows),
             "fluency_nll": mean_finite(nll),
             "fluency_scored": len(pick),
             "empty_responses": float(np.mean([not t.strip() for t in texts])),
@@ -169,6 +170,22 @@ class Scorer:
             self.embed([_for_diversity(r["response"], self.cfg, self.sft) for r in rows])
         )
         return forced_plan(rows, labels, self.sft.categories, self.clf_info["per_category_accuracy"])
+
+
+def style_figures(sft, rows: list[dict]) -> dict:
+    """Style adherence of the responses; where the sampler recorded whether each response ended on
+    its own (`finished`), that share and the adherence among the finished ones: a response cut at
+    max_new_tokens cannot end with the closer, so a variant that writes longer loses adherence to
+    the cap, not to its style."""
+    styled = [follows_style(sft, r["response"]) for r in rows]
+    out = {"style_adherence": float(np.mean(styled))}
+    if all("finished" in r for r in rows):
+        done = [bool(r["finished"]) for r in rows]
+        out["finished"] = float(np.mean(done))
+        out["style_adherence_finished"] = (
+            float(np.mean([s for s, d in zip(styled, done) if d])) if any(done) else None
+        )
+    return out
 
 
 def examples(rows: list[dict], k: int = 3) -> list[dict]:
