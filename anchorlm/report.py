@@ -19,7 +19,7 @@ COLUMNS = [
 ]
 
 
-def _fmt(x) -> str:
+def fmt(x) -> str:
     if x is None:
         return "–"
     if isinstance(x, float) and not math.isfinite(x):
@@ -27,8 +27,8 @@ def _fmt(x) -> str:
     return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
-def _ci(s: dict, key: str) -> str:
-    return f" [{_fmt(s[key][0])}, {_fmt(s[key][1])}]" if s.get(key) else ""
+def fmt_ci(s: dict, key: str) -> str:
+    return f" [{fmt(s[key][0])}, {fmt(s[key][1])}]" if s.get(key) else ""
 
 
 def check_results(results, where: str) -> None:
@@ -47,7 +47,7 @@ def table(results: dict) -> str:
     """The Markdown table of variants, then the summary figures."""
     lines = ["| variant | " + " | ".join(c[2] for c in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
     for name, v in results["variants"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(v[sec].get(key)) for sec, key, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(v[sec].get(key)) for sec, key, _ in COLUMNS) + " |")
     if "summary" in results:
         lines += [
             "",
@@ -56,10 +56,10 @@ def table(results: dict) -> str:
         ]
         for m, s in results["summary"].items():
             lines.append(
-                f"| {m} | {_fmt(s['collapse']['sft'])}{_ci(s.get('collapse_ci95', {}), 'sft')} | "
-                f"{_fmt(s['collapse']['aat'])}{_ci(s.get('collapse_ci95', {}), 'aat')} | "
-                f"{_fmt(s['collapse_reduction'])}{_ci(s, 'collapse_reduction_ci95')} | "
-                f"{_fmt(s['gap_closed'])}{_ci(s, 'gap_closed_ci95')} |"
+                f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}), 'sft')} | "
+                f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}), 'aat')} | "
+                f"{fmt(s['collapse_reduction'])}{fmt_ci(s, 'collapse_reduction_ci95')} | "
+                f"{fmt(s['gap_closed'])}{fmt_ci(s, 'gap_closed_ci95')} |"
             )
     return "\n".join(lines)
 
@@ -75,10 +75,10 @@ def anchoring_table(results: dict) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for n, a in rows.items():
-        ceiling = f"{_fmt(a.get('classifier_accuracy_sft'))} / {_fmt(a.get('classifier_accuracy_other'))}"
+        ceiling = f"{fmt(a.get('classifier_accuracy_sft'))} / {fmt(a.get('classifier_accuracy_other'))}"
         lines.append(
-            f"| {n} | {_fmt(a.get('plan_entropy'))} | {_fmt(a.get('free_agreement'))} | "
-            f"{_fmt(a.get('forced_sft'))} | {_fmt(a.get('forced_other'))} | "
+            f"| {n} | {fmt(a.get('plan_entropy'))} | {fmt(a.get('free_agreement'))} | "
+            f"{fmt(a.get('forced_sft'))} | {fmt(a.get('forced_other'))} | "
             f"{ceiling if 'forced_sft' in a else '–'} |"
         )
     return "\n".join(lines)
@@ -99,7 +99,12 @@ def samples_section(results: dict) -> list[str]:
     shown = {n: v["examples"] for n, v in results["variants"].items() if v.get("examples")}
     if not shown:
         return []
-    md = ["## What the samples look like", "", "The first sample of the first held-out prompts, per variant.", ""]
+    md = [
+        "## What the samples look like",
+        "",
+        "The first sample of the first held-out prompts, per variant.",
+        "",
+    ]
     for n, exs in shown.items():
         md += [f"**{n}**:", "", *example_lines(exs), ""]
     return md
@@ -233,7 +238,7 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
         "",
         "Diversity is measured per prompt over its samples and averaged over prompts; CIs resample prompts.",
         f"Attribute classifier: {c.get('classes')} corpus categories, held-out accuracy "
-        f"{_fmt(c.get('heldout_accuracy'))} (chance {_fmt(c.get('chance'))}).",
+        f"{fmt(c.get('heldout_accuracy'))} (chance {fmt(c.get('chance'))}).",
         "",
     ]
     anchored = anchoring_table(results)

@@ -35,6 +35,19 @@ from anchorlm.io import lock_dir, write_json
 from anchorlm.manifest import is_done, versions
 from anchorlm.metrics.diversity import entropy
 from anchorlm.metrics.summary import PAPER_METRICS, SUMMARY_METRICS, summarize
+from anchorlm.results import (
+    Ablations,
+    Bar,
+    Compute,
+    EntropyPoint,
+    EntropyStudy,
+    Figures,
+    Frontier,
+    MetricSummary,
+    SizeResult,
+    StudyResults,
+    VariantEntropy,
+)
 from anchorlm.variants import Variant, custom
 
 
@@ -356,25 +369,31 @@ def cells(st: Study, cfg: ReproduceConfig):
 
 
 # ---- aggregation ---------------------------------------------------------------------------------
-def _mean_figures(runs: list[dict]) -> dict:
-    """The mean over seeds of each diversity, quality and anchoring figure (the demo's form)."""
-    out: dict = {"diversity": {}, "quality": {}, "n_samples": sum(r["n_samples"] for r in runs)}
-    parts = ("diversity", "quality", "anchoring") if "anchoring" in runs[0] else ("diversity", "quality")
-    for part in parts:
-        out[part] = {}
+def _mean_figures(runs: list[dict]) -> Figures:
+    """The mean over seeds of each diversity, quality and anchoring figure (a cell's scores are
+    `Scorer.score`'s dict; per-topic figures are those of the first seed)."""
+
+    def mean(part: str) -> dict:
+        out = {}
         for k, first in runs[0][part].items():
-            if isinstance(first, dict):  # per-topic figures: those of the first seed
-                out[part][k] = first
-                continue
             vals = [r[part][k] for r in runs if r[part].get(k) is not None]
-            out[part][k] = float(np.mean(vals)) if vals else None
-    out["n_prompts"] = runs[0]["n_prompts"]
-    out["n_seeds"] = len(runs)
-    out["examples"] = runs[0].get("examples", [])
-    return out
+            out[k] = first if isinstance(first, dict) else float(np.mean(vals)) if vals else None
+        return out
+
+    return Figures(
+        diversity=mean("diversity"),
+        quality=mean("quality"),
+        n_samples=sum(r["n_samples"] for r in runs),
+        n_prompts=runs[0]["n_prompts"],
+        n_seeds=len(runs),
+        anchoring=mean("anchoring") if "anchoring" in runs[0] else None,
+        examples=runs[0].get("examples", []),
+    )
 
 
-def _summary(runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aat") -> dict:
+def _summary(
+    runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aat"
+) -> dict[str, MetricSummary]:
     """Collapse, gap closed, collapse reduction of `aat` (any variant) against base and sft, pooled
     over seeds, with CIs resampling seeds and prompts."""
     out = {}
@@ -383,21 +402,21 @@ def _summary(runs: dict[str, list[dict]], n_boot: int, seed: int, aat: str = "aa
             v: np.array([r["per_prompt"][m] for r in runs[src]])
             for v, src in (("base", "base"), ("sft", "sft"), ("aat", aat))
         }
-        out[m] = summarize(arr, n_boot, seed)
-        out[m]["per_seed_gap_closed"] = [
+        per_seed = [
             summarize({v: a[i] for v, a in arr.items()}, 0)["gap_closed"] for i in range(len(arr["base"]))
         ]
+        out[m] = MetricSummary(**summarize(arr, n_boot, seed), per_seed_gap_closed=per_seed)
     return out
 
 
-def run_reproduce(cfg: ReproduceConfig) -> dict:
+def run_reproduce(cfg: ReproduceConfig) -> StudyResults:
     """Run (or finish) the study; write the results JSON, Markdown and plots into docs_dir."""
 
     with lock_dir(cfg.out_dir):  # one study per cell directory at a time
         return _run_reproduce(cfg)
 
 
-def _run_reproduce(cfg: ReproduceConfig) -> dict:
+def _run_reproduce(cfg: ReproduceConfig) -> StudyResults:
     from anchorlm.reproduce_report import write_results
 
     t0 = time.time()
@@ -411,54 +430,50 @@ def _run_reproduce(cfg: ReproduceConfig) -> dict:
         if st.lm
         else f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)"
     )
-    res: dict = {
-        "title": cfg.title,
-        "rule": {"tokens_per_param": cfg.tokens_per_param, "text": rule},
-        "focus_size": st.focus,
-        "headline": head,
-        "labels": {n: v.label for n, v in st.variants.items()},
-        "sizes": {},
-    }
-
     # 1. scaling
+    sizes = {}
     for size in st.sizes:
         runs = {v: [st.variant(size, s, v) for s in cfg.seeds] for v in ("base", "sft", head)}
         non_emb, total = st.params(size)
-        res["sizes"][size] = {
-            "non_embedding_params": non_emb,
-            "params": total,
-            "pretrain_tokens": st.token_budget(size),
-            "model": st.lm or dataclasses.asdict(st.sizes[size]),
-            "seeds": list(cfg.seeds),
-            "variants": {v: _mean_figures(r) for v, r in runs.items()},
-            "summary": _summary(runs, ev.bootstrap, ev.seed, aat=head),
-        }
+        sizes[size] = SizeResult(
+            non_embedding_params=non_emb,
+            params=total,
+            pretrain_tokens=st.token_budget(size),
+            model=st.lm or dataclasses.asdict(st.sizes[size]),
+            seeds=list(cfg.seeds),
+            variants={v: _mean_figures(r) for v, r in runs.items()},
+            summary=_summary(runs, ev.bootstrap, ev.seed, aat=head),
+        )
 
     # 2. ablations, levers and anchor fidelity, at the focus size
     names = list(dict.fromkeys([*cfg.ablations, *(e["name"] for e in cfg.variants)]))
     runs = {v: [st.variant(st.focus, s, v, fidelity=True) for s in cfg.ablation_seeds] for v in names}
-    res["ablations"] = {
-        "size": st.focus,
-        "seeds": list(cfg.ablation_seeds),
-        "variants": {v: _mean_figures(r) for v, r in runs.items()},
-        "summary": {
+    ablations = Ablations(
+        size=st.focus,
+        seeds=list(cfg.ablation_seeds),
+        variants={v: _mean_figures(r) for v, r in runs.items()},
+        summary={
             v: _summary(runs, ev.bootstrap, ev.seed, aat=v)
             for v in names
             if v not in ("base", "sft") and {"base", "sft"} <= set(runs)
         },
-        "custom_variants": cfg.variants,
-        "forced_topics": list(cfg.base.sample.forced_topics),
-        "classifier": st.classifier_info(),
-    }
-    res["variants"] = res["ablations"][
-        "variants"
-    ]  # the focus size's figures, as `anchorlm evaluate` writes them
-    top = res["sizes"][max(st.sizes, key=lambda n: st.params(n)[0])]
-    res["summary"] = top["summary"]
+        custom_variants=cfg.variants,
+        forced_topics=list(cfg.base.sample.forced_topics),
+        classifier=st.classifier_info(),
+    )
+    res = StudyResults(
+        title=cfg.title,
+        rule={"tokens_per_param": cfg.tokens_per_param, "text": rule},
+        focus_size=st.focus,
+        headline=head,
+        labels={n: v.label for n, v in st.variants.items()},
+        sizes=sizes,
+        ablations=ablations,
+    )
 
     # 3. SFT-entropy study
     if cfg.entropy_counts:
-        res["entropy_study"] = _entropy_study(st, cfg)
+        res.entropy_study = _entropy_study(st, cfg)
 
     # 4. frontier
     if cfg.temperatures:
@@ -469,10 +484,10 @@ def _run_reproduce(cfg: ReproduceConfig) -> dict:
                 fig = _mean_figures(
                     [st.variant(st.focus, s, v, temperature=temp) for s in cfg.frontier_seeds]
                 )
-                frontier[v].append({"temperature": temp, **fig["diversity"], **fig["quality"]})
-        res["frontier"] = {"size": st.focus, "seeds": list(cfg.frontier_seeds), "points": frontier}
+                frontier[v].append({"temperature": temp, **fig.diversity, **fig.quality})
+        res.frontier = Frontier(size=st.focus, seeds=list(cfg.frontier_seeds), points=frontier)
 
-    res["bar"] = bar(res)
+    res.bar = bar(res)
     minutes = (time.time() - t0) / 60
     this = {
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -485,77 +500,81 @@ def _run_reproduce(cfg: ReproduceConfig) -> dict:
     if st.cells_run:
         ledger.append(this)
         write_json(ledger_path, ledger)
-    res["compute"] = {
-        "minutes_this_invocation": this["minutes"],
-        "cells_run_this_invocation": st.cells_run,
-        "invocations_that_ran_cells": ledger,
-        "versions": versions(),
-    }
-    res["config"] = to_dict(cfg)
+    res.compute = Compute(
+        minutes_this_invocation=this["minutes"],
+        cells_run_this_invocation=st.cells_run,
+        invocations_that_ran_cells=ledger,
+        versions=versions(),
+    )
+    res.config = to_dict(cfg)
     write_results(res, Path(cfg.docs_dir), cfg.results_name)
     _log(f"done in {minutes:.1f} min ({st.cells_run} cells run); {cfg.docs_dir}/{cfg.results_name}.md")
     return res
 
 
-def _entropy_study(st: Study, cfg: ReproduceConfig) -> dict:
+def _entropy_study(st: Study, cfg: ReproduceConfig) -> EntropyStudy:
     points = []
     for k in cfg.entropy_counts:
         cats = cfg.entropy_categories[:k]
         examples, _ = st.sft_examples(cats)
-        point = {"k": k, "categories": cats, "sft_data_entropy": entropy([e["category"] for e in examples])}
+        per = {}
         for v in ("sft", "aat"):
             r = [st.variant(st.focus, s, v, categories=cats) for s in cfg.entropy_seeds]
-            point[v] = {
-                "attribute_entropy": float(np.mean([x["diversity"]["attribute_entropy"] for x in r])),
-                "embedding_distance": float(np.mean([x["diversity"]["embedding_distance"] for x in r])),
-                "style_adherence": float(np.mean([x["quality"]["style_adherence"] for x in r])),
-            }
-        points.append(point)
+            per[v] = VariantEntropy(
+                attribute_entropy=float(np.mean([x["diversity"]["attribute_entropy"] for x in r])),
+                embedding_distance=float(np.mean([x["diversity"]["embedding_distance"] for x in r])),
+                style_adherence=float(np.mean([x["quality"]["style_adherence"] for x in r])),
+            )
+        data_entropy = entropy([e["category"] for e in examples])
+        points.append(EntropyPoint(k=k, categories=cats, sft_data_entropy=data_entropy, **per))
     base = [st.variant(st.focus, s, "base") for s in cfg.entropy_seeds]
-    return {
-        "size": st.focus,
-        "seeds": list(cfg.entropy_seeds),
-        "base_attribute_entropy": float(np.mean([x["diversity"]["attribute_entropy"] for x in base])),
-        "points": points,
-        "slope": {v: _slope(points, v) for v in ("sft", "aat")},
-    }
+    return EntropyStudy(
+        size=st.focus,
+        seeds=list(cfg.entropy_seeds),
+        base_attribute_entropy=float(np.mean([x["diversity"]["attribute_entropy"] for x in base])),
+        points=points,
+        slope={v: _slope(points, v) for v in ("sft", "aat")},
+    )
 
 
-def _slope(points: list[dict], v: str) -> float | None:
+def _slope(points: list[EntropyPoint], v: str) -> float | None:
     """Least-squares slope of output attribute entropy against SFT data entropy."""
-    x = np.array([p["sft_data_entropy"] for p in points])
-    y = np.array([p[v]["attribute_entropy"] for p in points])
+    x = np.array([p.sft_data_entropy for p in points])
+    y = np.array([getattr(p, v).attribute_entropy for p in points])
     if len(x) < 2 or np.ptp(x) == 0:
         return None
     return float(np.polyfit(x, y, 1)[0])
 
 
-def bar(res: dict) -> dict:
+def bar(res: StudyResults) -> Bar:
     """The paper's headline as checks, at the largest size: gap closed >= 0.85 on both metrics with
     a CI that excludes 0, at matched quality (style adherence within 2 points of SFT, fluency NLL
     within 5% of SFT); gap closed growing with size (with more than one size); and, where forced
     plans were sampled, the post-trained writer following other topics' plans at least 80% as
     often as the annotated model did before post-training."""
-    order = sorted(res["sizes"], key=lambda s: res["sizes"][s]["non_embedding_params"])
-    top = res["sizes"][order[-1]]
-    head = res.get("headline", "aat")
-    q = {"sft": top["variants"]["sft"]["quality"], "aat": top["variants"][head]["quality"]}
+    order = sorted(res.sizes, key=lambda s: res.sizes[s].non_embedding_params)
+    top = res.sizes[order[-1]]
+    head = res.headline
+    q = {"sft": top.variants["sft"].quality, "aat": top.variants[head].quality}
     checks = {}
     for m in PAPER_METRICS:
-        s = top["summary"][m]
-        g, ci = s["gap_closed"], s.get("gap_closed_ci95")
+        s = top.summary[m]
+        g, ci = s.gap_closed, s.gap_closed_ci95
         checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(g is not None and math.isfinite(g) and g >= 0.85)
         checks[f"{m}_gap_closed_ci_excludes_0"] = bool(ci and ci[0] > 0)
         if len(order) > 1:
-            seq = [res["sizes"][s]["summary"][m]["gap_closed"] for s in order]
+            seq = [res.sizes[s].summary[m].gap_closed for s in order]
             checks[f"{m}_gap_closed_grows_with_size"] = bool(all(b > a for a, b in zip(seq, seq[1:])))
     checks["style_adherence_within_2_points"] = bool(
         abs(q["aat"]["style_adherence"] - q["sft"]["style_adherence"]) <= 0.02
     )
     checks["fluency_nll_within_5_percent"] = bool(q["aat"]["fluency_nll"] <= 1.05 * q["sft"]["fluency_nll"])
-    ab = res.get("ablations", {}).get("variants", {})
-    after = ab.get(head, {}).get("anchoring", {}).get("forced_other")
-    before = ab.get("annotated", {}).get("anchoring", {}).get("forced_other")
+    ab = res.ablations.variants
+
+    def forced_other(v: str):
+        return (ab[v].anchoring or {}).get("forced_other") if v in ab else None
+
+    after, before = forced_other(head), forced_other("annotated")
     if after is not None and before:
         checks["forced_other_after>=0.8x_before"] = bool(after >= 0.8 * before)
-    return {"largest_size": order[-1], "checks": checks, "met": all(checks.values())}
+    return Bar(largest_size=order[-1], checks=checks, met=all(checks.values()))

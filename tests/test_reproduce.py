@@ -146,3 +146,21 @@ def test_a_fresh_run_with_the_same_recipe_gives_the_same_numbers(study, tmp_path
         assert sz["pretrain_tokens"] == one["pretrain_tokens"]
         for m, s in sz["summary"].items():  # the fresh run's one seed is the first run's seed 0
             assert s["per_seed_gap_closed"] == one["summary"][m]["per_seed_gap_closed"][:1]
+
+
+def test_results_read_back_as_types_and_render_the_same(study):
+    """The JSON a study writes is its typed results (anchorlm.results) field for field: read back,
+    written again and rendered again, nothing changes."""
+    from anchorlm.reproduce_report import render
+    from anchorlm.results import StudyResults
+
+    d, res = study
+    typed = StudyResults.from_json(res, "results.json")
+    assert json.dumps(typed.to_json(), sort_keys=True) == json.dumps(res, sort_keys=True)
+    assert (
+        typed.variants["aat"].quality["finished"]
+        == res["ablations"]["variants"]["aat"]["quality"]["finished"]
+    )
+    assert typed.ablations.variants["sft"].anchoring is None and typed.summary is typed.sizes["b"].summary
+    md = (d / "docs" / "results.md").read_text()
+    assert render(typed, res["device"]) == md
