@@ -71,11 +71,15 @@ def step_seconds(st, size: str, steps: int = 3) -> float:
 
 
 def choose_budget(cfg: ReproduceConfig, st, seconds: float) -> dict:
+    """`plan_budget` from the step times measured on this machine."""
+    return plan_budget(cfg, st, {s: step_seconds(st, s) for s in st.sizes}, seconds)
+
+
+def plan_budget(cfg: ReproduceConfig, st, per_step: dict[str, float], seconds: float) -> dict:
     """tokens_per_param such that every pretraining cell of the study (2 data variants per size and
-    seed, more where variants change pretraining) takes at most `seconds`, by the measured step
-    times; never more than the recipe asks for."""
+    seed, more where variants change pretraining) takes at most `seconds` at `per_step` seconds a
+    step; never more than the recipe asks for."""
     p = st.base.pretrain
-    per_step = {s: step_seconds(st, s) for s in st.sizes}
     runs = {s: 2 * len(cfg.seeds) for s in st.sizes}
     extra = {v.data + json.dumps(v.pretrain, sort_keys=True) for v in st.variants.values() if v.pretrain}
     runs[st.focus] += len(extra) * len(cfg.ablation_seeds)

@@ -5,8 +5,13 @@ came back alone."""
 import json
 import os
 import subprocess
+from types import SimpleNamespace
 
+import pytest
 from conftest import ROOT
+
+from anchorlm.remote import plan_budget
+from anchorlm.variants import REGISTRY
 
 
 def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
@@ -20,7 +25,6 @@ def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
     plan = json.loads((tmp_path / "out/plan.json").read_text())
     assert plan["parts_done"] == ["scaling", "ablations"] and plan["stopped_in"] is None
     assert 0 < plan["tokens_per_param"] <= plan["recipe_tokens_per_param"] == 1
-    assert isinstance(plan["seconds_per_step"]["a"], float)  # the timing it planned from is recorded
     assert (tmp_path / "out/cells.tar.gz").stat().st_size < 16 * 2**20
     res = json.loads((tmp_path / "docs/results.json").read_text())
     assert res["compute"]["cells_run_this_invocation"] > 0
@@ -29,3 +33,26 @@ def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
     a = res["ablations"]["variants"]["aat"]["anchoring"]
     assert {"forced_sft", "forced_other", "free_agreement", "plan_entropy"} <= set(a)
     assert not list((tmp_path / "here").rglob("*.safetensors"))  # no model came back
+
+
+def test_budget_plan_fits_pretraining_into_the_time_given():
+    """The budget from given step times, against the sum done by hand: 512 tokens a step; size a
+    (51,200 params) 100 steps per token-per-param at 0.01 s, size b (102,400) 200 at 0.02 s; 2
+    seeds x plain and annotated = 4 runs each, plus one dropout run of the focus size b: 4 + 20 s
+    for one token per param."""
+    cfg = SimpleNamespace(seeds=[0, 1], ablation_seeds=[0], tokens_per_param=1)  # what the plan reads
+    st = SimpleNamespace(
+        base=SimpleNamespace(pretrain=SimpleNamespace(batch_size=8, seq_len=64)),
+        sizes={"a": None, "b": None},
+        params=lambda s: (0, {"a": 51_200, "b": 102_400}[s]),
+        variants={"aat": REGISTRY["aat"], "aat_dropout": REGISTRY["aat_dropout"]},
+        focus="b",
+    )
+    plan = plan_budget(cfg, st, {"a": 0.01, "b": 0.02}, seconds=12)
+    assert plan["pretraining_runs"] == {"a": 4, "b": 5}
+    assert plan["tokens_per_param"] == pytest.approx(12 / 24)
+    assert plan["pretraining_seconds_planned"] == pytest.approx(12)
+    assert plan["seconds_per_step"] == {"a": 0.01, "b": 0.02}
+    assert (
+        plan_budget(cfg, st, {"a": 0.01, "b": 0.02}, seconds=100)["tokens_per_param"] == 1
+    )  # the recipe's cap
