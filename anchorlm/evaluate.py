@@ -4,8 +4,9 @@ Per prompt (averaged over sampling seeds): mean pairwise cosine distance of Mini
 Vendi score, attribute entropy (entropy of the corpus-category labels the attribute classifier
 gives the samples), distinct-1/2. Per sample: style adherence (the SFT style's opener and closer)
 and fluency NLL under the reference LM; the share of responses that ended before the token cap
-(`finished`) and the style adherence among those (a cut response cannot end with the closer). With variants base, sft and aat present, `summary` holds
-collapse, collapse reduction and gap closed, each with a bootstrap CI over prompts.
+(`finished`) and the style adherence among those (a cut response cannot end with the closer).
+With variants base, sft and aat present, `summary` holds collapse, collapse reduction and gap
+closed, each with a bootstrap CI over prompts.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ def fmt(x) -> str:
     return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
-def fmt_ci(s: dict, key: str) -> str:
-    return f" [{fmt(s[key][0])}, {fmt(s[key][1])}]" if s.get(key) else ""
+def fmt_ci(ci: list | None) -> str:
+    """A 95% CI as ' [low, high]' after its figure ('' when there is none)."""
+    return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
 
 
 def check_results(results, where: str) -> None:
@@ -56,10 +57,10 @@ def table(results: dict) -> str:
         ]
         for m, s in results["summary"].items():
             lines.append(
-                f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}), 'sft')} | "
-                f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}), 'aat')} | "
-                f"{fmt(s['collapse_reduction'])}{fmt_ci(s, 'collapse_reduction_ci95')} | "
-                f"{fmt(s['gap_closed'])}{fmt_ci(s, 'gap_closed_ci95')} |"
+                f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}).get('sft'))} | "
+                f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}).get('aat'))} | "
+                f"{fmt(s['collapse_reduction'])}{fmt_ci(s.get('collapse_reduction_ci95'))} | "
+                f"{fmt(s['gap_closed'])}{fmt_ci(s.get('gap_closed_ci95'))} |"
             )
     return "\n".join(lines)
 

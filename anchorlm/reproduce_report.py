@@ -10,6 +10,7 @@ from pathlib import Path
 
 from anchorlm.report import ANCHORING_NOTE, anchoring_table, example_lines, table
 from anchorlm.report import fmt as _fmt
+from anchorlm.report import fmt_ci as _ci
 from anchorlm.results import EntropyStudy, Figures, Frontier, MetricSummary, SizeResult, StudyResults
 
 
@@ -24,10 +25,6 @@ def _device() -> str:
     import os
 
     return f"CPU: {os.cpu_count()} cores ({platform.machine()})"
-
-
-def _ci(ci: list | None) -> str:
-    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
 
 
 def _g(s: MetricSummary) -> str:
