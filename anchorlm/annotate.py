@@ -157,7 +157,11 @@ def _annotate_file(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path) -> dict
     return write_manifest(
         out,
         "annotate",
-        {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
+        {
+            "corpus": to_dict(corpus),
+            "corpus_file": str(Path(corpus.file).resolve()),
+            "annotate": to_dict(cfg),
+        },
         {
             "documents": len(docs),
             "resumed_at": done,
@@ -204,7 +208,11 @@ def _annotate_shards(corpus: CorpusConfig, cfg: AnnotateConfig, out: Path, files
     return write_manifest(
         out,
         "annotate",
-        {"corpus": to_dict(corpus), "annotate": to_dict(cfg)},
+        {
+            "corpus": to_dict(corpus),
+            "corpus_file": str(Path(corpus.file).resolve()),
+            "annotate": to_dict(cfg),
+        },
         {
             **total,
             "skipped": skipped,
@@ -235,7 +243,7 @@ def _annotate_shard(job) -> dict:
     counts = {
         "documents": n_docs,
         "chunks": n_chunks,
-        "read": stats.read + skip,
+        "read": stats.read,  # iter_valid counted the documents skipped on resume too
         "heldout": stats.heldout,
         "skipped": dict(stats.skipped),
     }

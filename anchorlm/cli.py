@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
     s = cmd("demo", "run the whole pipeline on the bundled corpus and print the table")
     s.add_argument("--out", help="output directory (default: the config's out_dir)")
+    s.add_argument(
+        "--reuse-dir",
+        action="store_true",
+        help="write into an existing non-empty directory that anchorlm did not make (its files may be "
+        "overwritten or taken as stage outputs)",
+    )
     s = cmd("annotate", "annotate a corpus, chunk by chunk (resumable)")
     s.add_argument("--corpus", help="corpus file, datasets dir, or dir/glob of shards (default: corpus.path)")
     s.add_argument("--num-proc", type=int, help="sharded corpus: shards at once (default: annotate.num_proc)")
@@ -82,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="JSONL file to write")
     s = cmd("sample", "draw N samples per prompt, plain or anchored")
     s.add_argument("--model", required=True, help=MODEL_SPEC)
-    s.add_argument("--prompts", required=True, help="JSONL of {id, prompt}")
+    s.add_argument(
+        "--prompts", required=True, help="JSONL of {id, prompt}, or a shipped set by name (noveltybench)"
+    )
     s.add_argument("--anchored", action="store_true", help="the model writes its annotation first")
     s.add_argument(
         "--force-topics",
@@ -112,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from anchorlm.config import load_config
+    from anchorlm.config import check_out_dir, load_config
 
     if args.cmd in ("demo", "reproduce") and not args.config:
         args.config = args.cmd if args.cmd == "reproduce" else "demo"
@@ -127,10 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"anchorlm: {e}", file=sys.stderr)
         return 2
     try:
+        for flag in ("out", "docs"):
+            if getattr(args, flag, None) is not None:
+                check_out_dir(getattr(args, flag), f"--{flag}")
         return _run(args, cfg) or 0
     except (ValueError, RuntimeError, OSError) as e:  # bad input, a busy or unwritable output, a full disk
         print(f"anchorlm {args.cmd}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            f"\nanchorlm {args.cmd}: interrupted; finished work is kept: run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _run(args, cfg) -> int | None:
@@ -140,7 +157,7 @@ def _run(args, cfg) -> int | None:
 
         if args.out:
             cfg.out_dir = args.out
-        run_pipeline(cfg)
+        run_pipeline(cfg, reuse_dir=args.reuse_dir)
     elif c == "reproduce":
         from anchorlm.reproduce import run_reproduce
 
@@ -199,24 +216,25 @@ def _run(args, cfg) -> int | None:
         print(f"wrote {n} {args.form} rows ({cfg.posttrain.method}) to {args.out}")
     elif c == "sample":
         from anchorlm.io import read_jsonl
-        from anchorlm.sample import forced_prompts, prompt_rows, sample
+        from anchorlm.sample import forced_prompts, forced_topic_list, read_prompts, sample
 
-        prompts = prompt_rows(read_jsonl(args.prompts), args.prompts)
-        if args.force_topics:
-            topics = [t.strip() for t in args.force_topics.split(",") if t.strip()]
-            prompts = forced_prompts(prompts, topics)
+        prompts = read_prompts(args.prompts)
+        if args.force_topics is not None:
+            prompts = forced_prompts(prompts, forced_topic_list(args.force_topics))
             cfg.sample.n_samples = cfg.sample.forced_samples
-        rows = sample(cfg.sample, args.model, prompts, args.out, args.anchored or bool(args.force_topics))
+        rows = sample(
+            cfg.sample, args.model, prompts, args.out, args.anchored or args.force_topics is not None
+        )
         print(f"wrote {len(rows)} samples to {args.out}")
     elif c == "evaluate":
         from anchorlm.evaluate import evaluate
         from anchorlm.io import read_jsonl
         from anchorlm.report import anchoring_table, table
-        from anchorlm.sample import prompt_rows
+        from anchorlm.sample import read_prompts
 
         samples = _pairs(args.samples, "--samples")
         forced = _pairs(args.forced, "--forced")
-        prompts = prompt_rows(read_jsonl(args.prompts), args.prompts) if args.prompts else None
+        prompts = read_prompts(args.prompts) if args.prompts else None
         res = evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, args.out, prompts, forced)
         print(table(res))
         if anchoring_table(res):

@@ -346,6 +346,13 @@ class SampleConfig:
             raise ValueError(f"sample.temperature must be >= 0 (0 = greedy), not {self.temperature!r}")
         if not self.seeds:
             raise ValueError("sample.seeds must list at least one seed")
+        from anchorlm.format import parse_tags
+
+        bad = [t for t in self.forced_topics if parse_tags(f"topic:{t}") is None]
+        if bad:
+            raise ValueError(
+                f"sample.forced_topics: {bad} cannot be annotation values (letters, digits, _.'&+-)"
+            )
 
 
 @dataclass
@@ -381,10 +388,22 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def __post_init__(self):
+        check_out_dir(self.out_dir, "out_dir")
         for fld in dataclasses.fields(self):
             v = getattr(self, fld.name)
             if isinstance(v, dict):
                 setattr(self, fld.name, build(fld.default_factory, v, fld.name))  # type: ignore[misc]
+
+
+def check_out_dir(path: str, name: str = "--out") -> None:
+    """An output directory anchorlm may fill: not empty, not the file system's root or the home
+    directory (a run writes several folders into it)."""
+    p = str(path).strip()
+    if not p:
+        raise ValueError(f"{name} is empty; name the directory to write into")
+    resolved = Path(p).expanduser().resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        raise ValueError(f"{name} {p!r} is {resolved}; name a directory of its own for the run")
 
 
 def recipe(name: str | Path) -> Path:
@@ -425,10 +444,64 @@ def build(cls, data: dict, where: str = ""):
 
 
 def set_path(data: dict, dotted: str, value: Any) -> None:
+    """data[a][b][c] = value for 'a.b.c'; a ValueError when 'a.b' is a value, not a section."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise ValueError(f"override key {dotted!r} must look like section.field")
+    for i, k in enumerate(keys[:-1]):
         data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ValueError(f"{'.'.join(keys[: i + 1])} is a value, not a section; cannot set {dotted}")
     data[keys[-1]] = value
+
+
+MAX_VALUES = 100_000  # a recipe is a few hundred values; more means YAML aliases expanding without bound
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(obj, memo: dict | None = None) -> int:
+    """How many values `obj` holds once YAML aliases are expanded (shared nodes counted each time
+    they are used, but computed once)."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    n = 1
+    if isinstance(obj, dict):
+        n += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in obj.items())
+    elif isinstance(obj, list):
+        n += sum(_expanded_size(v, memo) for v in obj)
+    memo[id(obj)] = n
+    return n
+
+
+def parse_yaml(text: str, where: str):
+    """YAML text as Python values: duplicate keys refused, and aliases that expand past
+    `MAX_VALUES` values refused before anything expands them."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: not valid YAML: {e}") from None
+    if _expanded_size(data) > MAX_VALUES:
+        raise ValueError(
+            f"{where}: expands to more than {MAX_VALUES:,} values through YAML aliases (&name / *name); "
+            "write the values out instead"
+        )
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=None):
@@ -439,16 +512,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=N
     if path:
         path = recipe(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not a text (UTF-8) YAML file ({e.reason} at byte {e.start})") from None
+        data = parse_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the top level must be a mapping of sections")
     for o in overrides:
-        if "=" not in o:
+        k, eq, v = o.partition("=")
+        if not eq or not k.strip():
             raise ValueError(f"override {o!r} must look like section.field=value")
-        k, v = o.split("=", 1)
-        set_path(data, k.strip(), yaml.safe_load(v))
+        set_path(data, k.strip(), parse_yaml(v, f"override {o!r}"))
     try:
         return build(cls, data)
     except (TypeError, ValueError) as e:
@@ -528,6 +602,7 @@ class ReproduceConfig:
     def __post_init__(self):
         from anchorlm.variants import custom
 
+        check_out_dir(self.out_dir, "out_dir")
         if isinstance(self.base, dict):
             self.base = build(PipelineConfig, self.base, "base")
         names = []

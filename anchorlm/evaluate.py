@@ -19,11 +19,13 @@ import numpy as np
 
 from anchorlm.config import CorpusConfig, EvaluateConfig, SFTDataConfig, to_dict
 from anchorlm.data.sft import follows_style, strip_style
-from anchorlm.io import read_jsonl
+from anchorlm.io import read_jsonl, write_json
 from anchorlm.manifest import versions
 from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
 from anchorlm.metrics.quality import fluency_nll, mean_finite
 from anchorlm.metrics.summary import SUMMARY_METRICS, summarize
+from anchorlm.precision import hidden_size, resolve
+from anchorlm.provenance import provenance
 from anchorlm.variants import SUMMARY_TRIO
 
 DIVERSITY = ("embedding_distance", "vendi", "attribute_entropy", "distinct_1", "distinct_2")
@@ -49,18 +51,29 @@ def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
 
 
 def read_samples(samples: dict[str, str | Path], same_prompts: bool = True) -> dict[str, list[dict]]:
-    """Each variant's sample rows, checked: every row has a prompt_id and a string response, anchored
-    fields are in every row or in none, and (with `same_prompts`) every variant covers the same
-    prompts, so that variants are compared on the same prompts."""
+    """Each variant's sample rows, checked: every row has a prompt_id (all of one type in a file) and
+    a string response, anchored fields are in every row or in none, and (with `same_prompts`, for
+    diversity) every prompt has at least 2 samples per seed and every variant covers the same
+    prompts with as many samples each, so that variants are compared on equal terms."""
     loaded = {}
     for name, path in samples.items():
         rows = read_jsonl(path)
         if not rows:
             raise ValueError(f"{path}: no samples")
         anchored = "annotation_ok" in rows[0]
+        id_type = None
         for i, r in enumerate(rows, 1):
             if not isinstance(r.get("response"), str) or "prompt_id" not in r:
                 raise ValueError(f"{path}:{i}: a sample needs 'prompt_id' and a string 'response'")
+            pid = r["prompt_id"]
+            if not isinstance(pid, (str, int)) or isinstance(pid, bool):
+                raise ValueError(f"{path}:{i}: 'prompt_id' must be a string or an integer, not {pid!r}")
+            id_type = id_type or type(pid)
+            if type(pid) is not id_type:
+                raise ValueError(
+                    f"{path}:{i}: 'prompt_id' {pid!r} is a {type(pid).__name__} where earlier rows have "
+                    f"{id_type.__name__}s; give every prompt_id of a file one type"
+                )
             if ("annotation_ok" in r) != anchored:
                 raise ValueError(
                     f"{path}:{i}: anchored fields (annotation, annotation_ok) in some rows only; "
@@ -69,6 +82,8 @@ def read_samples(samples: dict[str, str | Path], same_prompts: bool = True) -> d
             if anchored and not (r.get("annotation") is None or isinstance(r.get("annotation"), list)):
                 raise ValueError(f"{path}:{i}: 'annotation' must be a list of tags or null")
         loaded[name] = rows
+    if same_prompts:
+        _check_counts(loaded, samples)
     ids = {v: {str(r["prompt_id"]) for r in rows} for v, rows in loaded.items()}
     if same_prompts and len(ids) > 1:
         first = next(iter(ids))
@@ -80,6 +95,32 @@ def read_samples(samples: dict[str, str | Path], same_prompts: bool = True) -> d
                     f"extra {extra}); variants are compared prompt by prompt"
                 )
     return loaded
+
+
+def _check_counts(loaded: dict[str, list[dict]], samples: dict) -> None:
+    """Diversity needs 2 or more samples of a prompt (per sampling seed), and variants compared
+    with the same number: a prompt's distance and Vendi score depend on how many samples it has."""
+    first = None
+    for name, rows in loaded.items():
+        per = Counter((str(r["prompt_id"]), r.get("seed", 0)) for r in rows)
+        (pid, seed), low = min(per.items(), key=lambda kv: kv[1])
+        if low < 2:
+            raise ValueError(
+                f"{samples[name]}: prompt {pid!r} (seed {seed}) has {low} sample; diversity needs at least "
+                "2 samples per prompt (sample with n_samples >= 2)"
+            )
+        counts = sorted(set(per.values()))
+        if first is None:
+            first = (name, counts)
+        elif counts != first[1]:
+            raise ValueError(
+                f"{samples[name]}: {_count_text(counts)} samples per prompt, but {first[0]!r} has "
+                f"{_count_text(first[1])}; variants are compared with the same number of samples per prompt"
+            )
+
+
+def _count_text(counts: list[int]) -> str:
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
 
 
 class Scorer:
@@ -97,7 +138,7 @@ class Scorer:
         from anchorlm.precision import dtype
 
         self.ref_model, self.ref_tok = load_model(cfg.reference_lm, tokens="none")
-        self.ref_model.to(dtype(cfg.precision))
+        self.ref_model.to(dtype(cfg.precision, self.ref_model))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.embedder.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
@@ -196,7 +237,7 @@ def examples(rows: list[dict], k: int = 3) -> list[dict]:
         if r["prompt_id"] in seen:
             continue
         seen.add(r["prompt_id"])
-        out.append({key: r[key] for key in ("prompt", "annotation_raw", "response") if key in r})
+        out.append({key: r[key] for key in ("prompt_id", "prompt", "annotation_raw", "response") if key in r})
         if len(out) == k:
             break
     return out
@@ -295,6 +336,7 @@ def evaluate(
         "prompts": len({str(r["prompt_id"]) for rows in loaded.values() for r in rows}),
         "config": to_dict(cfg),
         "versions": versions(),
+        "provenance": provenance(precision=resolve(cfg.precision, hidden_size(scorer.ref_model))),
     }
     if set(SUMMARY_TRIO) <= set(per_prompt):
         results["summary"] = {
@@ -302,7 +344,5 @@ def evaluate(
             for m in SUMMARY_METRICS
         }
     results["per_prompt"] = {v: {m: a.tolist() for m, a in d.items()} for v, d in per_prompt.items()}
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(out_path, results, indent=2)
     return results

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def parse_line(raw: bytes | str) -> dict:
     except UnicodeDecodeError as e:
         raise ValueError(f"bytes are not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
-        row = json.loads(text)
+        row = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
     except RecursionError:
@@ -28,6 +29,34 @@ def parse_line(raw: bytes | str) -> dict:
         raise ValueError(f"the row is not a JSON object (it is a {type(row).__name__})")
     _check_text(row)
     return row
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """A JSON object whose keys are distinct (json keeps the last of two silently)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r} appears twice in one object")
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def finite(obj):
+    """`obj` with every NaN or infinite float replaced by None (JSON's null): strict JSON readers
+    reject bare NaN and Infinity, and a missing figure is what they mean."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a numpy scalar
+        return finite(obj.item())
+    return obj
 
 
 def _check_text(obj, depth: int = 0) -> None:
@@ -78,8 +107,16 @@ def atomic(path: str | Path, mode: str = "w"):
 
 
 def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
+    """Strict JSON (NaN and infinities written as null), atomically."""
     with atomic(path) as fh:
-        fh.write(json.dumps(obj, indent=indent, default=float, ensure_ascii=False))
+        fh.write(json.dumps(finite(obj), indent=indent, default=_plain, ensure_ascii=False, allow_nan=False))
+
+
+def _plain(obj):
+    """Numpy scalars and arrays as JSON values."""
+    if hasattr(obj, "tolist"):
+        return finite(obj.tolist())
+    return finite(float(obj))
 
 
 def write_jsonl(path: str | Path, rows) -> int:
@@ -119,3 +156,29 @@ def lock_dir(path: str | Path):
         yield
     finally:
         fh.close()
+
+
+MARKER = ".anchorlm"  # in every output directory an orchestrator (demo, study) made
+
+
+def claim_dir(path: str | Path, what: str, reuse: bool = False) -> Path:
+    """Make `path` an output directory of anchorlm's: a new or empty directory gets the marker; a
+    non-empty one without it (the user's own files) is refused unless `reuse`, so that a run never
+    overwrites a user's report or takes a file it finds there for its own output."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file; give a directory for the {what}")
+    marker = path / MARKER
+    # a directory an older anchorlm ran in holds its lock file instead of the marker
+    if path.is_dir() and not marker.exists() and not (path / LOCK).exists():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in (LOCK, MARKER))
+        if foreign and not reuse:
+            raise ValueError(
+                f"{path} is not empty ({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}) and "
+                f"was not made by anchorlm; give a new directory, or pass --reuse-dir to write the {what} "
+                "into it (files of the same names are overwritten or taken as stage outputs)"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        marker.write_text(json.dumps({"made_by": "anchorlm", "for": what}) + "\n")
+    return path

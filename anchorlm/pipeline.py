@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from anchorlm.config import PipelineConfig, to_dict
-from anchorlm.io import lock_dir
+from anchorlm.io import claim_dir, lock_dir
 from anchorlm.manifest import is_done
 from anchorlm.variants import REGISTRY
 
@@ -80,10 +80,11 @@ def replay_chunks(annotate_dir: str | Path) -> list[dict]:
     return [c for d in iter_annotated(annotate_dir) for c in d["chunks"]]
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run (or finish) every stage; returns the results dict also written to out_dir/results.json."""
+def run_pipeline(cfg: PipelineConfig, reuse_dir: bool = False) -> dict:
+    """Run (or finish) every stage; returns the results dict also written to out_dir/results.json.
+    `reuse_dir`: write into a non-empty directory that anchorlm did not make."""
 
-    out = Path(cfg.out_dir)
+    out = claim_dir(cfg.out_dir, "demo", reuse_dir)
     with lock_dir(out):  # a second demo into the same directory stops instead of writing beside this one
         return _run_pipeline(cfg, out)
 
@@ -135,7 +136,20 @@ def _run_pipeline(cfg: PipelineConfig, out: Path) -> dict:
     )
     minutes = round((time.time() - t0) / 60, 2)
     results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(out)}
+    results["made_by"] = made_by(out)
     table = write_report(results, out, title=f"anchorlm demo ({out})")
     _log(f"done in {minutes} min; report: {out / 'report.md'}")
     print(table)
     return results
+
+
+def made_by(out: Path) -> dict:
+    """{stage: {machine, precision}} from the manifests of the demo's models and samples, so its
+    report says where and in what precision each was made (a resumed demo may span machines)."""
+    found = {}
+    for kind, pattern in (("train", "models/*/manifest.json"), ("sample", "samples/*.manifest.json")):
+        for path in sorted(out.glob(pattern)):
+            m = json.loads(path.read_text())
+            name = path.parent.name if kind == "train" else path.name.removesuffix(".manifest.json")
+            found[f"{kind} {name}"] = {"machine": m.get("machine"), "precision": m["counts"].get("precision")}
+    return found

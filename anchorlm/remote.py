@@ -52,7 +52,7 @@ def step_seconds(st, size: str, steps: int = 3) -> float:
     model = build_model(st.sizes[size], load_tokenizer(st.tokenizer)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (p.batch_size, p.seq_len), device=device)
-    bf16 = resolve(p.precision) == "bf16"
+    bf16 = resolve(p.precision, st.sizes[size].hidden_size) == "bf16"
 
     def step():
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         from anchorlm.reproduce import run_reproduce
 
         sets = unpack(args.archive, cfg)
-        run_reproduce(load_reproduce_config(args.config, [*args.set, *sets]))
+        device = json.loads((Path(cfg.out_dir) / PLAN).read_text()).get("device", "")
+        hint = f"GPU {device}" if device and device != "CPU" else device
+        run_reproduce(load_reproduce_config(args.config, [*args.set, *sets]), device_hint=hint)
     return 0
 
 

@@ -20,10 +20,10 @@ COLUMNS = [
 
 
 def fmt(x) -> str:
-    if x is None:
+    """A figure with 3 decimals; '–' for one that is missing or undefined (NaN, infinite: the JSON
+    beside every report writes those as null)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
     return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
@@ -32,8 +32,12 @@ def fmt_ci(ci: list | None) -> str:
     return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
 
 
+PLOTTED = ("embedding_distance", "vendi", "attribute_entropy")  # the diversity plot's panels
+
+
 def check_results(results, where: str) -> None:
-    """What the report needs of evaluate's JSON: variants, each with diversity and quality figures."""
+    """What the report needs of evaluate's JSON: variants, each with diversity and quality figures,
+    the plotted diversity figures numbers; a partial file is named, not half rendered."""
     v = results.get("variants") if isinstance(results, dict) else None
     if not isinstance(v, dict) or not v:
         raise ValueError(f"{where}: no 'variants' mapping; give the JSON `anchorlm evaluate` wrote")
@@ -42,6 +46,12 @@ def check_results(results, where: str) -> None:
             isinstance(figs.get(k), dict) for k in ("diversity", "quality")
         ):
             raise ValueError(f"{where}: variant {name!r} lacks its 'diversity' and 'quality' figures")
+        missing = [k for k in PLOTTED if not isinstance(figs["diversity"].get(k), (int, float))]
+        if missing:
+            raise ValueError(
+                f"{where}: variant {name!r} has no {', '.join(missing)} under 'diversity'; give the whole "
+                "JSON `anchorlm evaluate` wrote"
+            )
 
 
 def table(results: dict) -> str:
@@ -117,7 +127,43 @@ def example_lines(examples: list[dict]) -> list[str]:
     for e in examples:
         ann = f"`{e['annotation_raw']}` " if e.get("annotation_raw") else ""
         text = " ".join(e["response"].split())[:300]
-        lines.append(f"- *{e['prompt']}* → {ann}{text or '(empty)'}")
+        prompt = e.get("prompt", f"prompt {e['prompt_id']}" if "prompt_id" in e else "(prompt not recorded)")
+        lines.append(f"- *{prompt}* → {ann}{text or '(empty)'}")
+    return lines
+
+
+def provenance_lines(results: dict) -> list[str]:
+    """Where the numbers were made: the machines and precisions of training and sampling (the
+    demo's `made_by`), of scoring (evaluate's `provenance`), the code and the library versions.
+    Another CPU kind (with or without bf16 units) or other versions give other digits."""
+    from anchorlm.provenance import describe
+
+    prov = results.get("provenance") or {}
+    made = results.get("made_by") or {}
+    if not prov and not made:
+        return []
+    lines = ["## Provenance", ""]
+    groups: dict = {}
+    for stage, m in made.items():
+        key = (describe(m["machine"]) if m.get("machine") else "machine not recorded", m.get("precision"))
+        groups.setdefault(key, []).append(stage)
+    for (where, precision), stages in groups.items():
+        lines.append(f"- {', '.join(stages)}: {where}, precision {precision or 'not recorded'}")
+    if prov:
+        lines.append(
+            f"- scoring: {describe(prov['machine'])}, precision {prov.get('precision', 'not recorded')}"
+        )
+        code = prov.get("code", {})
+        commit = code.get("git_commit")
+        where = (
+            f" (commit {commit[:10]}{', uncommitted changes' if code.get('git_dirty') else ''})"
+            if commit
+            else ""
+        )
+        vers = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
+        lines.append(f"- code: anchorlm {code.get('anchorlm')}{where}; {vers}")
+    lines += ["", "Another CPU kind (with or without bf16 units), another precision or other library versions "
+              "give other digits.", ""]  # fmt: skip
     return lines
 
 
@@ -172,7 +218,7 @@ def plots(results: dict, out: Path) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     for ax, key, title in zip(
         axes,
-        ("embedding_distance", "vendi", "attribute_entropy"),
+        PLOTTED,
         ("mean pairwise cosine distance", "Vendi score", "attribute entropy (nats)"),
     ):
         pp = results.get("per_prompt", {})
@@ -197,12 +243,12 @@ def plots(results: dict, out: Path) -> list[str]:
         ("style adherence (higher is better)", "fluency NLL (lower is better)"),
     ):
         for n in names:
-            ax.scatter(v[n]["quality"][qkey], v[n]["diversity"]["embedding_distance"], s=60)
+            q = v[n]["quality"].get(qkey)
+            if not isinstance(q, (int, float)):  # not measured for this variant
+                continue
+            ax.scatter(q, v[n]["diversity"]["embedding_distance"], s=60)
             ax.annotate(
-                n,
-                (v[n]["quality"][qkey], v[n]["diversity"]["embedding_distance"]),
-                textcoords="offset points",
-                xytext=(5, 5),
+                n, (q, v[n]["diversity"]["embedding_distance"]), textcoords="offset points", xytext=(5, 5)
             )
         ax.set_xlabel(qlabel)
         ax.set_ylabel("mean pairwise cosine distance")
@@ -242,6 +288,7 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
         f"{fmt(c.get('heldout_accuracy'))} (chance {fmt(c.get('chance'))}).",
         "",
     ]
+    md += provenance_lines(results)
     anchored = anchoring_table(results)
     if anchored:
         md += ["## Anchor fidelity", "", anchored, "", ANCHORING_NOTE, ""]

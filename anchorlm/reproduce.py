@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from anchorlm.config import ModelConfig, ReproduceConfig, changes, to_dict
-from anchorlm.io import lock_dir, write_json
+from anchorlm.io import claim_dir, lock_dir, write_json
 from anchorlm.manifest import is_done, versions
 from anchorlm.metrics.diversity import entropy
 from anchorlm.metrics.summary import PAPER_METRICS, SUMMARY_METRICS, summarize
+from anchorlm.provenance import code_version, describe, machine
 from anchorlm.results import (
     Ablations,
     Bar,
@@ -48,6 +49,7 @@ from anchorlm.results import (
     StudyResults,
     VariantEntropy,
 )
+from anchorlm.sample import sidecar
 from anchorlm.variants import Variant, custom
 
 
@@ -79,6 +81,7 @@ class Study:
         self._params: dict = {}
         self.timings: dict[str, float] = Counter()
         self.cells_run = 0
+        self.used: set[Path] = set()  # the manifests of every cell this study read or made
 
     # ---- shared data -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -86,6 +89,7 @@ class Study:
         from anchorlm.pipeline import prepare
 
         t0 = time.time()
+        claim_dir(self.out, "study's cells")
         self._check_prepared()
         prepare(self.base, self.out)
         self.tokenizer = self.lm or str(self.out / "tokenizer")
@@ -191,6 +195,7 @@ class Study:
             **(overrides or {}),
         )
         d = self.out / "models" / f"{size}-s{seed}" / f"{data}-{_hash([changes(pcfg), data])}"
+        self.used.add(d / "manifest.json")
         if not is_done(d):
             tokens = self.tokens(data, pcfg.annotation_dropout)
             tok = None if self.lm else self.out / "tokenizer"
@@ -237,6 +242,7 @@ class Study:
         pcfg = dataclasses.replace(self.base.posttrain, seed=seed, **own.posttrain)
         key = _hash([changes(pcfg), init_dir.name, data_key])
         d = self.out / "models" / f"{size}-s{seed}" / f"{own.name}-{key}"
+        self.used.add(d / "manifest.json")
         if not is_done(d):
             replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
             self._run(
@@ -255,6 +261,7 @@ class Study:
         scfg = dataclasses.replace(self.base.sample, seeds=[seed], **overrides)
         key = _hash([changes(scfg), anchored, prompts])
         path = model / "samples" / f"{'anchored' if anchored else 'plain'}-{key}.jsonl"
+        self.used.add(sidecar(path))
         if not path.exists():
             self._run(
                 "sample",
@@ -264,6 +271,19 @@ class Study:
                 lambda: sample(scfg, model, prompts, path, anchored),
             )
         return path
+
+    def made_on(self, hint: str = "") -> list[dict]:
+        """Where the cells were trained and sampled, and in what precision: [{where, precision,
+        cells}] from their manifests; `hint` names the machine of cells whose manifests predate
+        recording it (a study run elsewhere, e.g. on a borrowed GPU)."""
+        groups: Counter = Counter()
+        for m in sorted(self.used):
+            if not m.exists():
+                continue
+            d = json.loads(m.read_text())
+            where = describe(d["machine"]) if d.get("machine") else hint or "not recorded"
+            groups[(where, d.get("counts", {}).get("precision") or "not recorded")] += 1
+        return [{"where": w, "precision": p, "cells": n} for (w, p), n in sorted(groups.items())]
 
     def scored(self, samples: Path, forced: bool = False) -> dict:
         from anchorlm.io import read_jsonl
@@ -409,14 +429,16 @@ def _summary(
     return out
 
 
-def run_reproduce(cfg: ReproduceConfig) -> StudyResults:
-    """Run (or finish) the study; write the results JSON, Markdown and plots into docs_dir."""
+def run_reproduce(cfg: ReproduceConfig, device_hint: str = "") -> StudyResults:
+    """Run (or finish) the study; write the results JSON, Markdown and plots into docs_dir.
+    `device_hint` names the machine of cells whose manifests do not record one."""
 
+    claim_dir(cfg.out_dir, "study's cells")
     with lock_dir(cfg.out_dir):  # one study per cell directory at a time
-        return _run_reproduce(cfg)
+        return _run_reproduce(cfg, device_hint)
 
 
-def _run_reproduce(cfg: ReproduceConfig) -> StudyResults:
+def _run_reproduce(cfg: ReproduceConfig, device_hint: str = "") -> StudyResults:
     from anchorlm.reproduce_report import write_results
 
     t0 = time.time()
@@ -505,6 +527,9 @@ def _run_reproduce(cfg: ReproduceConfig) -> StudyResults:
         cells_run_this_invocation=st.cells_run,
         invocations_that_ran_cells=ledger,
         versions=versions(),
+        made_on=st.made_on(device_hint),
+        scored_on=describe(machine()),
+        code=code_version(),
     )
     res.config = to_dict(cfg)
     write_results(res, Path(cfg.docs_dir), cfg.results_name)

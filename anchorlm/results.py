@@ -34,12 +34,12 @@ class MetricSummary:
     """The paper's summary figures of one metric (anchorlm.metrics.summary), with 95% CIs."""
 
     collapse: dict[str, float]  # {'sft': base - sft, 'aat': base - aat}
-    collapse_reduction: float
-    gap_closed: float
+    collapse_reduction: float | None  # None (JSON null): undefined (no AAT collapse, or 0/0)
+    gap_closed: float | None  # None: undefined (base and SFT equal)
     collapse_ci95: dict[str, list | None]
     collapse_reduction_ci95: list | None
     gap_closed_ci95: list | None
-    per_seed_gap_closed: list[float] = field(default_factory=list)
+    per_seed_gap_closed: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +117,9 @@ class Compute:
     cells_run_this_invocation: int
     invocations_that_ran_cells: list[dict]
     versions: dict[str, str]
+    made_on: list[dict] | None = None  # [{where, precision, cells}]: training and sampling
+    scored_on: str | None = None  # the machine that scored the samples
+    code: dict | None = None  # anchorlm's version, git commit, dirty
 
 
 @dataclass

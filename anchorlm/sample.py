@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from anchorlm import engine
-from anchorlm.config import SampleConfig
+from anchorlm.config import SampleConfig, to_dict
 from anchorlm.format import (
     ANN_CLOSE,
     ANN_OPEN,
@@ -26,6 +26,7 @@ from anchorlm.format import (
     strip_annotations,
 )
 from anchorlm.io import write_jsonl
+from anchorlm.manifest import write_manifest_file
 
 
 class VLLMGenerator:
@@ -128,12 +129,13 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     from anchorlm.precision import dtype
 
     model, tok = load_model(str(model_dir), tokens="annotations" if anchored else "turns")
-    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(cfg.precision))
+    dt = dtype(cfg.precision, model)
+    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dt)
 
     def run(prompts, keys, settings, uncond=None):
         return engine.generate(model, prompts, keys, settings, tok.pad_token_id, uncond=uncond)
 
-    return tok, run, lambda: None
+    return tok, run, lambda: None, "bf16" if dt == torch.bfloat16 else "fp32"
 
 
 def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
@@ -155,6 +157,7 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     gen = VLLMGenerator(model_dir, cfg.seeds[0], cfg.vllm_args)
+    precision = str(cfg.vllm_args.get("dtype", "auto (vLLM)"))
 
     def run(prompts, keys, settings, uncond=None):
         """Annotation and response in two calls: vLLM gives no hook between them."""
@@ -167,12 +170,23 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
         resp = gen(prompts, settings.max_new_tokens, list(settings.stop), cfg, [("resp", k) for k in keys])
         return [engine.Out(*(a if a else ([], None)), ids, stop) for a, (ids, stop) in zip(anns, resp)]
 
-    return tok, run, gen.close
+    return tok, run, gen.close, precision
+
+
+def read_prompts(name: str) -> list[dict]:
+    """The prompt rows of a JSONL file, or of a set shipped with anchorlm by name (anchorlm.prompts)."""
+    from anchorlm.io import read_jsonl
+    from anchorlm.prompts import prompt_file
+
+    path = prompt_file(name)
+    return prompt_rows(read_jsonl(path), str(path))
 
 
 def prompt_rows(rows: list[dict], path: str) -> list[dict]:
     """Accept {id, prompt} rows (`prompt` may also be called `instruction` or `text`), keeping an
     `annotation_prefix`; ids must be distinct (1 and "1" are one id)."""
+    if not rows:
+        raise ValueError(f"{path}: no prompts (the file has no rows); give JSONL rows of {{id, prompt}}")
     out, seen = [], {}
     for i, r in enumerate(rows):
         text = r.get("prompt") or r.get("instruction") or r.get("text")
@@ -194,6 +208,20 @@ def prompt_rows(rows: list[dict], path: str) -> list[dict]:
             p["annotation_prefix"] = prefix
         out.append(p)
     return out
+
+
+def forced_topic_list(text: str, flag: str = "--force-topics") -> list[str]:
+    """Comma-separated topics, each a valid annotation value (letters, digits, _.'&+-: nothing
+    that could close the annotation or write a control token)."""
+    topics = [t.strip() for t in text.split(",") if t.strip()]
+    if not topics:
+        raise ValueError(f"{flag} {text!r} names no topics; give comma-separated topics, e.g. food,love")
+    bad = [t for t in topics if parse_tags(f"topic:{t}") is None]
+    if bad:
+        raise ValueError(
+            f"{flag}: {', '.join(bad)} cannot be an annotation value; a topic is letters, digits and _.'&+-"
+        )
+    return topics
 
 
 def forced_prompts(prompts: list[dict], topics: list[str]) -> list[dict]:
@@ -221,13 +249,26 @@ def sample(
         raise ValueError(f"prompt id {dup!r} appears more than once; each prompt needs its own id")
     if cfg.guidance_scale and not anchored:
         raise ValueError("sample.guidance_scale needs anchored sampling: plain samples have no annotation")
-    tok, run, close = _backend(cfg, model_dir, anchored)
+    tok, run, close, precision = _backend(cfg, model_dir, anchored)
     try:
         results = _draw(cfg, tok, run, prompts, anchored)
     finally:
         close()
+    out_path = Path(out_path)
+    write_manifest_file(
+        sidecar(out_path),
+        "sample",
+        {**to_dict(cfg), "model": str(model_dir), "anchored": anchored},
+        {"samples": len(results), "prompts": len(prompts), "precision": precision},
+    )
     write_jsonl(out_path, results)  # the file appears only when complete
     return results
+
+
+def sidecar(samples_path: str | Path) -> Path:
+    """The manifest beside a samples file: `aat.jsonl` -> `aat.manifest.json`."""
+    p = Path(samples_path)
+    return p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
 
 
 def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> list[dict]:

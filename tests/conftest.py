@@ -13,6 +13,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="precision forced on the tests that train and assert learned behaviour (marked `learned`); "
+        "bf16 on a CPU without bf16 units is emulated (slow, the same roundings)",
+    )
+
+
+@pytest.fixture(scope="session")
+def precision(request) -> str:
+    """The precision the `learned` tests train and sample in (auto: what this machine picks)."""
+    return request.config.getoption("--precision")
+
+
+def precision_sets(precision: str) -> list[str]:
+    """--set arguments that force `precision` on every stage of a recipe ([] for auto)."""
+    if precision == "auto":
+        return []
+    return [
+        a
+        for s in ("pretrain", "posttrain", "sample", "evaluate")
+        for a in ("--set", f"{s}.precision={precision}")
+    ]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import random
@@ -40,7 +67,7 @@ def install_wheel(dest: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
+def smoke_run(tmp_path_factory, precision) -> Path:
     """The whole pipeline on the shipped smoke recipe, through the CLI of anchorlm installed from its
     wheel and run from another directory, as a user who ran `pip install .` runs it; killed once.
 
@@ -63,6 +90,7 @@ def smoke_run(tmp_path_factory) -> Path:
         ).stdout  # fmt: skip
     )
     cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "smoke", "--out", str(out)]
+    cmd += precision_sets(precision)
     first = subprocess.Popen(
         cmd, cwd=elsewhere, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -73,8 +73,8 @@ def test_stage_commands_chain_through_directories(tmp_path):
 
 
 def test_evaluate_checks_samples_against_the_prompt_file(tmp_path):
-    prompts = str(ROOT.parent / "shared/benchmarks/noveltybench/curated.jsonl")  # ../shared, as in CI
+    prompts = "noveltybench"  # the curated prompts shipped with anchorlm
     s = tmp_path / "s.jsonl"
-    s.write_text('{"prompt_id": "curated-0", "response": "A girl and her dog."}\n')
+    s.write_text('{"prompt_id": "curated-0", "response": "A girl and her dog."}\n' * 2)
     p = _cli("evaluate", "--prompts", prompts, "--samples", f"m={s}", "--out", str(tmp_path / "r.json"))
     assert p.returncode == 1 and "missing prompt ids" in p.stderr and "curated-1" in p.stderr

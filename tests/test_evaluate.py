@@ -17,11 +17,12 @@ def test_samples_must_have_prompt_and_response(tmp_path):
 
 
 def test_variants_must_cover_the_same_prompts(tmp_path):
-    a = _write(tmp_path / "a.jsonl", [{"prompt_id": 0, "response": "x"}, {"prompt_id": 1, "response": "y"}])
-    b = _write(tmp_path / "b.jsonl", [{"prompt_id": 0, "response": "x"}])
+    two = [{"prompt_id": p, "response": t} for p in (0, 1) for t in ("x", "y")]
+    a = _write(tmp_path / "a.jsonl", two)
+    b = _write(tmp_path / "b.jsonl", two[:2])
     with pytest.raises(ValueError, match="covers other prompts"):
         read_samples({"base": a, "sft": a, "aat": b})
-    assert len(read_samples({"base": a, "sft": a, "aat": a})["aat"]) == 2
+    assert len(read_samples({"base": a, "sft": a, "aat": a})["aat"]) == 4
 
 
 def test_style_figures_separate_cut_responses_from_unstyled_ones():

@@ -55,7 +55,8 @@ def test_gem_ignores_masked_positions_and_means_over_scored_tokens():
     )
 
 
-def test_gem_post_training_lowers_the_loss_and_keeps_more_entropy(tiny_tokenizer, tmp_path):
+@pytest.mark.learned
+def test_gem_post_training_lowers_the_loss_and_keeps_more_entropy(tiny_tokenizer, tmp_path, precision):
     """A few GEM steps on a tiny model: the loss falls, and the next-token entropy at the SFT
     positions ends higher than after the same steps of cross-entropy."""
     from transformers import AutoModelForCausalLM
@@ -78,7 +79,7 @@ def test_gem_post_training_lowers_the_loss_and_keeps_more_entropy(tiny_tokenizer
 
     ent = {}
     for loss in ("ce", "gem"):
-        cfg = PosttrainConfig(epochs=8, lr=0.01, batch_size=16, loss=loss, gem_beta=0.5)
+        cfg = PosttrainConfig(epochs=8, lr=0.01, batch_size=16, loss=loss, gem_beta=0.5, precision=precision)
         m = posttrain(cfg, init, examples, tmp_path / loss)
         assert m["counts"]["final_loss"] < m["counts"]["first_loss"]
         model = AutoModelForCausalLM.from_pretrained(tmp_path / loss).eval()

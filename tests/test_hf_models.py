@@ -67,18 +67,25 @@ def test_smollm2_tokens_added_and_chat_template_used(smol_tok):
     assert not specials & set(encode_text(smol_tok, "<|ann|><|im_end|>"))
 
 
-def test_smollm2_continue_pretraining_posttrain_and_anchored_sampling(tmp_path, smol_tok):
+@pytest.mark.learned
+def test_smollm2_continue_pretraining_posttrain_and_anchored_sampling(tmp_path, smol_tok, precision):
     pack(_docs(), smol_tok, True, 64, tmp_path / "data")
     cfg = PretrainConfig(
         init_from="smollm2", seq_len=64, batch_size=4, token_budget=64 * 4 * 8, lr=5e-4,
-        warmup_ratio=0.0, weight_decay=0.0, save_steps=100, logging_steps=1,
+        warmup_ratio=0.0, weight_decay=0.0, save_steps=100, logging_steps=1, precision=precision,
     )  # fmt: skip
     m = pretrain(cfg, tmp_path / "data", None, tmp_path / "pre")["counts"]
     assert m["steps"] == 8 and m["final_loss"] < 0.5 * m["first_loss"]
     assert m["non_embedding_params"] > 100e6  # the real 135M model, not a stand-in
 
     pc = PosttrainConfig(
-        method="anchored", epochs=2, lr=5e-4, batch_size=6, max_len=128, value_mask_fraction=1.0
+        method="anchored",
+        epochs=2,
+        lr=5e-4,
+        batch_size=6,
+        max_len=128,
+        value_mask_fraction=1.0,
+        precision=precision,
     )
     m = posttrain(pc, tmp_path / "pre", _sft_examples(), tmp_path / "aat")["counts"]
     assert m["final_loss"] < m["first_loss"]
@@ -88,7 +95,7 @@ def test_smollm2_continue_pretraining_posttrain_and_anchored_sampling(tmp_path, 
         {"id": 1, "prompt": "Tell me about cooking."},
     ]
     rows = sample(
-        SampleConfig(n_samples=4, max_new_tokens=24, max_annotation_tokens=12, batch_size=8),
+        SampleConfig(n_samples=4, max_new_tokens=24, max_annotation_tokens=12, batch_size=8, precision=precision),
         tmp_path / "aat", prompts, tmp_path / "s.jsonl", anchored=True,
     )  # fmt: skip
     ok = [r for r in rows if r["annotation_ok"]]

@@ -262,7 +262,7 @@ def test_prompt_files_keep_prefixes_and_refuse_shared_ids():
 
 
 def _samples(path, ids, anchored=False):
-    rows = [{"prompt_id": i, "response": "x y"} for i in ids]
+    rows = [{"prompt_id": i, "response": f"x y {k}"} for i in ids for k in range(2)]
     if anchored:
         rows = [{**r, "annotation": ["topic:a"], "annotation_ok": True} for r in rows]
     return _jsonl(path, rows)

@@ -43,10 +43,11 @@ class _Kill(TrainerCallback):
         raise KeyboardInterrupt("killed after a checkpoint")
 
 
-def test_pretraining_loss_falls_and_same_seed_same_weights(blocks, tmp_path):
-    m = pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "a")
+@pytest.mark.learned
+def test_pretraining_loss_falls_and_same_seed_same_weights(blocks, tmp_path, precision):
+    m = pretrain(_cfg(precision=precision), blocks / "data", blocks / "tok", tmp_path / "a")
     assert m["counts"]["final_loss"] < m["counts"]["first_loss"] - 0.5
-    pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "b")
+    pretrain(_cfg(precision=precision), blocks / "data", blocks / "tok", tmp_path / "b")
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

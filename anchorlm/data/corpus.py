@@ -40,10 +40,23 @@ class CorpusStats:
         }
 
 
+def check_readable(path: Path) -> None:
+    """A corpus is a regular file or a directory: a named pipe or a device would block when opened
+    and could not be read a second time (to fingerprint it, to resume)."""
+    if not path.exists():
+        raise FileNotFoundError(f"corpus not found: {path} (set corpus.path)")
+    if not (path.is_file() or path.is_dir()):
+        raise BadRowError(
+            f"{path}: not a regular file (a named pipe or a device?); anchorlm reads a corpus more than "
+            "once, so write it to a file first"
+        )
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     """(line number, row or the error it raised) for every row in the file. A file that cannot be
     read on (a truncated or fake .gz, a corrupt Parquet file) raises BadRowError naming it and the
     last good line: its remaining rows cannot be skipped one by one."""
+    check_readable(path)
     i = 0
     try:
         for i, row in _raw_rows(path):
@@ -96,8 +109,7 @@ def read_corpus(
 ) -> Iterator[dict]:
     """Yield valid documents; held-out ones only when `include_heldout` is set."""
     path = Path(cfg.file)
-    if not path.exists():
-        raise FileNotFoundError(f"corpus not found: {path} (set corpus.path)")
+    check_readable(path)
     stats = stats if stats is not None else CorpusStats()
     docs = list(iter_valid(path, cfg, stats, include_heldout))
     yield from _cap_per_category(docs, cfg)
@@ -121,9 +133,14 @@ def iter_valid(
                 if not text.strip()
                 else ""
             )
+            if not problem:
+                problem = _category_problem(row, cfg.category_field)
         if problem:
             if cfg.on_bad_row == "error":
-                raise BadRowError(f"{path}:{line}: {problem} (fix the row, or set corpus.on_bad_row=skip)")
+                rid = f"row {row['id']!r}: " if isinstance(row, dict) and "id" in row else ""
+                raise BadRowError(
+                    f"{path}:{line}: {rid}{problem} (fix the row, or set corpus.on_bad_row=skip)"
+                )
             stats.skipped[problem.split(" (")[0]] += 1
             continue
         row.setdefault("id", f"{path.name}:{line}")
@@ -136,6 +153,14 @@ def iter_valid(
                 continue
         stats.read += 1
         yield row
+
+
+def _category_problem(row: dict, field: str) -> str:
+    """'' when the row's category (if any) can name a topic: a string or a finite number."""
+    cat = row.get(field)
+    if cat is None or isinstance(cat, str) or (isinstance(cat, (int, float)) and not isinstance(cat, bool)):
+        return ""
+    return f"field {field!r} must be a string or a number (not {cat!r})"
 
 
 def _cap_per_category(docs: list[dict], cfg: CorpusConfig) -> list[dict]:
@@ -164,14 +189,10 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
             continue
         start, n = 0, len(para)
 
-        def back(sub: str) -> int:  # the last `sub` in the next max_chars, relative to start
-            at = para.rfind(sub, start, start + max_chars)
-            return at - start if at >= 0 else -1
-
         while n - start > max_chars:
-            cut = max(back(". "), back("\n"))
+            cut = max(_back(para, start, ". ", max_chars), _back(para, start, "\n", max_chars))
             if cut < max_chars // 2:
-                cut = back(" ")
+                cut = _back(para, start, " ", max_chars)
             if cut <= 0:
                 cut = max_chars
             out.append(para[start : start + cut + 1].rstrip())
@@ -181,3 +202,9 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
         if para[start:].strip():
             out.append(para[start:])
     return out
+
+
+def _back(para: str, start: int, sub: str, max_chars: int) -> int:
+    """The last `sub` in para[start : start + max_chars], relative to start (-1: none)."""
+    at = para.rfind(sub, start, start + max_chars)
+    return at - start if at >= 0 else -1

@@ -110,7 +110,12 @@ def build_sft_data(
     cfg: SFTDataConfig,
     out_dir: str | Path,
 ) -> dict:
-    """Write train.jsonl (instruction, response, tags) and eval_prompts.jsonl to `out_dir`."""
+    """Write train.jsonl (instruction, response, tags) and eval_prompts.jsonl to `out_dir`.
+
+    Responses come from the corpus that `annotate_dir` was annotated from, tagged by its annotators
+    as they were configured and fitted there (`corpus` and `annotate` are used only for an
+    annotation that does not record them)."""
+    corpus, annotate = annotation_configs(annotate_dir, corpus, annotate)
     if cfg.n_eval_prompts >= len(INSTRUCTIONS) - 8:
         raise ValueError(
             f"sft_data.n_eval_prompts must leave at least 8 of {len(INSTRUCTIONS)} instructions for training"
@@ -157,6 +162,25 @@ def build_sft_data(
         to_dict(cfg),
         {"examples": len(items), "pool": len(pool), "eval_prompts": len(eval_prompts)},
     )
+
+
+def annotation_configs(
+    annotate_dir: str | Path, corpus: CorpusConfig, annotate: AnnotateConfig
+) -> tuple[CorpusConfig, AnnotateConfig]:
+    """The corpus and annotator configs an annotation run recorded in its manifest (its corpus file
+    by absolute path), or the given ones for a run that recorded none."""
+    from anchorlm.config import build
+
+    m = Path(annotate_dir) / "manifest.json"
+    if not m.exists():
+        raise FileNotFoundError(f"{annotate_dir} has no finished annotation (run `anchorlm annotate` first)")
+    cfg = json.loads(m.read_text()).get("config", {})
+    if "corpus" not in cfg or "annotate" not in cfg:
+        return corpus, annotate
+    recorded = build(CorpusConfig, cfg["corpus"], "corpus")
+    if cfg.get("corpus_file"):
+        recorded.path = cfg["corpus_file"]
+    return recorded, build(AnnotateConfig, cfg["annotate"], "annotate")
 
 
 def check_examples(rows: list[dict], where: str = "SFT data", anchored: bool = True) -> None:

@@ -16,7 +16,6 @@ TRL tokenises the strings with special tokens recognised.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from anchorlm.config import PosttrainConfig

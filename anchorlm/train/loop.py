@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from anchorlm.config import TrainConfig, report_names
-from anchorlm.io import lock_dir
+from anchorlm.io import lock_dir, write_json
 
 
 def train(
@@ -42,8 +43,9 @@ def train(
         return _train(model, tokenizer, dataset, collator, out, cfg, max_steps, callbacks, compute_loss_func)
 
 
-def training_arguments(cfg: TrainConfig, out: Path, max_steps: int):
-    """The one translation of a stage's TrainConfig into the Trainer's arguments."""
+def training_arguments(cfg: TrainConfig, out: Path, max_steps: int, hidden: int | None = None):
+    """The one translation of a stage's TrainConfig into the Trainer's arguments (`hidden`: the
+    model's hidden size, which `precision: auto` reads)."""
     from transformers import TrainingArguments
 
     from anchorlm.precision import resolve
@@ -78,7 +80,7 @@ def training_arguments(cfg: TrainConfig, out: Path, max_steps: int):
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         use_cpu=not _has_accelerator(),
-        bf16=resolve(cfg.precision) == "bf16",  # autocast; the weights and checkpoints stay float32
+        bf16=resolve(cfg.precision, hidden) == "bf16",  # autocast; the weights and checkpoints stay float32
     )
 
 
@@ -86,8 +88,9 @@ def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max
            compute_loss_func) -> dict:  # fmt: skip
     from transformers import Trainer
 
-    from anchorlm.precision import resolve
+    from anchorlm.precision import hidden_size, resolve
 
+    hidden = hidden_size(model)
     if cfg.lora.rank:
         from anchorlm.train.lora import apply_lora
 
@@ -95,7 +98,7 @@ def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max
             model, tokenizer, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets
         )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    args = training_arguments(cfg, out, max_steps)
+    args = training_arguments(cfg, out, max_steps, hidden)
     ckpt = out / "checkpoints"
     with _logging_env(out, report_names(cfg.report_to)):  # the loggers read it when the Trainer is made
         trainer = Trainer(
@@ -128,9 +131,67 @@ def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max
         "final_loss": losses[-1] if losses else None,
         "processes": world_size(),
         "distributed": trainer.accelerator.distributed_type.value,  # NO, MULTI_CPU/MULTI_GPU (DDP), FSDP, DEEPSPEED
-        "precision": resolve(cfg.precision),
+        "precision": resolve(cfg.precision, hidden),
         "trainable_params": trainable,
     }
+
+
+RUN = "run.json"  # what a training output directory holds: the config and inputs that made it
+NOT_IDENTITY = ("save_steps", "logging_steps", "report_to")  # change how a run is watched, not its weights
+
+
+def identity_of(path) -> str:
+    """What names an input directory's content: a digest of its manifest (which records the
+    config, counts and finishing time of the stage that made it), else its resolved path."""
+    import hashlib
+
+    p = Path(str(path))
+    m = p / "manifest.json"
+    if m.is_file():
+        return "manifest:" + hashlib.sha256(m.read_bytes()).hexdigest()[:16]
+    return str(p.resolve()) if p.exists() else str(path)
+
+
+def claim_run(out: str | Path, section: str, config: dict, inputs: dict) -> dict | None:
+    """Make `out` the directory of this run (`config` of stage `section`, trained on `inputs`) or
+    find that it is: None means train (afresh, or resuming this run's checkpoints); a manifest
+    means the same run already finished, and it is the answer. A directory that holds a run of
+    another config or other inputs, or one that recorded none, is refused: resuming from its
+    checkpoints, or saving into it, would hand back the old model under the new config."""
+    out = Path(out)
+    want = {section: {k: v for k, v in config.items() if k not in NOT_IDENTITY}, "inputs": inputs}
+    want = json.loads(json.dumps(want, default=str))
+    path, manifest = out / RUN, out / "manifest.json"
+    if path.exists():
+        changed = _differences(json.loads(path.read_text()), want)
+        if changed:
+            raise ValueError(
+                f"{out} holds a {section} run of another config or other inputs ({'; '.join(changed[:4])}); "
+                "use a new --out, or delete that directory to train this one there"
+            )
+        if manifest.exists():
+            print(f"{out} already holds this finished model (same config and inputs); nothing to train",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return json.loads(manifest.read_text())
+        return None
+    if manifest.exists() or (out / "checkpoints").exists():
+        raise ValueError(
+            f"{out} holds a model or checkpoints that recorded no config (made by an older anchorlm or "
+            "another tool); use a new --out, or delete that directory"
+        )
+    if is_main_process():
+        write_json(path, want)
+    return None
+
+
+def _differences(old, new, where: str = "") -> list[str]:
+    """'key: old -> new' for each leaf that differs between two nested mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 COMPLETE = "anchorlm-complete"  # written into a checkpoint once the Trainer has saved all of it

@@ -39,9 +39,13 @@ def posttrain(
 
     from anchorlm.models import load_model
     from anchorlm.train.gem import gem_loss_func
-    from anchorlm.train.loop import train
+    from anchorlm.train.loop import claim_run, identity_of, train
 
     check_examples(examples, where, anchored=cfg.method == "anchored")
+    inputs = {"model": identity_of(model_dir), "examples": _digest(examples), "replay": _digest(list(replay))}
+    done = claim_run(out_dir, "posttrain", to_dict(cfg), inputs)
+    if done:
+        return done
     set_seed(cfg.seed)
     # any model spec; `anchored` adds the annotation tokens if it lacks them, `sft` adds none, so a
     # published model post-trained with sft keeps its vocabulary (added rows would take probability mass)
@@ -70,3 +74,10 @@ def posttrain(
             **losses,
         },
     )
+
+
+def _digest(rows: list[dict]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -35,6 +35,12 @@ def pretrain(
     is); then `tokenizer_dir` may be None (the model's own tokenizer)."""
     if not tokenizer_dir and not cfg.init_from:
         raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
+    from anchorlm.train.loop import claim_run, identity_of
+
+    inputs = {"data": identity_of(data_dir), "tokenizer": identity_of(tokenizer_dir or cfg.init_from)}
+    done = claim_run(out_dir, "pretrain", to_dict(cfg), inputs)
+    if done:
+        return done
     from transformers import set_seed
 
     from anchorlm.data.pack import load_blocks

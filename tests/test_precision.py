@@ -1,0 +1,51 @@
+"""`precision: auto` picks bf16 only where it is measured faster, and every output says what ran."""
+
+import json
+
+import pytest
+
+from anchorlm import precision
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Pretend to be a machine with or without bf16 units, on a CPU or a GPU."""
+
+    def set_(units: bool, gpu: bool = False):
+        monkeypatch.setattr(precision, "fast_bf16", lambda: units)
+        monkeypatch.setattr(precision, "on_gpu", lambda: gpu)
+
+    return set_
+
+
+def test_auto_is_bf16_only_at_or_above_the_line_on_a_cpu_with_units(machine):
+    machine(units=True)
+    assert precision.resolve("auto", 64) == "fp32"
+    assert precision.resolve("auto", precision.BF16_MIN_HIDDEN - 1) == "fp32"
+    assert precision.resolve("auto", precision.BF16_MIN_HIDDEN) == "bf16"
+    assert precision.resolve("auto", 576) == "bf16"  # SmolLM2-135M
+    assert precision.resolve("auto", None) == "bf16"
+
+
+def test_auto_is_fp32_without_units_and_bf16_on_a_gpu(machine):
+    machine(units=False)
+    assert precision.resolve("auto", 576) == "fp32"
+    machine(units=True, gpu=True)
+    assert precision.resolve("auto", 64) == "bf16"
+
+
+def test_a_forced_precision_is_kept_whatever_the_machine(machine):
+    for units in (True, False):
+        machine(units=units)
+        assert precision.resolve("bf16", 64) == "bf16" and precision.resolve("fp32", 576) == "fp32"
+
+
+def test_manifests_record_machine_code_and_versions(tmp_path):
+    from anchorlm.manifest import write_manifest
+
+    m = write_manifest(tmp_path, "stage", {}, {"precision": "fp32"})
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert on_disk["machine"]["cores"] >= 1 and isinstance(on_disk["machine"]["cpu_bf16_units"], bool)
+    assert on_disk["code"]["anchorlm"] and "torch" in on_disk["versions"] and "peft" in on_disk["versions"]
+    assert len(on_disk["code"].get("git_commit", "x" * 40)) == 40  # the commit, where it runs from a checkout
