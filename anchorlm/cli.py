@@ -22,11 +22,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from anchorlm import __version__
+from anchorlm.annotate import annotate_corpus
+from anchorlm.config import check_out_dir, load_config
+from anchorlm.data.annotated import iter_annotated
+from anchorlm.data.pack import tokenize_corpus
+from anchorlm.data.sft import build_sft_data
+from anchorlm.data.trl import export_trl
+from anchorlm.evaluate import evaluate
+from anchorlm.io import read_jsonl
+from anchorlm.models import load_tokenizer
+from anchorlm.report import anchoring_table, table, write_report
+from anchorlm.sample import forced_prompts, forced_topic_list, read_prompts, sample
+from anchorlm.study.config import load_study_config
+from anchorlm.study.run import run_demo, run_study
+from anchorlm.tokenizer import train_tokenizer
+from anchorlm.train.posttrain import posttrain
+from anchorlm.train.pretrain import pretrain
+
 MODEL_SPEC = "a model dir, a .gguf file, 'smollm2' (packaged) or a hub id"
+REUSE_CELLS = (
+    "reuse finished cells (models, samples, scores) made by other code (another commit, uncommitted "
+    "changes or other torch/transformers/peft versions); the results name every such cell"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from anchorlm import __version__
 
     p = argparse.ArgumentParser(
         prog="anchorlm", description="Annotation-anchored training of language models."
@@ -54,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write into an existing non-empty directory that anchorlm did not make (its files may be "
         "overwritten or taken as stage outputs)",
     )
+    s.add_argument("--reuse-cells", action="store_true", help=REUSE_CELLS)
     s = cmd("annotate", "annotate a corpus, chunk by chunk (resumable)")
     s.add_argument("--corpus", help="corpus file, datasets dir, or dir/glob of shards (default: corpus.path)")
     s.add_argument("--num-proc", type=int, help="sharded corpus: shards at once (default: annotate.num_proc)")
@@ -115,20 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("reproduce", "run the paper's study (scaling, ablations, entropy, frontier); resumable")
     s.add_argument("--out", help="cell cache directory (default: the config's out_dir)")
     s.add_argument("--docs", help="where results.md/json and plots go (default: the config's docs_dir)")
+    s.add_argument("--reuse-cells", action="store_true", help=REUSE_CELLS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from anchorlm.config import check_out_dir, load_config
 
     if args.cmd in ("demo", "reproduce") and not args.config:
         args.config = args.cmd if args.cmd == "reproduce" else "demo"
     try:
         if args.cmd == "reproduce":
-            from anchorlm.config import load_reproduce_config
-
-            cfg = load_reproduce_config(args.config, args.set)
+            cfg = load_study_config(args.config, args.set)
         else:
             cfg = load_config(args.config, args.set)
     except (ValueError, OSError) as e:
@@ -153,71 +173,46 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, cfg) -> int | None:
     c = args.cmd
     if c == "demo":
-        from anchorlm.pipeline import run_pipeline
-
         if args.out:
             cfg.out_dir = args.out
-        run_pipeline(cfg, reuse_dir=args.reuse_dir)
+        run_demo(cfg, reuse_dir=args.reuse_dir, reuse_other_code=args.reuse_cells)
     elif c == "reproduce":
-        from anchorlm.reproduce import run_reproduce
-
         if args.out:
             cfg.out_dir = args.out
         if args.docs:
             cfg.docs_dir = args.docs
-        run_reproduce(cfg)
+        run_study(cfg, reuse_other_code=args.reuse_cells)
     elif c == "annotate":
-        from anchorlm.annotate import annotate_corpus
-
         if args.corpus:
             cfg.corpus.path = args.corpus
         if args.num_proc:
             cfg.annotate.num_proc = args.num_proc
         print(annotate_corpus(cfg.corpus, cfg.annotate, args.out)["counts"])
     elif c == "tokenizer":
-        from anchorlm.annotate import iter_annotated
-        from anchorlm.tokenizer import train_tokenizer
-
         train_tokenizer(iter_annotated(args.annotated), cfg.tokenizer, args.out)
     elif c == "tokenize":
-        from anchorlm.data.pack import tokenize_corpus
-
         p = cfg.pretrain
         m = tokenize_corpus(args.annotated, args.tokenizer, args.variant == "annotated", p.seq_len, args.out,
                             p.seed, p.annotation_dropout, args.num_proc)  # fmt: skip
         print(m["counts"])
     elif c == "pretrain":
-        from anchorlm.train.pretrain import pretrain
-
         if args.init_from:
             cfg.pretrain.init_from = args.init_from
         print(pretrain(cfg.pretrain, args.data, args.tokenizer, args.out)["counts"])
     elif c == "sft-data":
-        from anchorlm.data.sft import build_sft_data
-
         print(build_sft_data(cfg.corpus, cfg.annotate, args.annotated, cfg.sft_data, args.out)["counts"])
     elif c == "posttrain":
-        from anchorlm.io import read_jsonl
-        from anchorlm.train.posttrain import posttrain
-
         if args.method:
             cfg.posttrain.method = args.method
         print(
             posttrain(cfg.posttrain, args.model, read_jsonl(args.data), args.out, where=args.data)["counts"]
         )
     elif c == "export-trl":
-        from anchorlm.data.trl import export_trl
-        from anchorlm.io import read_jsonl
-        from anchorlm.tokenizer import load_tokenizer
-
         if args.method:
             cfg.posttrain.method = args.method
         n = export_trl(load_tokenizer(args.model), read_jsonl(args.data), cfg.posttrain, args.form, args.out)
         print(f"wrote {n} {args.form} rows ({cfg.posttrain.method}) to {args.out}")
     elif c == "sample":
-        from anchorlm.io import read_jsonl
-        from anchorlm.sample import forced_prompts, forced_topic_list, read_prompts, sample
-
         prompts = read_prompts(args.prompts)
         if args.force_topics is not None:
             prompts = forced_prompts(prompts, forced_topic_list(args.force_topics))
@@ -227,11 +222,6 @@ def _run(args, cfg) -> int | None:
         )
         print(f"wrote {len(rows)} samples to {args.out}")
     elif c == "evaluate":
-        from anchorlm.evaluate import evaluate
-        from anchorlm.io import read_jsonl
-        from anchorlm.report import anchoring_table, table
-        from anchorlm.sample import read_prompts
-
         samples = _pairs(args.samples, "--samples")
         forced = _pairs(args.forced, "--forced")
         prompts = read_prompts(args.prompts) if args.prompts else None
@@ -240,8 +230,6 @@ def _run(args, cfg) -> int | None:
         if anchoring_table(res):
             print("\n" + anchoring_table(res))
     elif c == "report":
-        from anchorlm.report import write_report
-
         print(write_report(Path(args.results), args.out))
     return None
 

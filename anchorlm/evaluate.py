@@ -1,12 +1,11 @@
 """Stage 7: diversity and quality of each variant's samples, and the paper's summary figures.
 
-Per prompt (averaged over sampling seeds): mean pairwise cosine distance of MiniLM embeddings,
-Vendi score, attribute entropy (entropy of the corpus-category labels the attribute classifier
-gives the samples), distinct-1/2. Per sample: style adherence (the SFT style's opener and closer)
-and fluency NLL under the reference LM; the share of responses that ended before the token cap
-(`finished`) and the style adherence among those (a cut response cannot end with the closer).
-With variants base, sft and aat present, `summary` holds collapse, collapse reduction and gap
-closed, each with a bootstrap CI over prompts.
+The metrics are those of anchorlm.metrics.registry: diversity per prompt (averaged over sampling
+seeds) from the samples' texts, MiniLM embeddings and the attribute classifier's labels; quality
+per variant (style adherence, the share of finished responses and the style among them, fluency
+NLL under the reference LM, ...); anchor fidelity (anchorlm.metrics.fidelity) for anchored
+variants. With variants base, sft and aat present, `summary` holds collapse, collapse reduction
+and gap closed of each summary metric, each with a bootstrap CI over prompts.
 """
 
 from __future__ import annotations
@@ -18,27 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from anchorlm.config import CorpusConfig, EvaluateConfig, SFTDataConfig, to_dict
-from anchorlm.data.sft import follows_style, strip_style
-from anchorlm.io import read_jsonl, write_json
-from anchorlm.manifest import versions
-from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
-from anchorlm.metrics.quality import fluency_nll, mean_finite
-from anchorlm.metrics.summary import SUMMARY_METRICS, summarize
-from anchorlm.precision import hidden_size, resolve
-from anchorlm.provenance import provenance
+from anchorlm.data.style import strip_style
+from anchorlm.io import atomic, read_jsonl, write_json
+from anchorlm.metrics import registry
+from anchorlm.metrics.classifier import AttributeClassifier
+from anchorlm.metrics.fidelity import anchoring, forced_plan
+from anchorlm.metrics.quality import fluency_nll
+from anchorlm.metrics.registry import DIVERSITY, SUMMARY_METRICS, Quality
+from anchorlm.metrics.summary import summarize
+from anchorlm.models import cache_dir, load_embedder, load_model, minilm_dir
+from anchorlm.precision import dtype, hidden_size, resolve
+from anchorlm.provenance import provenance, versions
 from anchorlm.variants import SUMMARY_TRIO
-
-DIVERSITY = ("embedding_distance", "vendi", "attribute_entropy", "distinct_1", "distinct_2")
-
-
-def _group_metrics(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict:
-    return {
-        "embedding_distance": mean_pairwise_cosine_distance(emb),
-        "vendi": vendi_score(emb),
-        "attribute_entropy": entropy(labels),
-        "distinct_1": distinct_n(texts, 1),
-        "distinct_2": distinct_n(texts, 2),
-    }
 
 
 def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
@@ -128,15 +118,10 @@ class Scorer:
     the corpus) and the reference LM. `score` turns one variant's sample rows into its figures."""
 
     def __init__(self, cfg: EvaluateConfig, sft: SFTDataConfig, corpus: CorpusConfig):
-        from anchorlm.metrics.classifier import AttributeClassifier
-        from anchorlm.models import load_embedder, load_model
-
         self.cfg, self.sft = cfg, sft
         self.embedder = load_embedder(cfg.embedder)
         self.clf = AttributeClassifier(self.embed_cached, cfg.seed)
         self.clf_info = self.clf.fit(corpus, cfg.classifier_docs_per_category)
-        from anchorlm.precision import dtype
-
         self.ref_model, self.ref_tok = load_model(cfg.reference_lm, tokens="none")
         self.ref_model.to(dtype(cfg.precision, self.ref_model))
 
@@ -149,9 +134,6 @@ class Scorer:
         the same in every evaluation of a corpus, and embedding them is most of evaluation's time on
         a CPU. A cache that cannot be read or written is skipped."""
         import hashlib
-
-        from anchorlm.io import atomic
-        from anchorlm.models import cache_dir, minilm_dir
 
         name = self.cfg.embedder
         ident = [name, str(minilm_dir()) if name == "minilm" else name, versions(), texts]
@@ -181,28 +163,25 @@ class Scorer:
             groups[(r["prompt_id"], r.get("seed", 0))].append(i)
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            by_prompt[pid].append(_group_metrics([texts[i] for i in idx], emb[idx], [labels[i] for i in idx]))
+            by_prompt[pid].append(
+                registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx])
+            )
         pids = sorted(by_prompt, key=str)
-        per_prompt = {m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY}
+        per_prompt = {
+            m.name: np.array([np.mean([g[m.name] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY
+        }
         k = cfg.fluency_max_per_variant or len(rows)
         pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
         nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
-        quality = {
-            **style_figures(sft, rows),
-            "fluency_nll": mean_finite(nll),
-            "fluency_scored": len(pick),
-            "empty_responses": float(np.mean([not t.strip() for t in texts])),
-        }
         figures = {
-            "diversity": {m: float(per_prompt[m].mean()) for m in DIVERSITY},
-            "quality": quality,
+            "diversity": {m: float(a.mean()) for m, a in per_prompt.items()},
+            "quality": registry.quality(Quality(rows, texts, sft, nll, len(pick))),
             "n_samples": len(rows),
             "n_prompts": len(pids),
             "label_counts": dict(Counter(labels).most_common()),
             "examples": examples(rows),
         }
         if "annotation_ok" in rows[0]:
-            quality["annotation_wellformed"] = float(np.mean([r["annotation_ok"] for r in rows]))
             figures["anchoring"] = anchoring(rows, labels)
         return figures, per_prompt
 
@@ -215,19 +194,12 @@ class Scorer:
 
 
 def style_figures(sft, rows: list[dict]) -> dict:
-    """Style adherence of the responses; where the sampler recorded whether each response ended on
-    its own (`finished`), that share and the adherence among the finished ones: a response cut at
-    max_new_tokens cannot end with the closer, so a variant that writes longer loses adherence to
-    the cap, not to its style."""
-    styled = [follows_style(sft, r["response"]) for r in rows]
-    out = {"style_adherence": float(np.mean(styled))}
-    if all("finished" in r for r in rows):
-        done = [bool(r["finished"]) for r in rows]
-        out["finished"] = float(np.mean(done))
-        out["style_adherence_finished"] = (
-            float(np.mean([s for s, d in zip(styled, done) if d])) if any(done) else None
-        )
-    return out
+    """The style metrics of the registry for `rows`: style adherence; where the sampler recorded
+    whether each response ended on its own (`finished`), that share and the adherence among the
+    finished ones (a response cut at max_new_tokens cannot end with the closer)."""
+    q = Quality(rows, [r["response"] for r in rows], sft, [], 0)
+    keys = ("style_adherence", "finished", "style_adherence_finished")
+    return {k: v for k, v in registry.quality(q).items() if k in keys}
 
 
 def examples(rows: list[dict], k: int = 3) -> list[dict]:
@@ -241,58 +213,6 @@ def examples(rows: list[dict], k: int = 3) -> list[dict]:
         if len(out) == k:
             break
     return out
-
-
-def _topic(tags) -> str | None:
-    return next((t[6:] for t in tags or [] if t.startswith("topic:")), None)
-
-
-def anchoring(rows: list[dict], labels: list[str]) -> dict:
-    """Does the writer follow the plan it writes? For free anchored samples: the entropy of the
-    sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for) and the share
-    of responses whose classified category is their annotation's topic (`free_agreement`)."""
-    topics = [_topic(r.get("annotation")) for r in rows]
-    by_prompt = defaultdict(list)
-    for r, tp in zip(rows, topics):
-        by_prompt[(r["prompt_id"], r.get("seed", 0))].append(tp or "(none)")
-    with_topic = [(tp, lab) for tp, lab in zip(topics, labels) if tp]
-    return {
-        "plan_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
-        "free_agreement": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
-        "with_topic": len(with_topic) / len(rows),
-    }
-
-
-def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: dict) -> dict:
-    """Does the writer follow a plan it is given? Rows sampled with the annotation's start fixed to
-    `topic:<t>` (their `annotation_prefix`): the share of responses the attribute classifier puts
-    in t, over topics of the SFT data (`forced_sft`) and over the others (`forced_other`), beside
-    the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
-    hits: dict = defaultdict(list)
-    for r, lab in zip(rows, labels):
-        t = _topic(r.get("annotation_prefix"))
-        if t is None:
-            raise ValueError(
-                f"forced-plan sample of prompt {r.get('prompt_id')!r} has no topic in annotation_prefix"
-            )
-        hits[t].append(lab == t)
-    by_topic = {t: float(np.mean(v)) for t, v in sorted(hits.items())}
-    sft = [t for t in by_topic if t in set(sft_topics)]
-    other = [t for t in by_topic if t not in set(sft_topics)]
-
-    def mean(xs, table):
-        vals = [table[t] for t in xs if table.get(t) is not None]
-        return float(np.mean(vals)) if vals else None
-
-    return {
-        "forced_sft": mean(sft, by_topic),
-        "forced_other": mean(other, by_topic),
-        "classifier_accuracy": mean(list(by_topic), per_category),
-        "classifier_accuracy_sft": mean(sft, per_category),
-        "classifier_accuracy_other": mean(other, per_category),
-        "forced_by_topic": by_topic,
-        "forced_samples": len(rows),
-    }
 
 
 def evaluate(

@@ -77,34 +77,9 @@ def render(chunks: list[tuple[list[str], str]]) -> str:
     return "\n\n".join(render_annotation(tags) + sanitize(text) for tags, text in chunks)
 
 
-def parse(rendered: str) -> list[tuple[list[str], str]]:
-    """Inverse of :func:`render` for well-formed input: the list of (tags, text) chunks."""
-    out = []
-    pieces = rendered.split(ANN_OPEN)
-    if pieces[0].strip():
-        out.append(([], pieces[0].strip("\n")))
-    for piece in pieces[1:]:
-        ann, sep, text = piece.partition(ANN_CLOSE)
-        if not sep:
-            raise ValueError(f"annotation opened but never closed: {piece[:60]!r}")
-        tags = parse_tags(ann)
-        if tags is None:
-            raise ValueError(f"malformed annotation {ann!r}")
-        out.append((tags, text.strip("\n")))
-    return out
-
-
 def strip_annotations(text: str) -> str:
     """Remove every annotation span (an unclosed one runs to the end) from generated text."""
     return _ANN_SPAN.sub("", text).replace(ANN_CLOSE, "")
-
-
-def split_generation(text: str) -> tuple[list[str] | None, str]:
-    """Split an anchored generation ``<|ann|>tags<|/ann|>response`` into (tags or None, response)."""
-    m = re.match(r"\s*" + re.escape(ANN_OPEN) + r"(.*?)" + re.escape(ANN_CLOSE), text, re.S)
-    if not m:
-        return None, strip_annotations(text).strip()
-    return parse_tags(m.group(1)), strip_annotations(text[m.end() :]).strip()
 
 
 def _ids(tokenizer, text: str) -> list[int]:

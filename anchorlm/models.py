@@ -54,6 +54,11 @@ def resolve_lm(name: str, gguf_file: str = "") -> tuple[str, str]:
     p = Path(name)
     if p.is_file() and p.suffix == ".gguf":
         return str(p.parent), p.name
+    if p.is_dir() and not any((p / f).exists() for f in ("config.json", "tokenizer.json", "tokenizer_config.json")) \
+            and not list(p.glob("*.gguf")):  # fmt: skip
+        raise FileNotFoundError(
+            f"no model or tokenizer in {p} (run `anchorlm tokenizer` or a training stage first)"
+        )
     if p.is_dir():
         ggufs = sorted(x.name for x in p.glob("*.gguf"))
         if not gguf_file and not (p / "config.json").exists() and ggufs:

@@ -5,11 +5,14 @@ results JSON and every report records them, so a published number says where it 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from anchorlm.precision import cpu_bf16_units
 
 PACKAGES = ("anchorlm", "torch", "transformers", "peft", "tokenizers", "datasets", "sentence-transformers")
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +46,6 @@ def _cpuinfo() -> dict[str, str]:
 def machine() -> dict:
     """The machine: CPU model (with its family and model numbers, which tell AMD Zen generations
     apart where the name is only "AMD EPYC"), cores, its bf16 units, and the GPU if one is used."""
-    from anchorlm.precision import cpu_bf16_units
-
     info = _cpuinfo()
     flags = info.get("flags", "").split()
     out = {
@@ -75,8 +76,9 @@ def describe(m: dict) -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """anchorlm's version and, when it runs from a git checkout, the commit and whether the working
-    tree differed from it (dirty: the numbers may come from uncommitted code)."""
+    """anchorlm's version and, when it runs from a git checkout, the commit and whether the package's
+    files differed from it (dirty: the numbers may come from uncommitted code, named by a digest of
+    the diff)."""
     out: dict = {"anchorlm": versions().get("anchorlm")}
     if not (REPO / ".git").exists():  # an installed copy: no checkout of its own to name
         return out
@@ -92,6 +94,11 @@ def code_version() -> dict:
             )
             out["git_commit"] = commit.stdout.strip()
             out["git_dirty"] = bool(status.stdout.strip())
+            if out["git_dirty"]:  # which uncommitted changes: two dirty trees are not the same code
+                diff = subprocess.run(
+                    [*git, "diff", "HEAD", "--", "anchorlm"], capture_output=True, timeout=30
+                )
+                out["git_diff"] = hashlib.sha256(diff.stdout).hexdigest()[:12]
     except (OSError, subprocess.SubprocessError):
         pass
     return out

@@ -7,16 +7,8 @@ import math
 from pathlib import Path
 
 from anchorlm.io import atomic, write_json
-
-COLUMNS = [
-    ("diversity", "embedding_distance", "emb. dist."),
-    ("diversity", "vendi", "Vendi"),
-    ("diversity", "attribute_entropy", "attr. entropy"),
-    ("diversity", "distinct_2", "distinct-2"),
-    ("quality", "style_adherence", "style adh."),
-    ("quality", "fluency_nll", "fluency NLL"),
-    ("quality", "annotation_wellformed", "ann. ok"),
-]
+from anchorlm.metrics import registry
+from anchorlm.provenance import describe
 
 
 def fmt(x) -> str:
@@ -32,7 +24,7 @@ def fmt_ci(ci: list | None) -> str:
     return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
 
 
-PLOTTED = ("embedding_distance", "vendi", "attribute_entropy")  # the diversity plot's panels
+PLOTTED = tuple(m for m in registry.SUMMARY_METRICS)  # the diversity plot's panels
 
 
 def check_results(results, where: str) -> None:
@@ -56,9 +48,10 @@ def check_results(results, where: str) -> None:
 
 def table(results: dict) -> str:
     """The Markdown table of variants, then the summary figures."""
-    lines = ["| variant | " + " | ".join(c[2] for c in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    cols = registry.COLUMNS  # read at call time: the registry is the one definition
+    lines = ["| variant | " + " | ".join(m.label for m in cols) + " |", "|---|" + "---:|" * len(cols)]
     for name, v in results["variants"].items():
-        lines.append(f"| {name} | " + " | ".join(fmt(v[sec].get(key)) for sec, key, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(v[m.section].get(m.name)) for m in cols) + " |")
     if "summary" in results:
         lines += [
             "",
@@ -136,8 +129,6 @@ def provenance_lines(results: dict) -> list[str]:
     """Where the numbers were made: the machines and precisions of training and sampling (the
     demo's `made_by`), of scoring (evaluate's `provenance`), the code and the library versions.
     Another CPU kind (with or without bf16 units) or other versions give other digits."""
-    from anchorlm.provenance import describe
-
     prov = results.get("provenance") or {}
     made = results.get("made_by") or {}
     if not prov and not made:
@@ -215,12 +206,9 @@ def plots(results: dict, out: Path) -> list[str]:
 
     names = list(results["variants"])
     v = results["variants"]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, key, title in zip(
-        axes,
-        PLOTTED,
-        ("mean pairwise cosine distance", "Vendi score", "attribute entropy (nats)"),
-    ):
+    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(3.7 * len(PLOTTED), 3.4))
+    for ax, key in zip(axes, PLOTTED):
+        title = registry.METRICS[key].label
         pp = results.get("per_prompt", {})
         err = [1.96 * np.std(pp[n][key]) / np.sqrt(len(pp[n][key])) if n in pp else 0 for n in names]
         ax.bar(

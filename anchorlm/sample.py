@@ -25,8 +25,11 @@ from anchorlm.format import (
     parse_tags,
     strip_annotations,
 )
-from anchorlm.io import write_jsonl
+from anchorlm.io import read_jsonl, write_jsonl
 from anchorlm.manifest import write_manifest_file
+from anchorlm.models import anchor_tokens, hf_dir, load_model, load_tokenizer
+from anchorlm.precision import dtype
+from anchorlm.prompts import prompt_file
 
 
 class VLLMGenerator:
@@ -125,9 +128,6 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
         return _vllm_backend(cfg, model_dir, anchored)
     import torch
 
-    from anchorlm.models import load_model
-    from anchorlm.precision import dtype
-
     model, tok = load_model(str(model_dir), tokens="annotations" if anchored else "turns")
     dt = dtype(cfg.precision, model)
     model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dt)
@@ -139,8 +139,6 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
 
 
 def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
-    from anchorlm.models import anchor_tokens, hf_dir, load_tokenizer
-
     if cfg.guidance_scale:
         raise ValueError(
             "sample.guidance_scale needs each sample's logits with and without its annotation in one "
@@ -175,9 +173,6 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
 
 def read_prompts(name: str) -> list[dict]:
     """The prompt rows of a JSONL file, or of a set shipped with anchorlm by name (anchorlm.prompts)."""
-    from anchorlm.io import read_jsonl
-    from anchorlm.prompts import prompt_file
-
     path = prompt_file(name)
     return prompt_rows(read_jsonl(path), str(path))
 

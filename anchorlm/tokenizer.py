@@ -51,14 +51,3 @@ def train_tokenizer(docs, cfg: TokenizerConfig, out_dir: str | Path):
     hf.save_pretrained(out)
     write_manifest(out, "tokenizer", to_dict(cfg), {"vocab_size": len(hf), "documents": n_docs[0]})
     return hf
-
-
-def load_tokenizer(path: str | Path, annotations: bool = True):
-    """Our tokenizer from a directory, or any model spec's (`anchorlm.models`), anchor tokens added
-    (without `annotations`, only the turn tokens; our own tokenizers hold all of them anyway)."""
-    from anchorlm.models import load_tokenizer as load
-
-    p = Path(path)
-    if p.is_dir() and not (p / "tokenizer.json").exists() and not list(p.glob("*.gguf")):
-        raise FileNotFoundError(f"no tokenizer in {path} (run `anchorlm tokenizer` first)")
-    return load(str(path), tokens="annotations" if annotations else "turns")

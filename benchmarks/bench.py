@@ -147,8 +147,9 @@ def _cpuinfo() -> list[str]:
 def _demo_data(tmp: Path):
     from datasets import load_from_disk
 
-    from anchorlm.annotate import annotate_corpus, read_annotated
+    from anchorlm.annotate import annotate_corpus
     from anchorlm.config import load_config
+    from anchorlm.data.annotated import read_annotated
     from anchorlm.data.pack import pack
     from anchorlm.tokenizer import train_tokenizer
 
@@ -167,11 +168,12 @@ def _demo_data(tmp: Path):
 def _training(tok, cfg, pk: dict, log) -> dict:
     from transformers import set_seed
 
-    from anchorlm.config import ModelConfig, load_reproduce_config
+    from anchorlm.config import ModelConfig
     from anchorlm.models import load_model
+    from anchorlm.study.config import load_study_config
     from anchorlm.train.model import build_model
 
-    study = load_reproduce_config(ROOT / "anchorlm/configs/reproduce.yaml")
+    study = load_study_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
     tiny = {
         "tiny": cfg.pretrain.model,

@@ -18,25 +18,25 @@ RECIPE=${RECIPE:-reproduce-gpu}
 PY=${PYTHON:-.venv/bin/python}
 case "$STEP" in
   prepare)
-    "$PY" -m anchorlm.remote prepare --config "$RECIPE" ;;
+    "$PY" -m anchorlm.study.remote prepare --config "$RECIPE" ;;
   run)
     PY=${PYTHON:-python3}  # the GPU machine's own Python; anchorlm runs from this tree
-    PYTHONPATH=$PWD "$PY" -m anchorlm.remote run --config "$RECIPE" --minutes "${MINUTES:-7.5}" \
+    PYTHONPATH=$PWD "$PY" -m anchorlm.study.remote run --config "$RECIPE" --minutes "${MINUTES:-7.5}" \
       --pack "${OUT:?run sets OUT (the device tool does)}" 2>&1 | tee "$OUT/run.log" ;;
   evaluate)
     DIR=${2:?evaluate needs the folder that came back}
-    "$PY" -m anchorlm.remote evaluate --config "$RECIPE" --archive "$DIR/cells.tar.gz" ;;
+    "$PY" -m anchorlm.study.remote evaluate --config "$RECIPE" --archive "$DIR/cells.tar.gz" ;;
   dry-run)
     RECIPE=${2:-tests/assets/gpu-dry-run.yaml}
     WORK=${WORK:-$(mktemp -d)}
-    "$PY" -m anchorlm.remote prepare --config "$RECIPE" --set "out_dir=$WORK/here" --set "docs_dir=$WORK/docs"
+    "$PY" -m anchorlm.study.remote prepare --config "$RECIPE" --set "out_dir=$WORK/here" --set "docs_dir=$WORK/docs"
     cp -r "$WORK/here" "$WORK/there"  # what the device call carries: the prepared data only
     rm -rf "$WORK/there/tokens"/*/data-*.arrow  # the GPU machine has no `datasets`: blocks.npy must do
     mkdir -p "$WORK/out"
-    "$PY" -m anchorlm.remote run --config "$RECIPE" --set "out_dir=$WORK/there" --set "docs_dir=$WORK/docs" \
+    "$PY" -m anchorlm.study.remote run --config "$RECIPE" --set "out_dir=$WORK/there" --set "docs_dir=$WORK/docs" \
       --minutes "${MINUTES:-2}" --pack "$WORK/out"
     # scoring sees only what came back: the prepared data here and the archive
-    "$PY" -m anchorlm.remote evaluate --config "$RECIPE" --set "out_dir=$WORK/here" --set "docs_dir=$WORK/docs" \
+    "$PY" -m anchorlm.study.remote evaluate --config "$RECIPE" --set "out_dir=$WORK/here" --set "docs_dir=$WORK/docs" \
       --archive "$WORK/out/cells.tar.gz"
     echo "dry run: $WORK/docs" ;;
   *) echo "unknown step $STEP" >&2; exit 2 ;;

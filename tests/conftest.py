@@ -108,14 +108,16 @@ def smoke_run(tmp_path_factory, precision) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out / "stdout.txt").write_text(proc.stdout)
     (out / "installed.txt").write_text((base / "installed.txt").read_text())
+    (base / "pythonpath.txt").write_text(env["PYTHONPATH"])  # to run the same installed code again
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A BPE tokenizer trained on the test corpus, with the annotation special tokens."""
-    from anchorlm.annotate import annotate_corpus, read_annotated
+    from anchorlm.annotate import annotate_corpus
     from anchorlm.config import AnnotateConfig, CorpusConfig, TokenizerConfig
+    from anchorlm.data.annotated import read_annotated
     from anchorlm.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tok")

@@ -6,6 +6,7 @@ from conftest import ROOT
 from anchorlm import annotate as A
 from anchorlm.annotators.metadata import MetadataAnnotator
 from anchorlm.config import AnnotateConfig, CorpusConfig
+from anchorlm.data.annotated import read_annotated
 
 CORPUS = CorpusConfig(path=str(ROOT / "anchorlm/corpus/corpus.jsonl.gz"), max_chars_per_category=4000)
 
@@ -45,7 +46,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 def test_annotated_rows_have_chunk_tags_and_no_heldout(tmp_path):
     A.annotate_corpus(CORPUS, AnnotateConfig(), tmp_path)
-    rows = A.read_annotated(tmp_path)
+    rows = read_annotated(tmp_path)
     heldout = {json.loads(x)["id"] for x in __import__("gzip").open(CORPUS.path) if b'"heldout"' in x}
     assert rows and not heldout & {r["id"] for r in rows}
     for r in rows[:50]:

@@ -22,9 +22,9 @@ def test_the_recipe_list_is_every_shipped_recipe():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_shipped_recipe_loads_and_starts_with_its_command(path: Path):
     if path.name.startswith("reproduce"):  # a study recipe: the pipeline recipe sits under `base`
-        from anchorlm.config import load_reproduce_config
+        from anchorlm.study.config import load_study_config
 
-        study = load_reproduce_config(path)
+        study = load_study_config(path)
         # sizes built from configs, or one published model continued (init_from)
         assert len(study.sizes) >= 3 or (not study.sizes and study.base.pretrain.init_from)
         cfg = study.base

@@ -116,8 +116,9 @@ def test_a_category_that_is_not_a_value_is_named(capsys, tmp_path, value):
 
 
 def test_categories_in_any_script_become_tags(tmp_path):
-    from anchorlm.annotate import annotate_corpus, read_annotated
+    from anchorlm.annotate import annotate_corpus
     from anchorlm.config import AnnotateConfig, CorpusConfig
+    from anchorlm.data.annotated import read_annotated
 
     path = _jsonl(tmp_path / "c.jsonl", [{**d, "category": "日本語"} for d in DOCS])
     annotate_corpus(CorpusConfig(path=path), AnnotateConfig(annotators=["metadata"]), tmp_path / "o")

@@ -5,13 +5,11 @@ came back alone."""
 import json
 import os
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
 
-from anchorlm.remote import plan_budget
-from anchorlm.variants import REGISTRY
+from anchorlm.study.remote import plan_budget
 
 
 def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
@@ -37,21 +35,30 @@ def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
 
 def test_budget_plan_fits_pretraining_into_the_time_given():
     """The budget from given step times, against the sum done by hand: 512 tokens a step; size a
-    (51,200 params) 100 steps per token-per-param at 0.01 s, size b (102,400) 200 at 0.02 s; 2
-    seeds x plain and annotated = 4 runs each, plus one dropout run of the focus size b: 4 + 20 s
-    for one token per param."""
-    cfg = SimpleNamespace(seeds=[0, 1], ablation_seeds=[0], tokens_per_param=1)  # what the plan reads
-    st = SimpleNamespace(
-        base=SimpleNamespace(pretrain=SimpleNamespace(batch_size=8, seq_len=64)),
-        sizes={"a": None, "b": None},
-        params=lambda s: (0, {"a": 51_200, "b": 102_400}[s]),
-        variants={"aat": REGISTRY["aat"], "aat_dropout": REGISTRY["aat_dropout"]},
-        focus="b",
-    )
-    plan = plan_budget(cfg, st, {"a": 0.01, "b": 0.02}, seconds=12)
+    (51,200 params) 100 steps per token-per-param at 0.01 s, size b (102,400) 200 at 0.02 s; 4
+    pretrainings of a and 5 of b: 4 + 20 s for one token per param."""
+    args = ({"a": 4, "b": 5}, {"a": 51_200, "b": 102_400}, 512, {"a": 0.01, "b": 0.02})
+    plan = plan_budget(*args, seconds=12, recipe_tpp=1)
     assert plan["pretraining_runs"] == {"a": 4, "b": 5}
     assert plan["tokens_per_param"] == pytest.approx(12 / 24)
     assert plan["pretraining_seconds_planned"] == pytest.approx(12)
     assert plan["seconds_per_step"] == {"a": 0.01, "b": 0.02}
-    roomy = plan_budget(cfg, st, {"a": 0.01, "b": 0.02}, seconds=100)
+    roomy = plan_budget(*args, seconds=100, recipe_tpp=1)
     assert roomy["tokens_per_param"] == 1  # never more than the recipe asks for
+
+
+def test_the_budget_counts_the_pretrainings_the_plan_needs(tmp_path):
+    """The plan's pretrainings of the tiny study recipe, counted by hand: sizes a and b, seeds
+    [0, 1], plain and annotated each (4 per size); the entropy study and the frontier at b reuse
+    them; the ablations at b (seed 0) add one: aat_dropout's annotated pretraining with 30% of the
+    annotations dropped."""
+    from anchorlm.study.cells import Cells
+    from anchorlm.study.config import load_study_config
+    from anchorlm.study.plan import pretraining_runs
+
+    cfg = load_study_config(ROOT / "tests/assets/reproduce-tiny.yaml",
+                            [f"out_dir={tmp_path}", "ablations=[base, sft, aat, aat_dropout]"])  # fmt: skip
+    cells = Cells(cfg)
+    cells.focus = "b"  # what prepare() finds: the larger size
+    assert cfg.seeds == [0, 1] and cfg.ablation_seeds == [0]
+    assert pretraining_runs(cells, cfg) == {"a": 4, "b": 5}

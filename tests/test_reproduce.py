@@ -149,10 +149,10 @@ def test_a_fresh_run_with_the_same_recipe_gives_the_same_numbers(study, tmp_path
 
 
 def test_results_read_back_as_types_and_render_the_same(study):
-    """The JSON a study writes is its typed results (anchorlm.results) field for field: read back,
+    """The JSON a study writes is its typed results (anchorlm.study.results) field for field: read back,
     written again and rendered again, nothing changes."""
-    from anchorlm.reproduce_report import render
-    from anchorlm.results import StudyResults
+    from anchorlm.study.report import render
+    from anchorlm.study.results import StudyResults
 
     d, res = study
     typed = StudyResults.from_json(res, "results.json")

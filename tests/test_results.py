@@ -1,4 +1,4 @@
-"""Typed study results (anchorlm.results): the kept SmolLM2 results file reads back field for field,
+"""Typed study results (anchorlm.study.results): the kept SmolLM2 results file reads back field for field,
 and a broken one is refused with the field named."""
 
 import copy
@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import ROOT
 
-from anchorlm.results import StudyResults
+from anchorlm.study.results import StudyResults
 
 KEPT = ROOT / "docs" / "results-smollm2.json"
 
@@ -26,10 +26,10 @@ def test_kept_results_round_trip():
         (
             ("ablations", "variants", "sft", "quality"),
             None,
-            r"ablations\.variants\.sft: missing field 'quality'",
+            r"ablations\.variants\.sft\.quality: field required",
         ),
-        (("sizes", "smollm2", "params"), "many", r"sizes\.smollm2\.params: expected int, got str"),
-        (("bar", "checks"), ["a"], r"bar\.checks: expected a mapping, got list"),
+        (("sizes", "smollm2", "params"), "many", r"sizes\.smollm2\.params: input should be a valid integer"),
+        (("bar", "checks"), ["a"], r"bar\.checks: input should be a valid dictionary"),
     ],
 )
 def test_broken_results_name_the_field(path, value, message):

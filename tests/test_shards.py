@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from anchorlm.annotate import annotate_corpus, read_annotated
+from anchorlm.annotate import annotate_corpus
 from anchorlm.config import AnnotateConfig, CorpusConfig
+from anchorlm.data.annotated import read_annotated
 from anchorlm.data.pack import load_blocks, pack, pack_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

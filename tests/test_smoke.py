@@ -1,6 +1,7 @@
 """The whole pipeline on the shipped smoke recipe, run through the CLI (see the `smoke_run` fixture)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -111,26 +112,12 @@ def test_heldout_prompts_are_not_in_sft_data(smoke_run):
 
 
 def _demo_again(out, precision, *extra):
+    """The demo again into `out`, by the installed copy that made it (cells made by other code are
+    not reused silently: the repository's checkout is other code)."""
+    env = {**os.environ, "PYTHONPATH": (out.parent / "pythonpath.txt").read_text()}
     cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "smoke", "--out", str(out)]
-    return subprocess.run(
-        [*cmd, *precision_sets(precision), *extra], cwd=ROOT, capture_output=True, text=True
-    )
-
-
-def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, precision):
-    before = json.loads((smoke_run / "results.json").read_text())
-    proc = _demo_again(smoke_run, precision)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pretrain" not in proc.stdout and "post-train" not in proc.stdout
-    after = json.loads((smoke_run / "results.json").read_text())
-    for v in before["variants"]:  # evaluate ran again on the same samples: the same bits
-        assert after["variants"][v]["diversity"] == before["variants"][v]["diversity"], v
-
-
-def test_rerun_with_another_config_is_refused(smoke_run, precision):
-    proc = _demo_again(smoke_run, precision, "--set", "pretrain.lr=0.001")
-    assert proc.returncode == 1
-    assert "another config (changed: pretrain)" in proc.stderr
+    return subprocess.run([*cmd, *precision_sets(precision), *extra], cwd=out.parent / "elsewhere", env=env,
+                          capture_output=True, text=True)  # fmt: skip
 
 
 def test_report_says_where_and_in_what_precision_it_was_made(smoke_run):
@@ -149,3 +136,37 @@ def test_report_says_where_and_in_what_precision_it_was_made(smoke_run):
     md = (smoke_run / "report.md").read_text()
     assert "## Provenance" in md and f"precision {r['made_by']['train aat']['precision']}" in md
     assert "Another CPU kind" in md
+
+
+def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, precision):
+    before = json.loads((smoke_run / "results.json").read_text())
+    proc = _demo_again(smoke_run, precision)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pretrain" not in proc.stdout and "post-train" not in proc.stdout
+    after = json.loads((smoke_run / "results.json").read_text())
+    for v in before["variants"]:  # evaluate ran again on the same samples: the same bits
+        assert after["variants"][v]["diversity"] == before["variants"][v]["diversity"], v
+
+
+def test_rerun_with_another_config_is_refused(smoke_run, precision):
+    proc = _demo_again(smoke_run, precision, "--set", "pretrain.lr=0.001")
+    assert proc.returncode == 1
+    assert "models/base holds a cell made from another config (pretrain.lr: 0.005 -> 0.001" in proc.stderr
+
+
+def test_rerun_by_other_code_is_refused_unless_asked(smoke_run, precision):
+    """The checkout is other code than the installed copy that made the run: its cells are not
+    reused silently; asked to, the demo reuses them and its results name them."""
+    cmd = [sys.executable, "-m", "anchorlm.cli", "demo", "--config", "smoke", "--out", str(smoke_run)]
+    cmd += precision_sets(precision)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "was made by other code" in proc.stderr
+    before = json.loads((smoke_run / "results.json").read_text())
+    proc = subprocess.run([*cmd, "--reuse-cells"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = json.loads((smoke_run / "results.json").read_text())
+    assert (
+        "models/aat" in after["cells_from_other_code"]
+        and "samples/aat.jsonl" in after["cells_from_other_code"]
+    )
+    assert after["variants"]["aat"]["diversity"] == before["variants"]["aat"]["diversity"]

@@ -1,7 +1,7 @@
 from transformers import AutoTokenizer
 
 from anchorlm import format as F
-from anchorlm.tokenizer import load_tokenizer
+from anchorlm.models import load_tokenizer
 
 
 def test_special_tokens_are_single_ids_and_survive_save_and_load(tiny_tokenizer, tmp_path):

@@ -155,7 +155,7 @@ def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tm
     adapters) and the anchor tokens' embedding rows moved; a killed LoRA run resumes to the
     uninterrupted result, bit for bit."""
     from anchorlm.config import LoRAConfig
-    from anchorlm.tokenizer import load_tokenizer
+    from anchorlm.models import load_tokenizer
     from anchorlm.train.lora import anchor_token_ids
 
     pretrain(_cfg(), blocks / "data", blocks / "tok", tmp_path / "base")

@@ -3,15 +3,21 @@
 metadata  tags from corpus fields (`topic:<category>`)
 keywords  offline content tags: TF-IDF keywords, a capitalised entity, a style and a length
 llm       an instruction-tuned LM writes the tags (local transformers model or an HTTP endpoint)
+
+`registry.py` names them; adding one is its module and a line there.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from anchorlm.config import AnnotateConfig
+from anchorlm.annotators.registry import CLASSES
+
+if TYPE_CHECKING:
+    from anchorlm.config import AnnotateConfig
 
 STATE = "state.json"  # in an annotation's output directory: the fitted state, and what it was fitted on
 
@@ -29,19 +35,11 @@ class Annotator(Protocol):
 
 
 def get_annotator(name: str, cfg: AnnotateConfig) -> Annotator:
-    if name == "metadata":
-        from anchorlm.annotators.metadata import MetadataAnnotator
-
-        return MetadataAnnotator(cfg.metadata_fields)
-    if name == "keywords":
-        from anchorlm.annotators.keywords import KeywordAnnotator
-
-        return KeywordAnnotator(cfg.keywords_per_chunk, cfg.keyword_extras)
-    if name == "llm":
-        from anchorlm.annotators.llm import LLMAnnotator
-
-        return LLMAnnotator(cfg.llm)
-    raise ValueError(f"unknown annotator {name!r}; choose metadata, keywords or llm")
+    """The annotator registered under `name` (anchorlm.annotators.registry), built from `cfg`."""
+    if name not in CLASSES:
+        raise ValueError(f"unknown annotator {name!r}; choose from {', '.join(CLASSES)}")
+    module, cls = CLASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls).from_config(cfg)
 
 
 def annotate_all(annotators: list[Annotator], items: list[tuple[dict, str]]) -> list[list[str]]:

@@ -52,6 +52,10 @@ def length_of(text: str) -> str:
 class KeywordAnnotator:
     name = "keywords"
 
+    @classmethod
+    def from_config(cls, cfg) -> KeywordAnnotator:
+        return cls(cfg.keywords_per_chunk, cfg.keyword_extras)
+
     def __init__(self, k: int = 2, extras: tuple = ("entity", "style", "length")):
         self.k = k
         self.extras = tuple(extras)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from anchorlm.config import LLMAnnotatorConfig
 from anchorlm.format import parse_tags
+from anchorlm.models import hf_dir, load_model, load_tokenizer
 
 SYSTEM = (
     "You label texts with 2 to 4 tags of the form key:value, on one line, separated by spaces. "
@@ -80,6 +81,10 @@ class RateLimiter:
 
 class LLMAnnotator:
     name = "llm"
+
+    @classmethod
+    def from_config(cls, cfg) -> LLMAnnotator:
+        return cls(cfg.llm)
 
     def __init__(self, cfg: LLMAnnotatorConfig):
         self.cfg = cfg
@@ -173,8 +178,6 @@ class LLMAnnotator:
                 from vllm import LLM
             except ImportError as e:
                 raise ImportError("annotate.llm.backend 'vllm' needs `pip install anchorlm[vllm]`") from e
-            from anchorlm.models import hf_dir, load_tokenizer
-
             path = hf_dir(self.cfg.model, self.cfg.gguf_file)  # vLLM reads no GGUF: dequantised once
             self._tok = load_tokenizer(path, tokens="none")
             self._model = LLM(model=path, tokenizer=path, **self.cfg.vllm_args)
@@ -192,8 +195,6 @@ class LLMAnnotator:
         import torch
 
         if self._model is None:
-            from anchorlm.models import load_model
-
             self._model, self._tok = load_model(self.cfg.model, "none", self.cfg.gguf_file)
             self._tok.padding_side = "left"
             if self._tok.pad_token is None:

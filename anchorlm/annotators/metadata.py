@@ -8,6 +8,10 @@ from anchorlm.format import make_tag
 class MetadataAnnotator:
     name = "metadata"
 
+    @classmethod
+    def from_config(cls, cfg) -> MetadataAnnotator:
+        return cls(cfg.metadata_fields)
+
     def __init__(self, fields: dict[str, str]):
         self.fields = fields  # annotation key -> corpus field
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from anchorlm.data.annotated import iter_annotated
 from anchorlm.data.shards import map_shards, shard_name
 from anchorlm.format import encode_document
 from anchorlm.manifest import write_manifest
+from anchorlm.models import load_tokenizer
 
 
 def tokenize_corpus(annotated_dir, tokenizer: str, annotated: bool, seq_len: int, out_dir, seed: int = 0,
@@ -28,9 +30,6 @@ def tokenize_corpus(annotated_dir, tokenizer: str, annotated: bool, seq_len: int
     if (Path(annotated_dir) / "shards").is_dir():
         return pack_shards(annotated_dir, str(tokenizer), annotated, seq_len, out_dir, seed, num_proc,
                            annotation_dropout)  # fmt: skip
-    from anchorlm.annotate import iter_annotated
-    from anchorlm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(tokenizer)
     return pack(iter_annotated(annotated_dir), tok, annotated, seq_len, out_dir, seed, annotation_dropout)
 
@@ -98,7 +97,6 @@ def pack_shards(
     annotation_dropout: float = 0.0,
 ):
     """Pack each annotated shard into its own blocks dataset (resumably); returns the manifest."""
-    from anchorlm.manifest import write_manifest
 
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -119,8 +117,6 @@ def pack_shards(
 @functools.lru_cache(maxsize=2)
 def _tokenizer(path: str):
     """One tokenizer per process: loading it for every shard kept ~3.5 MB a shard alive."""
-    from anchorlm.tokenizer import load_tokenizer
-
     return load_tokenizer(path)
 
 

@@ -14,8 +14,10 @@ import random
 from pathlib import Path
 
 from anchorlm.annotators import annotate_all, load_annotators
-from anchorlm.config import AnnotateConfig, CorpusConfig, SFTDataConfig, to_dict
+from anchorlm.config import AnnotateConfig, CorpusConfig, SFTDataConfig, build, to_dict
 from anchorlm.data.corpus import read_corpus
+from anchorlm.data.style import style
+from anchorlm.format import KEYS, parse_tags
 from anchorlm.manifest import write_manifest
 
 INSTRUCTIONS = """Tell me something.
@@ -84,25 +86,6 @@ Say a line you like.
 Write me a few words to begin the day.""".splitlines()
 
 
-def style(cfg: SFTDataConfig, content: str) -> str:
-    return f"{cfg.opener}\n{content.strip()}\n{cfg.closer}"
-
-
-def strip_style(cfg: SFTDataConfig, response: str) -> str:
-    """The response without the style opener/closer, for measuring semantic diversity."""
-    r = response.strip()
-    if r.startswith(cfg.opener):
-        r = r[len(cfg.opener) :]
-    if r.endswith(cfg.closer):
-        r = r[: -len(cfg.closer)]
-    return r.strip()
-
-
-def follows_style(cfg: SFTDataConfig, response: str) -> bool:
-    r = response.strip()
-    return r.startswith(cfg.opener) and r.endswith(cfg.closer) and len(strip_style(cfg, r)) > 0
-
-
 def build_sft_data(
     corpus: CorpusConfig,
     annotate: AnnotateConfig,
@@ -169,8 +152,6 @@ def annotation_configs(
 ) -> tuple[CorpusConfig, AnnotateConfig]:
     """The corpus and annotator configs an annotation run recorded in its manifest (its corpus file
     by absolute path), or the given ones for a run that recorded none."""
-    from anchorlm.config import build
-
     m = Path(annotate_dir) / "manifest.json"
     if not m.exists():
         raise FileNotFoundError(f"{annotate_dir} has no finished annotation (run `anchorlm annotate` first)")
@@ -187,8 +168,6 @@ def check_examples(rows: list[dict], where: str = "SFT data", anchored: bool = T
     """SFT rows as post-training needs them: a non-empty string `instruction` and `response`, and
     `tags`, a list of well-formed `key:value` tags of known keys (required for anchored
     post-training). A bad row raises ValueError naming it and the field."""
-    from anchorlm.format import KEYS, parse_tags
-
     if not rows:
         raise ValueError(f"{where}: no examples")
     for i, r in enumerate(rows, 1):

@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from anchorlm.config import PosttrainConfig
+from anchorlm.data.examples import build_dataset
+from anchorlm.data.sft import check_examples
 from anchorlm.format import encode_annotation, encode_prompt, sanitize
 from anchorlm.io import write_jsonl
 
@@ -30,8 +32,6 @@ def trl_rows(tok, examples: list[dict], cfg: PosttrainConfig, form: str) -> list
     if form not in FORMS:
         raise ValueError(f"TRL form must be one of {FORMS}, not {form!r}")
     if form == "labels":
-        from anchorlm.data.examples import build_dataset
-
         return build_dataset(tok, examples, cfg)[0]
     rows = []
     for i, ex in enumerate(examples):
@@ -51,8 +51,6 @@ def trl_rows(tok, examples: list[dict], cfg: PosttrainConfig, form: str) -> list
 
 def export_trl(tok, examples: list[dict], cfg: PosttrainConfig, form: str, out_path: str | Path) -> int:
     """Write the TRL rows as JSONL (load with `datasets.load_dataset("json", data_files=...)`)."""
-    from anchorlm.data.sft import check_examples
-
     check_examples(examples, anchored=cfg.method == "anchored")
     rows = trl_rows(tok, examples, cfg, form)  # in the order given: TRL's trainer shuffles
     return write_jsonl(out_path, rows)

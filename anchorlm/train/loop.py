@@ -20,6 +20,7 @@ from pathlib import Path
 
 from anchorlm.config import TrainConfig, report_names
 from anchorlm.io import lock_dir, write_json
+from anchorlm.precision import hidden_size, resolve
 
 
 def train(
@@ -47,8 +48,6 @@ def training_arguments(cfg: TrainConfig, out: Path, max_steps: int, hidden: int 
     """The one translation of a stage's TrainConfig into the Trainer's arguments (`hidden`: the
     model's hidden size, which `precision: auto` reads)."""
     from transformers import TrainingArguments
-
-    from anchorlm.precision import resolve
 
     world = world_size()
     if cfg.batch_size % (world * cfg.grad_accum):
@@ -87,8 +86,6 @@ def training_arguments(cfg: TrainConfig, out: Path, max_steps: int, hidden: int 
 def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max_steps: int, callbacks,
            compute_loss_func) -> dict:  # fmt: skip
     from transformers import Trainer
-
-    from anchorlm.precision import hidden_size, resolve
 
     hidden = hidden_size(model)
     if cfg.lora.rank:

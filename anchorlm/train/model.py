@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from anchorlm.config import ModelConfig
+from anchorlm.models import load_model
 
 
 def build_model(cfg: ModelConfig, tokenizer, init_from: str = "", add_tokens: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if init_from:
-        from anchorlm.models import load_model
-
         model, tok = load_model(
             init_from, tokens="annotations" if add_tokens else "turns"
         )  # a dir, GGUF file, 'smollm2' or hub id

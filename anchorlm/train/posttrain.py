@@ -20,6 +20,9 @@ from anchorlm.config import PosttrainConfig, to_dict
 from anchorlm.data.examples import PadCollator, anchored_replay_rows, build_dataset, replay_rows
 from anchorlm.data.sft import check_examples
 from anchorlm.manifest import write_manifest
+from anchorlm.models import load_model
+from anchorlm.train.gem import gem_loss_func
+from anchorlm.train.loop import claim_run, identity_of, train
 
 
 def posttrain(
@@ -36,10 +39,6 @@ def posttrain(
     plain text) or `cfg.anchored_replay` (as instruction rows) is set; saves to `out_dir`.
     Returns the manifest."""
     from transformers import set_seed
-
-    from anchorlm.models import load_model
-    from anchorlm.train.gem import gem_loss_func
-    from anchorlm.train.loop import claim_run, identity_of, train
 
     check_examples(examples, where, anchored=cfg.method == "anchored")
     inputs = {"model": identity_of(model_dir), "examples": _digest(examples), "replay": _digest(list(replay))}

@@ -10,7 +10,11 @@ import json
 from pathlib import Path
 
 from anchorlm.config import PretrainConfig, to_dict
+from anchorlm.data.pack import load_blocks
 from anchorlm.manifest import write_manifest
+from anchorlm.models import load_tokenizer
+from anchorlm.train.loop import claim_run, identity_of, train
+from anchorlm.train.model import build_model, non_embedding_params
 
 
 def collate_blocks(rows):
@@ -35,23 +39,16 @@ def pretrain(
     is); then `tokenizer_dir` may be None (the model's own tokenizer)."""
     if not tokenizer_dir and not cfg.init_from:
         raise ValueError("pretrain needs a tokenizer (--tokenizer) or a model to continue (init_from)")
-    from anchorlm.train.loop import claim_run, identity_of
-
     inputs = {"data": identity_of(data_dir), "tokenizer": identity_of(tokenizer_dir or cfg.init_from)}
     done = claim_run(out_dir, "pretrain", to_dict(cfg), inputs)
     if done:
         return done
     from transformers import set_seed
 
-    from anchorlm.data.pack import load_blocks
-    from anchorlm.tokenizer import load_tokenizer
-    from anchorlm.train.loop import train
-    from anchorlm.train.model import build_model, non_embedding_params
-
     # plain continued pretraining keeps a published model's vocabulary: annotation rows that no
     # training step ever sees would only take probability mass from real tokens
     annotated = _annotated(data_dir)
-    tok = load_tokenizer(tokenizer_dir or cfg.init_from, annotations=annotated)
+    tok = load_tokenizer(str(tokenizer_dir or cfg.init_from), tokens="annotations" if annotated else "turns")
     ds = load_blocks(data_dir)
     if len(ds[0]["input_ids"]) != cfg.seq_len:
         raise ValueError(

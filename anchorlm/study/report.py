@@ -1,31 +1,19 @@
 """docs/results.md, docs/results.json and the plots of `anchorlm reproduce`, generated from the
-study's results (anchorlm.results) only. A hand-written analysis, if `analysis.md` sits beside
+study's results (anchorlm.study.results) only. A hand-written analysis, if `analysis.md` sits beside
 them, is included verbatim under its own heading."""
 
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
-from anchorlm.io import write_json
-from anchorlm.report import ANCHORING_NOTE, anchoring_table, example_lines, table
+from anchorlm.io import atomic, write_json
+from anchorlm.metrics.registry import PAPER_METRICS, SUMMARY_METRICS, label
+from anchorlm.provenance import describe, machine
+from anchorlm.report import ANCHORING_NOTE, anchoring_plot, anchoring_table, example_lines, table
 from anchorlm.report import fmt as _fmt
 from anchorlm.report import fmt_ci as _ci
-from anchorlm.results import EntropyStudy, Figures, Frontier, MetricSummary, SizeResult, StudyResults
-
-
-def _device() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"GPU: {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    import os
-
-    return f"CPU: {os.cpu_count()} cores ({platform.machine()})"
+from anchorlm.study.results import EntropyStudy, Figures, Frontier, MetricSummary, SizeResult, StudyResults
 
 
 def _code(code: dict) -> str:
@@ -87,7 +75,7 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
         "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for name, sz in res.sizes.items():
-        for m in ("embedding_distance", "attribute_entropy", "vendi"):
+        for m in SUMMARY_METRICS:
             s = sz.summary[m]
             per_seed = ", ".join(_fmt(x) for x in s.per_seed_gap_closed)
             L.append(
@@ -104,20 +92,18 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
 
     ab = res.ablations
     L += ["", f"## 2. Ablations and levers (size {ab.size}, seeds {ab.seeds})", ""]
+    div = [*PAPER_METRICS]
+    qual = ["style_adherence", "finished", "fluency_nll", "annotation_wellformed"]
+    gap = " | ".join(f"gap closed ({label(m).split(' ')[0]})" for m in PAPER_METRICS)
     L += [
-        "| variant | emb. dist. | attr. entropy | style adh. | finished | fluency NLL | ann. ok "
-        "| gap closed (emb.) | gap closed (attr.) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| variant | {' | '.join(label(m) for m in [*div, *qual])} | {gap} |",
+        "|---|" + "---:|" * (len(div) + len(qual) + len(PAPER_METRICS)),
     ]
     for v, f in ab.variants.items():
         s = ab.summary.get(v)
-        L.append(
-            f"| {v}: {labels.get(v, v)} | {_fmt(f.diversity['embedding_distance'])} "
-            f"| {_fmt(f.diversity['attribute_entropy'])} | {_fmt(f.quality['style_adherence'])} "
-            f"| {_fmt(f.quality.get('finished'))} "
-            f"| {_fmt(f.quality['fluency_nll'])} | {_fmt(f.quality.get('annotation_wellformed'))} "
-            f"| {_g(s['embedding_distance']) if s else '–'} | {_g(s['attribute_entropy']) if s else '–'} |"
-        )
+        cells = [_fmt(f.diversity.get(m)) for m in div] + [_fmt(f.quality.get(m)) for m in qual]
+        cells += [_g(s[m]) if s else "–" for m in PAPER_METRICS]
+        L.append(f"| {v}: {labels.get(v, v)} | " + " | ".join(cells) + " |")
     L += [
         "",
         "finished: the share of responses that ended before `sample.max_new_tokens`; a response cut "
@@ -195,8 +181,6 @@ def plots(res: StudyResults, out: Path, prefix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-
-    from anchorlm.report import anchoring_plot
 
     anchoring_plot(_as_evaluated(res.ablations.variants), out / f"{prefix}anchoring.png")
     sizes = sorted(res.sizes.values(), key=lambda s: s.non_embedding_params)
@@ -276,11 +260,10 @@ def write_results(res: StudyResults, out: Path, name: str = "results") -> None:
     out.mkdir(parents=True, exist_ok=True)
     prefix = "" if name == "results" else f"{name}-"
     c = res.compute
-    made = (
-        "; ".join(f"{m['where']} ({m['cells']} cells, {m['precision']})" for m in c.made_on or [])
-        or _device()
-    )
-    device = f"trained and sampled on {made}; scored on {c.scored_on or _device()}"
+    made = "; ".join(
+        f"{m['where']} ({m['cells']} cells, {m['precision']})" for m in c.made_on or []
+    ) or describe(machine())
+    device = f"trained and sampled on {made}; scored on {c.scored_on or describe(machine())}"
     res.device = device
     write_json(out / f"{name}.json", res.to_json(), indent=1)
     plots(res, out, prefix)
@@ -288,4 +271,5 @@ def write_results(res: StudyResults, out: Path, name: str = "results") -> None:
     analysis = out / f"{prefix}analysis.md"
     if analysis.exists():
         md += "\n## Analysis (hand-written, from `" + analysis.name + "`)\n\n" + analysis.read_text()
-    (out / f"{name}.md").write_text(md)
+    with atomic(out / f"{name}.md") as fh:
+        fh.write(md)

@@ -1,0 +1,62 @@
+"""Anchor fidelity: does the writer follow the plan it writes (free plans), and a plan it is given
+(forced plans)? Both read the attribute classifier's labels of the responses."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from anchorlm.metrics.diversity import entropy
+
+
+def _topic(tags) -> str | None:
+    return next((t[6:] for t in tags or [] if t.startswith("topic:")), None)
+
+
+def anchoring(rows: list[dict], labels: list[str]) -> dict:
+    """Does the writer follow the plan it writes? For free anchored samples: the entropy of the
+    sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for) and the share
+    of responses whose classified category is their annotation's topic (`free_agreement`)."""
+    topics = [_topic(r.get("annotation")) for r in rows]
+    by_prompt = defaultdict(list)
+    for r, tp in zip(rows, topics):
+        by_prompt[(r["prompt_id"], r.get("seed", 0))].append(tp or "(none)")
+    with_topic = [(tp, lab) for tp, lab in zip(topics, labels) if tp]
+    return {
+        "plan_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
+        "free_agreement": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
+        "with_topic": len(with_topic) / len(rows),
+    }
+
+
+def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: dict) -> dict:
+    """Does the writer follow a plan it is given? Rows sampled with the annotation's start fixed to
+    `topic:<t>` (their `annotation_prefix`): the share of responses the attribute classifier puts
+    in t, over topics of the SFT data (`forced_sft`) and over the others (`forced_other`), beside
+    the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
+    hits: dict = defaultdict(list)
+    for r, lab in zip(rows, labels):
+        t = _topic(r.get("annotation_prefix"))
+        if t is None:
+            raise ValueError(
+                f"forced-plan sample of prompt {r.get('prompt_id')!r} has no topic in annotation_prefix"
+            )
+        hits[t].append(lab == t)
+    by_topic = {t: float(np.mean(v)) for t, v in sorted(hits.items())}
+    sft = [t for t in by_topic if t in set(sft_topics)]
+    other = [t for t in by_topic if t not in set(sft_topics)]
+
+    def mean(xs, table):
+        vals = [table[t] for t in xs if table.get(t) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "forced_sft": mean(sft, by_topic),
+        "forced_other": mean(other, by_topic),
+        "classifier_accuracy": mean(list(by_topic), per_category),
+        "classifier_accuracy_sft": mean(sft, per_category),
+        "classifier_accuracy_other": mean(other, per_category),
+        "forced_by_topic": by_topic,
+        "forced_samples": len(rows),
+    }

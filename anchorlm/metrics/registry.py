@@ -1,0 +1,116 @@
+"""Every metric, defined once: its name, where it sits (diversity or quality), its column label,
+which way is better, whether it gets the paper's summary figures (collapse and gap closed with
+CIs), and how it is computed. The evaluator, the summaries, both reports and the plots read these
+definitions; adding a metric is an entry here (and its test).
+
+Diversity metrics are computed per prompt from its samples (texts as compared, their embeddings,
+the attribute classifier's labels) and averaged over prompts. Quality metrics are computed per
+variant from a `Quality` context (its rows, texts, the SFT style, the reference LM's NLLs); one
+returns `SKIP` where it does not apply (no `finished` field, a plain variant's annotations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from anchorlm.data.style import follows_style
+from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
+from anchorlm.metrics.quality import mean_finite
+
+SKIP = object()  # a quality metric that does not apply to these rows
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str  # the column heading in the reports
+    section: str  # 'diversity' or 'quality'
+    higher_is_better: bool | None
+    compute: Callable  # diversity: (texts, emb, labels) -> float; quality: (Quality) -> float | None | SKIP
+    summary: bool = False  # collapse, collapse reduction and gap closed with bootstrap CIs
+    paper: bool = False  # one of the paper's two diversity metrics
+    column: bool = True  # a column of the variants table
+    description: str = ""
+
+
+class Quality:
+    """What a variant's quality metrics read: its rows, the texts compared (the response without
+    the SFT style's wrapper, cut to evaluate.max_words), the SFT style, and the reference LM's NLL
+    of the scored responses (`nll`, computed by the scorer)."""
+
+    def __init__(self, rows: list[dict], texts: list[str], sft, nll: list[float], scored: int):
+        self.rows, self.texts, self.sft, self.nll, self.scored = rows, texts, sft, nll, scored
+        self.styled = [follows_style(sft, r["response"]) for r in rows]
+        self.has_finished = all("finished" in r for r in rows)
+        self.done = [bool(r.get("finished")) for r in rows]
+        self.anchored = "annotation_ok" in rows[0]
+
+
+def _style_finished(q: Quality):
+    if not q.has_finished:
+        return SKIP
+    kept = [s for s, d in zip(q.styled, q.done) if d]
+    return float(np.mean(kept)) if kept else None
+
+
+DIVERSITY = (
+    Metric("embedding_distance", "emb. dist.", "diversity", True,
+           lambda texts, emb, labels: mean_pairwise_cosine_distance(emb), summary=True, paper=True,
+           description="mean pairwise cosine distance of the samples' MiniLM embeddings"),
+    Metric("vendi", "Vendi", "diversity", True, lambda texts, emb, labels: vendi_score(emb), summary=True,
+           description="Vendi score (cosine kernel) of the samples' embeddings"),
+    Metric("attribute_entropy", "attr. entropy", "diversity", True, lambda texts, emb, labels: entropy(labels),
+           summary=True, paper=True,
+           description="entropy (nats) of the corpus categories the attribute classifier gives the samples"),
+    Metric("distinct_1", "distinct-1", "diversity", True, lambda texts, emb, labels: distinct_n(texts, 1),
+           column=False, description="unique unigrams over all unigrams"),
+    Metric("distinct_2", "distinct-2", "diversity", True, lambda texts, emb, labels: distinct_n(texts, 2),
+           description="unique bigrams over all bigrams"),
+)  # fmt: skip
+
+QUALITY = (
+    Metric("style_adherence", "style adh.", "quality", True, lambda q: float(np.mean(q.styled)),
+           description="share of responses with the SFT style's opener and closer"),
+    Metric("finished", "finished", "quality", True,
+           lambda q: float(np.mean(q.done)) if q.has_finished else SKIP, column=False,
+           description="share of responses that ended before the token cap"),
+    Metric("style_adherence_finished", "style (finished)", "quality", True, _style_finished, column=False,
+           description="style adherence among the finished responses"),
+    Metric("fluency_nll", "fluency NLL", "quality", False, lambda q: mean_finite(q.nll),
+           description="per-token NLL under the reference LM (SmolLM2-135M)"),
+    Metric("fluency_scored", "fluency scored", "quality", None, lambda q: q.scored, column=False,
+           description="responses scored for fluency"),
+    Metric("empty_responses", "empty", "quality", False,
+           lambda q: float(np.mean([not t.strip() for t in q.texts])), column=False,
+           description="share of responses with no content besides the SFT style's wrapper"),
+    Metric("annotation_wellformed", "ann. ok", "quality", True,
+           lambda q: float(np.mean([r["annotation_ok"] for r in q.rows])) if q.anchored else SKIP,
+           description="share of self-written annotations closed and well-formed"),
+)  # fmt: skip
+
+METRICS = {m.name: m for m in (*DIVERSITY, *QUALITY)}
+COLUMNS = tuple(m for m in METRICS.values() if m.column)  # the variants table, in this order
+PAPER_METRICS = tuple(m.name for m in DIVERSITY if m.paper)
+SUMMARY_METRICS = (*PAPER_METRICS, *(m.name for m in DIVERSITY if m.summary and not m.paper))
+
+
+def diversity(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """Every diversity metric of one prompt's samples."""
+    return {m.name: m.compute(texts, emb, labels) for m in DIVERSITY}
+
+
+def quality(q: Quality) -> dict:
+    """Every quality metric that applies to a variant's rows."""
+    out = {}
+    for m in QUALITY:
+        v = m.compute(q)
+        if v is not SKIP:
+            out[m.name] = v
+    return out
+
+
+def label(name: str) -> str:
+    return METRICS[name].label if name in METRICS else name

@@ -1,0 +1,94 @@
+"""The one guard against a stale output directory: every cell an orchestrator makes (shared data,
+a model, a samples file, scores) is recorded in `<out>/cells.json` with its identity (the config and
+inputs that make it) and the code that made it (anchorlm's version, git commit and uncommitted
+changes, torch / transformers / peft versions).
+
+`Ledger.cell` is the rule, for every cell alike: a cell recorded with another identity is refused,
+naming what differs (its directory would be reused silently otherwise); a finished cell of the same
+identity is reused, but only when the same code made it, unless the orchestrator was asked to
+reuse cells of other code, in which case the results name every such cell; a cell on disk that the
+ledger does not record (an older anchorlm's, or the user's own file) is refused likewise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from anchorlm.io import write_json
+from anchorlm.provenance import code_version, versions
+
+LEDGER = "cells.json"
+CODE_PACKAGES = ("torch", "transformers", "peft")
+
+
+def code_identity() -> dict:
+    """What must match for a cached cell to count as made by this code."""
+    v = versions()
+    return {**code_version(), **{p: v.get(p) for p in CODE_PACKAGES}}
+
+
+def digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def differences(old, new, where: str = "") -> list[str]:
+    """'key: old -> new' for each leaf that differs between two nested mappings."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
+
+
+class Ledger:
+    def __init__(self, out: Path, reuse_other_code: bool = False):
+        self.out = out
+        self.path = out / LEDGER
+        self.reuse_other_code = reuse_other_code
+        self.entries: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.code = json.loads(json.dumps(code_identity(), default=str))
+        self.other_code: dict[str, dict] = {}  # cells reused though other code made them
+
+    def _save(self) -> None:
+        write_json(self.path, self.entries)
+
+    def cell(self, path: Path, identity: dict, done: Callable[[], bool], make: Callable[[], object]) -> bool:
+        """Make the cell at `path` unless it is there, as the module doc says; True when it was made."""
+        rel = str(path.relative_to(self.out))
+        identity = json.loads(json.dumps(identity, default=str))
+        entry = self.entries.get(rel)
+        if entry is not None and entry["identity"] != identity:
+            diff = differences(entry["identity"], identity)
+            raise ValueError(
+                f"{path} holds a cell made from another config ({'; '.join(diff[:4])}); "
+                "use a new --out, or delete it to make it again"
+            )
+        if done():
+            if entry is None:
+                if not self.reuse_other_code:
+                    raise ValueError(
+                        f"{path} exists but {self.path} does not record it (made by an older anchorlm, or "
+                        "not by anchorlm); use a new --out, or delete it (or ask to reuse cells of other code)"
+                    )
+                self.other_code[rel] = {"code": "not recorded"}
+            elif entry.get("code") != self.code:
+                if not self.reuse_other_code:
+                    diff = differences(entry.get("code") or {}, self.code)
+                    raise ValueError(
+                        f"{path} was made by other code ({'; '.join(diff[:3])}); a result made by other code "
+                        "is not reused silently: use a new --out, delete it, or ask to reuse cells of "
+                        "other code (the results then name them)"
+                    )
+                self.other_code[rel] = {"code": entry.get("code")}
+            return False
+        self.entries[rel] = {"identity": identity, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._save()
+        make()
+        self.entries[rel].update(code=self.code, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self._save()
+        return True

@@ -1,0 +1,56 @@
+"""The one guard (anchorlm.study.ledger): a cell of another identity is refused naming what differs,
+a cell of the same identity is reused only when the same code made it, unless asked."""
+
+import pytest
+
+from anchorlm.study import ledger as L
+
+
+def _make(path):
+    def make():
+        path.write_text("made")
+
+    return make
+
+
+def test_a_cell_is_made_once_and_reused(tmp_path):
+    led = L.Ledger(tmp_path)
+    cell = tmp_path / "models" / "a"
+    cell.parent.mkdir()
+    assert led.cell(cell, {"lr": 1}, cell.exists, _make(cell)) is True
+    assert L.Ledger(tmp_path).cell(cell, {"lr": 1}, cell.exists, _make(cell)) is False  # read back from disk
+    assert L.Ledger(tmp_path).entries["models/a"]["code"] == L.Ledger(tmp_path).code
+
+
+def test_another_identity_is_refused_naming_what_differs(tmp_path):
+    cell = tmp_path / "a"
+    L.Ledger(tmp_path).cell(cell, {"pretrain": {"lr": 1}}, cell.exists, _make(cell))
+    with pytest.raises(ValueError, match=r"another config \(pretrain.lr: 1 -> 2\)"):
+        L.Ledger(tmp_path).cell(cell, {"pretrain": {"lr": 2}}, cell.exists, _make(cell))
+
+
+def test_other_code_is_refused_unless_asked_and_then_named(tmp_path, monkeypatch):
+    cell = tmp_path / "a"
+    L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))
+    monkeypatch.setattr(L, "code_identity", lambda: {"anchorlm": "9.9", "git_commit": "f" * 40})
+    with pytest.raises(ValueError, match="made by other code"):
+        L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))
+    led = L.Ledger(tmp_path, reuse_other_code=True)
+    assert led.cell(cell, {"x": 1}, cell.exists, _make(cell)) is False
+    assert list(led.other_code) == ["a"]
+
+
+def test_a_cell_the_ledger_does_not_record_is_refused(tmp_path):
+    cell = tmp_path / "a"
+    cell.write_text("someone else's")
+    with pytest.raises(ValueError, match="does not record it"):
+        L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))
+    assert cell.read_text() == "someone else's"
+
+
+def test_an_unfinished_cell_of_the_same_identity_is_made_again(tmp_path):
+    cell = tmp_path / "a"
+    led = L.Ledger(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        led.cell(cell, {"x": 1}, cell.exists, lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell)) is True
