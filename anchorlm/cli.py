@@ -12,6 +12,8 @@
     anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
     anchorlm report --results results.json --out DIR
     anchorlm reproduce --config reproduce [--out runs/reproduce] [--docs docs]
+    anchorlm serve --model DIR|smollm2 [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    anchorlm noveltybench --base-url URL --model NAME --out generations.jsonl
 
 Every subcommand takes `--config FILE` (a YAML recipe) and `--set section.field=value` overrides.
 """
@@ -134,6 +136,24 @@ def _parser() -> argparse.ArgumentParser:
     s = cmd("report", "write results.json, report.md and plots from evaluate's JSON")
     s.add_argument("--results", required=True)
     s.add_argument("--out", required=True)
+    s = cmd("serve", "serve a model behind an OpenAI-compatible API (anchored models: annotations apart)")
+    s.add_argument("--model", required=True, help=MODEL_SPEC)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request")
+    s.add_argument("--name", help="the model id clients ask for (default: the model's directory name)")
+    s.add_argument("--max-batch", type=int, default=64, help="rows decoded at once, over all requests")
+    s.add_argument("--max-queue", type=int, default=256, help="choices waiting at most; past it: 429")
+    s = cmd("noveltybench", "sample NoveltyBench's prompts from an OpenAI-compatible endpoint")
+    s.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--model", required=True, help="the model id the endpoint serves")
+    s.add_argument("--api-key", default="EMPTY")
+    s.add_argument("--prompts", default="noveltybench", help="prompt set or JSONL of {id, prompt}")
+    s.add_argument("--n", type=int, default=10, help="generations per prompt (NoveltyBench: 10)")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    s.add_argument("--out", required=True, help="generations.jsonl: {id, prompt, model, generations}")
     s = cmd("reproduce", "run the paper's study (scaling, ablations, entropy, frontier); resumable")
     s.add_argument("--out", help="cell cache directory (default: the config's out_dir)")
     s.add_argument("--docs", help="where results.md/json and plots go (default: the config's docs_dir)")
@@ -182,6 +202,17 @@ def _run(args, cfg) -> int | None:
         if args.docs:
             cfg.docs_dir = args.docs
         run_study(cfg, reuse_other_code=args.reuse_cells)
+    elif c == "serve":
+        from anchorlm.serve.app import serve  # fastapi and uvicorn: the `serve` extra
+
+        serve(args.model, args.host, args.port, args.api_key, args.name, cfg.sample.precision,
+              args.max_batch, args.max_queue)  # fmt: skip
+    elif c == "noveltybench":
+        from anchorlm.serve.client import noveltybench  # the openai package: the `serve` extra
+
+        n = noveltybench(args.base_url, args.model, args.api_key, read_prompts(args.prompts), args.n,
+                         args.temperature, args.max_tokens, args.concurrency, args.out)  # fmt: skip
+        print(f"wrote {n} prompts' generations to {args.out}")
     elif c == "annotate":
         if args.corpus:
             cfg.corpus.path = args.corpus

@@ -22,7 +22,7 @@ from anchorlm.io import atomic, read_jsonl, write_json
 from anchorlm.metrics import registry
 from anchorlm.metrics.classifier import AttributeClassifier
 from anchorlm.metrics.fidelity import anchoring, forced_plan
-from anchorlm.metrics.quality import fluency_nll
+from anchorlm.metrics.quality import fluency_nll, mean_finite
 from anchorlm.metrics.registry import DIVERSITY, SUMMARY_METRICS, Quality
 from anchorlm.metrics.summary import summarize
 from anchorlm.models import cache_dir, load_embedder, load_model, minilm_dir
@@ -152,30 +152,40 @@ class Scorer:
         return emb
 
     def score(self, rows: list[dict]) -> tuple[dict, dict]:
-        """(figures, per-prompt arrays of each diversity metric, averaged over sampling seeds)."""
+        """(figures, per-prompt arrays of each diversity metric and of content NLL, averaged over
+        sampling seeds)."""
         cfg, sft = self.cfg, self.sft
         shown = [r["response"] for r in rows]
         texts = [_for_diversity(t, cfg, sft) for t in shown]
         emb = self.embed(texts)
         labels = self.clf.predict(emb)
+        conf = self.clf.confidence(emb)
+        content = [strip_style(sft, t) for t in shown]
+        content_nll = fluency_nll(content, self.ref_model, self.ref_tok)
         groups = defaultdict(list)
         for i, r in enumerate(rows):
             groups[(r["prompt_id"], r.get("seed", 0))].append(i)
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            by_prompt[pid].append(
-                registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx])
-            )
+            figs = registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx], conf[idx])
+            figs["content_nll"] = mean_finite([content_nll[i] for i in idx])
+            by_prompt[pid].append(figs)
         pids = sorted(by_prompt, key=str)
         per_prompt = {
-            m.name: np.array([np.mean([g[m.name] for g in by_prompt[p]]) for p in pids]) for m in DIVERSITY
+            m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids])
+            for m in [*(m.name for m in DIVERSITY), "content_nll"]
         }
         k = cfg.fluency_max_per_variant or len(rows)
         pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
         nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
+        n_group = int(np.median([len(v) for v in groups.values()]))
         figures = {
-            "diversity": {m: float(a.mean()) for m, a in per_prompt.items()},
-            "quality": registry.quality(Quality(rows, texts, sft, nll, len(pick))),
+            "diversity": {m.name: float(per_prompt[m.name].mean()) for m in DIVERSITY},
+            "quality": registry.quality(Quality(rows, texts, sft, nll, len(pick), content_nll)),
+            "ceiling": {
+                "attribute_entropy": self.clf.entropy_ceiling(n_group),
+                "samples_per_prompt": n_group,
+            },
             "n_samples": len(rows),
             "n_prompts": len(pids),
             "label_counts": dict(Counter(labels).most_common()),

@@ -160,3 +160,34 @@ def encode_prompt(tokenizer, instruction: str) -> list[int]:
         return pre + encode_text(tokenizer, instruction) + post
     t = tokenizer.convert_tokens_to_ids
     return [t(USER)] + encode_text(tokenizer, instruction) + [t(ASSISTANT)]
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Ids of a conversation ready for the assistant's turn, by the model's chat template, every
+    message's content sanitised text (a `<|ann|>` typed by a user stays text). A tokenizer without a
+    chat template takes one user message, as `encode_prompt` renders it. A role the template cannot
+    take raises ValueError."""
+    if not getattr(tokenizer, "chat_template", None):
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            raise ValueError("this model has no chat template: give one message of role 'user'")
+        return encode_prompt(tokenizer, messages[0]["content"])
+    slots = [f"\u2063ANCHORLM_MESSAGE_{i}\u2063" for i in range(len(messages))]
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": s} for m, s in zip(messages, slots)],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+    except Exception as e:  # jinja raises what the template raises: an unknown role, an order it refuses
+        raise ValueError(f"the model's chat template refuses these messages: {e}") from None
+    if not isinstance(text, str) or any(text.count(s) != 1 for s in slots):
+        raise ValueError("the model's chat template does not render every message once")
+    ids: list[int] = []
+    for m, s in zip(messages, slots):
+        before, text = text.split(s, 1)
+        if before:
+            ids += tokenizer(before, add_special_tokens=False)["input_ids"]
+        ids += encode_text(tokenizer, m["content"])
+    if text:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

@@ -86,7 +86,8 @@ def _cut(row: list[int], stop: list[int]) -> tuple[list[int], int | None]:
     return row[:cut], row[cut] if cut is not None else None
 
 
-def _clean(tok, ids: list[int]) -> str:
+def clean_text(tok, ids: list[int]) -> str:
+    """The text of response tokens, annotations and special tokens removed."""
     text = strip_annotations(tok.decode(ids, skip_special_tokens=False))
     for t in SPECIAL_TOKENS + list(tok.all_special_tokens):
         text = text.replace(t, "")
@@ -227,7 +228,12 @@ def forced_prompts(prompts: list[dict], topics: list[str]) -> list[dict]:
 
 
 def sample(
-    cfg: SampleConfig, model_dir: str | Path, prompts: list[dict], out_path: str | Path, anchored: bool
+    cfg: SampleConfig,
+    model_dir: str | Path,
+    prompts: list[dict],
+    out_path: str | Path,
+    anchored: bool,
+    plans: list[list[str]] | None = None,
 ) -> list[dict]:
     """Sample `cfg.n_samples` responses for each prompt ({id, prompt}) and each seed; write JSONL.
 
@@ -236,8 +242,12 @@ def sample(
     g, response logits are l(y|x,z) + g (l(y|x,z) - l(y|x)) (anchorlm.engine).
 
     With `anchored` and `cfg.anchors == 'stratified'`, `cfg.anchor_pool * n_samples` annotations are
-    drawn per prompt first and `n_samples` of them chosen by `choose_anchors`.
+    drawn per prompt first and `n_samples` of them chosen by `choose_anchors`. With `cfg.anchors ==
+    'given'`, each sample's annotation is one of `plans` (lists of tags, e.g. the SFT data's),
+    drawn with the sample's own seed, and the model writes only the response.
     """
+    if anchored and cfg.anchors == "given" and not plans:
+        raise ValueError("sample.anchors 'given' needs the plans to draw from (lists of key:value tags)")
     ids = [str(p["id"]) for p in prompts]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -246,7 +256,7 @@ def sample(
         raise ValueError("sample.guidance_scale needs anchored sampling: plain samples have no annotation")
     tok, run, close, precision = _backend(cfg, model_dir, anchored)
     try:
-        results = _draw(cfg, tok, run, prompts, anchored)
+        results = _draw(cfg, tok, run, prompts, anchored, plans)
     finally:
         close()
     out_path = Path(out_path)
@@ -266,13 +276,14 @@ def sidecar(samples_path: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".jsonl") + ".manifest.json")
 
 
-def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> list[dict]:
+def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plans=None) -> list[dict]:
     """The rows `sample` writes, drawn with `run` (either backend's)."""
     import random
 
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
     stratified = anchored and cfg.anchors == "stratified"
+    given = anchored and cfg.anchors == "given"
     per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
     base = dict(temperature=cfg.temperature, top_p=cfg.top_p, guidance_scale=cfg.guidance_scale)
     respond = engine.Settings(max_new_tokens=cfg.max_new_tokens, stop=(end_id,), **base)
@@ -307,10 +318,14 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> l
                 texts = [tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in pool]
                 for k, i in enumerate(choose_anchors(texts, cfg.n_samples, rng)):
                     got[(id(p), k)] = pool[i]
+        if given:  # each sample's plan drawn from `plans` by its own (seed, prompt, index)
+            for p, k in jobs:
+                plan = plans[random.Random(engine.row_key("plan", seed, p["id"], k)).randrange(len(plans))]
+                got[(id(p), k)] = (encode_annotation(tok, plan)[0][1:-1], True)
         for batch in _batches(jobs, cfg.batch_size):
             keys = [engine.row_key(seed, p["id"], k) for p, k in batch]
             uncond = [query[id(p)] for p, _ in batch] if guided else None
-            if stratified:
+            if stratified or given:
                 seqs = [query[id(p)] + [open_id] + got[(id(p), k)][0] + [close_id] for p, k in batch]
                 outs = run(seqs, keys, respond, uncond)
             elif anchored:
@@ -329,7 +344,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool) -> l
                     "prompt": p["prompt"],
                     "seed": seed,
                     "index": k,
-                    "response": _clean(tok, o.response),
+                    "response": clean_text(tok, o.response),
                     "n_tokens": len(o.response),
                     "finished": o.stop is not None,
                 }

@@ -102,7 +102,43 @@ REGISTRY = {
             pretrain={"annotation_dropout": 0.3},
             model="aat_dropout",
         ),
+        Variant(
+            "aat_mask_all",
+            "AAT, the whole annotation masked (the paper's default: values only in 0.3%)",
+            "annotated",
+            {**ANCHORED, "value_mask_fraction": 0.003},
+            True,
+        ),
+        Variant(
+            "aat_constant",
+            "anchored SFT with one constant, content-free annotation (topic:reply) on every example",
+            "annotated",
+            {**ANCHORED, "constant_annotation": "topic:reply"},
+            True,
+        ),
+        Variant(
+            "aat_sft_plans",
+            "AAT sampled with plans drawn from the SFT data's annotations",
+            "annotated",
+            ANCHORED,
+            True,
+            sample={"anchors": "given"},
+            model="aat",
+        ),
     )
+}
+# what the mechanism table says of each variant: (training, inference)
+MECHANISM = {
+    "sft": ("SFT on the plain continuation", "no plan"),
+    "aat": ("anchored SFT, annotation values masked (keys in the loss)", "own plan"),
+    "aat_no_annotation": ("anchored SFT, annotation values masked", "no plan"),
+    "aat_sft_plans": ("anchored SFT, annotation values masked", "plans drawn from the SFT data"),
+    "aat_mask_all": ("anchored SFT, whole annotation masked (the paper's default)", "own plan"),
+    "aat_unmasked": ("anchored SFT, annotation in the loss", "own plan"),
+    "aat_constant": ("anchored SFT, one constant content-free annotation", "own plan"),
+    "aat_on_plain": ("anchored SFT on the plain continuation (values masked)", "own plan"),
+    "annotated": ("annotated continuation, no post-training", "own plan"),
+    "base": ("plain continuation, no post-training", "no plan"),
 }
 SUMMARY_TRIO = ("base", "sft", "aat")  # the variants the paper's summary figures compare
 

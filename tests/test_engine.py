@@ -153,3 +153,33 @@ def test_uniforms_are_uniform_and_counter_based():
     assert kstest(u, "uniform").pvalue > 0.001 and (0 <= u).all() and (u < 1).all()
     again = uniforms(np.array([7], dtype=np.uint64), np.array([3]))
     assert again[0] == uniforms(np.array([7, 7], dtype=np.uint64), np.array([2, 3]))[1]
+
+
+def _full_sort_draw(logits, temperature, top_p, u):
+    """The reference: the whole vocabulary sorted (descending, ties by token id), the nucleus cut,
+    an inverse-CDF draw over it."""
+    p = torch.softmax(logits.double() / temperature, -1)
+    out = []
+    for row, x in zip(p, u):
+        order = sorted(range(len(row)), key=lambda i: (-float(row[i]), i))
+        vals = row[order]
+        keep = (torch.cumsum(vals, 0) - vals) < top_p
+        vals = vals * keep
+        c = torch.cumsum(vals, 0)
+        out.append(order[min(int(torch.searchsorted(c, x * c[-1], right=True)), len(order) - 1)])
+    return out
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.95, 0.999])
+def test_top_p_from_candidates_equals_the_whole_vocabulary_sorted(monkeypatch, top_p):
+    """The nucleus found among the most likely candidates (a few here, so that rows fall back to the
+    whole sort too) draws what sorting the whole vocabulary draws, ties included (logits rounded
+    to bfloat16, as a bf16 model gives them, share values)."""
+    from anchorlm import engine
+
+    monkeypatch.setattr(engine, "NUCLEUS_CANDIDATES", (4, 16))
+    torch.manual_seed(2)
+    logits = (torch.randn(64, 300) * torch.linspace(0.5, 6, 64)[:, None]).bfloat16().float()
+    u = uniforms(np.arange(64, dtype=np.uint64), np.zeros(64, dtype=np.int64))
+    got = draw(logits, 1.0, top_p, u).tolist()
+    assert got == _full_sort_draw(logits, 1.0, top_p, u)

@@ -223,3 +223,28 @@ def test_plain_continued_pretraining_keeps_the_models_vocabulary(tiny_gpt2, tmp_
         assert model.get_input_embeddings().num_embeddings == len(saved)
         sizes[annotated] = (len(saved), ANN_OPEN in saved.get_vocab())
     assert sizes == {False: (n + 2, False), True: (n + 4, True)}
+
+
+def test_engine_greedy_equals_transformers_generate_on_smollm2():
+    """The engine's greedy decode of SmolLM2-135M (three prompts of different lengths in one
+    left-padded batch, its preallocated cache, rows leaving as they stop) gives transformers'
+    `generate(do_sample=False)` token for token, each prompt run alone, in float32."""
+    from anchorlm.engine import Settings, generate, row_key
+
+    model, tok = load_model("smollm2", tokens="turns")
+    prompts = [
+        "Tell me about the sea.",
+        "Write one line about a cat.",
+        "What is bread made of? Answer briefly.",
+    ]
+    seqs = [encode_prompt(tok, p) for p in prompts]
+    stop = eos_id(tok)
+    s = Settings(temperature=0, max_new_tokens=24, stop=(stop,), compact_at=0.01)
+    outs = generate(model, seqs, [row_key(i) for i in range(3)], s, tok.pad_token_id)
+    for q, o in zip(seqs, outs):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([q]), attention_mask=torch.ones(1, len(q), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=24, eos_token_id=stop,
+                                 pad_token_id=tok.pad_token_id)[0, len(q):].tolist()  # fmt: skip
+        mine = o.response + ([o.stop] if o.stop is not None else [])
+        assert mine == ref, (tok.decode(mine), tok.decode(ref))

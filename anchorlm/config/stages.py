@@ -237,6 +237,11 @@ class PosttrainConfig(TrainConfig):
         0.0, "add this many pretraining chunks per SFT example, trained as plain text", min=0
     )
     replay_max_chars: int = f(300, "replayed chunks are cut to this many characters", min=1)
+    constant_annotation: str = f(
+        "",
+        "anchored: replace every example's annotation with these tags (e.g. 'topic:reply'): a constant, "
+        "content-free annotation, the control that tells conditioning on the plan from masking it",
+    )
     anchored_replay: float = f(
         0.0,
         "add this many annotated pretraining chunks per SFT example as (instruction, annotation, chunk) "
@@ -244,6 +249,13 @@ class PosttrainConfig(TrainConfig):
         "data never has; with method sft the same rows without the annotation (the control)",
         min=0,
     )
+
+    @field_validator("constant_annotation")
+    @classmethod
+    def _constant(cls, v: str) -> str:
+        if v and parse_tags(v) is None:
+            raise ValueError(f"posttrain.constant_annotation {v!r} must be key:value tags")
+        return v
 
 
 class SampleConfig(Section):
@@ -254,8 +266,10 @@ class SampleConfig(Section):
     max_annotation_tokens: int = f(24, "annotation tokens at most (anchored); then it is closed", min=1)
     batch_size: int = f(64, "sequences per generate() call", min=1)
     seeds: list[int] = f([0], "sampling seeds; each draws n_samples per prompt")
-    anchors: Literal["iid", "stratified"] = f(
-        "iid", "anchored: 'iid' (one annotation per sample) or 'stratified' (choose N from a pool to cover)"
+    anchors: Literal["iid", "stratified", "given"] = f(
+        "iid",
+        "anchored: 'iid' (the model writes one annotation per sample), 'stratified' (choose N from a pool "
+        "to cover) or 'given' (each sample's annotation drawn from given plans, e.g. the SFT data's)",
     )
     anchor_pool: int = f(4, "stratified: annotations drawn per sample wanted, to choose from", min=1)
     backend: Literal["transformers", "vllm"] = f(

@@ -41,7 +41,10 @@ def build_dataset(tok, examples: list[dict], cfg: PosttrainConfig) -> tuple[list
     """Tokenised examples (over-long ones dropped) and how many had value-only masking."""
     rng = random.Random(cfg.seed)
     rows, n_value_only = [], 0
+    constant = cfg.constant_annotation.split() if cfg.constant_annotation else None
     for ex in examples:
+        if constant:
+            ex = {**ex, "tags": constant}
         value_only = cfg.method == "anchored" and rng.random() < cfg.value_mask_fraction
         row = build_example(tok, ex, cfg.method, value_only, cfg.mask_annotation)
         if len(row["input_ids"]) <= cfg.max_len:

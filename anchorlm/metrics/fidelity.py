@@ -36,6 +36,7 @@ def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: d
     in t, over topics of the SFT data (`forced_sft`) and over the others (`forced_other`), beside
     the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
     hits: dict = defaultdict(list)
+    per_prompt: dict = defaultdict(list)  # other topics' hits by the prompt they were forced on
     for r, lab in zip(rows, labels):
         t = _topic(r.get("annotation_prefix"))
         if t is None:
@@ -43,9 +44,15 @@ def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: d
                 f"forced-plan sample of prompt {r.get('prompt_id')!r} has no topic in annotation_prefix"
             )
         hits[t].append(lab == t)
+        if t not in set(sft_topics):
+            per_prompt[str(r["prompt_id"]).rsplit("|", 1)[0]].append(lab == t)
     by_topic = {t: float(np.mean(v)) for t, v in sorted(hits.items())}
     sft = [t for t in by_topic if t in set(sft_topics)]
     other = [t for t in by_topic if t not in set(sft_topics)]
+
+    def pooled(ts):
+        k, n = sum(sum(hits[t]) for t in ts), sum(len(hits[t]) for t in ts)
+        return wilson(k, n) if n else None
 
     def mean(xs, table):
         vals = [table[t] for t in xs if table.get(t) is not None]
@@ -58,5 +65,18 @@ def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: d
         "classifier_accuracy_sft": mean(sft, per_category),
         "classifier_accuracy_other": mean(other, per_category),
         "forced_by_topic": by_topic,
+        "forced_counts": {t: [int(sum(v)), len(v)] for t, v in sorted(hits.items())},
+        "forced_sft_wilson95": pooled(sft),
+        "forced_other_wilson95": pooled(other),
+        "forced_other_per_prompt": {p: float(np.mean(v)) for p, v in sorted(per_prompt.items())},
         "forced_samples": len(rows),
     }
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
+    """The Wilson score interval (95%) of a proportion k / n."""
+    p = k / n
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [float(max(0.0, mid - half)), float(min(1.0, mid + half))]

@@ -4,19 +4,21 @@ CIs), and how it is computed. The evaluator, the summaries, both reports and the
 definitions; adding a metric is an entry here (and its test).
 
 Diversity metrics are computed per prompt from its samples (texts as compared, their embeddings,
-the attribute classifier's labels) and averaged over prompts. Quality metrics are computed per
+the attribute classifier's labels and its confidence in them) and averaged over prompts. Quality metrics are computed per
 variant from a `Quality` context (its rows, texts, the SFT style, the reference LM's NLLs); one
 returns `SKIP` where it does not apply (no `finished` field, a plain variant's annotations).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from anchorlm.data.style import follows_style
+from anchorlm.data.style import follows_style, strip_style
+from anchorlm.format import KEYS
 from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
 from anchorlm.metrics.quality import mean_finite
 
@@ -29,7 +31,9 @@ class Metric:
     label: str  # the column heading in the reports
     section: str  # 'diversity' or 'quality'
     higher_is_better: bool | None
-    compute: Callable  # diversity: (texts, emb, labels) -> float; quality: (Quality) -> float | None | SKIP
+    compute: (
+        Callable  # diversity: (texts, emb, labels, conf) -> float; quality: (Quality) -> float | None | SKIP
+    )
     summary: bool = False  # collapse, collapse reduction and gap closed with bootstrap CIs
     paper: bool = False  # one of the paper's two diversity metrics
     column: bool = True  # a column of the variants table
@@ -38,11 +42,14 @@ class Metric:
 
 class Quality:
     """What a variant's quality metrics read: its rows, the texts compared (the response without
-    the SFT style's wrapper, cut to evaluate.max_words), the SFT style, and the reference LM's NLL
-    of the scored responses (`nll`, computed by the scorer)."""
+    the SFT style's wrapper, cut to evaluate.max_words), the SFT style, the reference LM's NLL of the
+    scored responses (`nll`) and of every response's content without the wrapper (`content_nll`)."""
 
-    def __init__(self, rows: list[dict], texts: list[str], sft, nll: list[float], scored: int):
+    def __init__(self, rows: list[dict], texts: list[str], sft, nll: list[float], scored: int,
+                 content_nll: list[float] | None = None):  # fmt: skip
         self.rows, self.texts, self.sft, self.nll, self.scored = rows, texts, sft, nll, scored
+        self.content_nll = content_nll
+        self.content = [strip_style(sft, r["response"]) for r in rows]
         self.styled = [follows_style(sft, r["response"]) for r in rows]
         self.has_finished = all("finished" in r for r in rows)
         self.done = [bool(r.get("finished")) for r in rows]
@@ -58,17 +65,21 @@ def _style_finished(q: Quality):
 
 DIVERSITY = (
     Metric("embedding_distance", "emb. dist.", "diversity", True,
-           lambda texts, emb, labels: mean_pairwise_cosine_distance(emb), summary=True, paper=True,
+           lambda texts, emb, labels, conf: mean_pairwise_cosine_distance(emb), summary=True, paper=True,
            description="mean pairwise cosine distance of the samples' MiniLM embeddings"),
-    Metric("vendi", "Vendi", "diversity", True, lambda texts, emb, labels: vendi_score(emb), summary=True,
+    Metric("vendi", "Vendi", "diversity", True, lambda texts, emb, labels, conf: vendi_score(emb), summary=True,
            description="Vendi score (cosine kernel) of the samples' embeddings"),
-    Metric("attribute_entropy", "attr. entropy", "diversity", True, lambda texts, emb, labels: entropy(labels),
+    Metric("attribute_entropy", "attr. entropy", "diversity", True, lambda texts, emb, labels, conf: entropy(labels),
            summary=True, paper=True,
            description="entropy (nats) of the corpus categories the attribute classifier gives the samples"),
-    Metric("distinct_1", "distinct-1", "diversity", True, lambda texts, emb, labels: distinct_n(texts, 1),
+    Metric("distinct_1", "distinct-1", "diversity", True, lambda texts, emb, labels, conf: distinct_n(texts, 1),
            column=False, description="unique unigrams over all unigrams"),
-    Metric("distinct_2", "distinct-2", "diversity", True, lambda texts, emb, labels: distinct_n(texts, 2),
+    Metric("distinct_2", "distinct-2", "diversity", True, lambda texts, emb, labels, conf: distinct_n(texts, 2),
            description="unique bigrams over all bigrams"),
+    Metric("attribute_confidence", "classifier conf.", "diversity", None,
+           lambda texts, emb, labels, conf: float(np.mean(conf)), column=False,
+           description="the attribute classifier's mean probability of the labels it gave (how much its "
+                       "entropy can be trusted)"),
 )  # fmt: skip
 
 QUALITY = (
@@ -86,6 +97,16 @@ QUALITY = (
     Metric("empty_responses", "empty", "quality", False,
            lambda q: float(np.mean([not t.strip() for t in q.texts])), column=False,
            description="share of responses with no content besides the SFT style's wrapper"),
+    Metric("content_nll", "content NLL", "quality", False,
+           lambda q: mean_finite(q.content_nll) if q.content_nll is not None else SKIP, column=False,
+           description="per-token NLL under the reference LM of every response's content, the SFT style's "
+                       "wrapper left out"),
+    Metric("length_words", "words", "quality", None, lambda q: float(np.mean([len(c.split()) for c in q.content])),
+           column=False, description="words of content per response"),
+    Metric("repetition", "repeats", "quality", False, lambda q: float(np.mean([repeats(c) for c in q.content])),
+           column=False, description="share of responses in which a word 4-gram occurs twice or more (a loop)"),
+    Metric("tag_echo", "tag echo", "quality", False, lambda q: float(np.mean([bool(TAG.search(c)) for c in q.content])),
+           column=False, description="share of responses that write annotation syntax (key:value) into the text"),
     Metric("annotation_wellformed", "ann. ok", "quality", True,
            lambda q: float(np.mean([r["annotation_ok"] for r in q.rows])) if q.anchored else SKIP,
            description="share of self-written annotations closed and well-formed"),
@@ -97,9 +118,19 @@ PAPER_METRICS = tuple(m.name for m in DIVERSITY if m.paper)
 SUMMARY_METRICS = (*PAPER_METRICS, *(m.name for m in DIVERSITY if m.summary and not m.paper))
 
 
-def diversity(texts: list[str], emb: np.ndarray, labels: list[str]) -> dict[str, float]:
+def diversity(texts: list[str], emb: np.ndarray, labels: list[str], conf) -> dict[str, float]:
     """Every diversity metric of one prompt's samples."""
-    return {m.name: m.compute(texts, emb, labels) for m in DIVERSITY}
+    return {m.name: m.compute(texts, emb, labels, conf) for m in DIVERSITY}
+
+
+TAG = re.compile(r"\b(?:" + "|".join(KEYS) + r"):\S")
+
+
+def repeats(text: str, n: int = 4) -> bool:
+    """Whether some word n-gram occurs twice or more in `text`."""
+    w = text.lower().split()
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) < len(grams)
 
 
 def quality(q: Quality) -> dict:

@@ -11,9 +11,29 @@ from anchorlm.metrics.summary import summarize
 from anchorlm.study.results import Figures, MetricSummary
 
 
-def mean_figures(runs: list[dict]) -> Figures:
+def hierarchical(arr: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> list[float] | None:
+    """A 95% percentile CI of stat(arr) for arr [seeds, prompts]: seeds resampled with replacement,
+    then prompts (the same prompt draws for every seed drawn, so paired arrays stay paired when
+    the same generator state resamples them)."""
+    arr = np.atleast_2d(np.asarray(arr, dtype=float))
+    if not n_boot or not np.isfinite(arr).any():
+        return None
+    rng = np.random.default_rng(seed)
+    s, p = arr.shape
+    vals = []
+    for _ in range(n_boot):
+        si = rng.integers(0, s, s) if s > 1 else np.zeros(1, dtype=int)
+        pi = rng.integers(0, p, p)
+        vals.append(stat(arr[np.ix_(si, pi)]))
+    v = np.asarray(vals, dtype=float)
+    v = v[np.isfinite(v)]
+    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+
+
+def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
     """The mean over seeds of each diversity, quality and anchoring figure (a cell's scores are
-    `Scorer.score`'s dict; per-topic figures are those of the first seed)."""
+    `Scorer.score`'s dict; per-topic figures are those of the first seed), each seed's value, and
+    with `n_boot` a CI over seeds and prompts of each per-prompt figure (diversity, content NLL)."""
 
     def mean(part: str) -> dict:
         out = {}
@@ -22,15 +42,39 @@ def mean_figures(runs: list[dict]) -> Figures:
             out[k] = first if isinstance(first, dict) else float(np.mean(vals)) if vals else None
         return out
 
+    quality = mean("quality")
+    per_seed = {
+        part: {k: [r[part].get(k) for r in runs] for k, v in runs[0][part].items() if not isinstance(v, dict)}
+        for part in ("diversity", "quality")
+    }
+    ci = None
+    if n_boot and all("per_prompt" in r for r in runs):
+        ci = {
+            m: hierarchical([r["per_prompt"][m] for r in runs], n_boot, seed) for m in runs[0]["per_prompt"]
+        }
+        if "content_nll" in ci:
+            quality["content_nll_ci95"] = ci["content_nll"]
     return Figures(
         diversity=mean("diversity"),
-        quality=mean("quality"),
+        quality=quality,
         n_samples=sum(r["n_samples"] for r in runs),
         n_prompts=runs[0]["n_prompts"],
         n_seeds=len(runs),
         anchoring=mean("anchoring") if "anchoring" in runs[0] else None,
         examples=runs[0].get("examples", []),
+        per_seed=per_seed if len(runs) > 1 else None,
+        ci95=ci,
+        ceiling=runs[0].get("ceiling"),
     )
+
+
+def paired_difference(a: list[dict], b: list[dict], metric: str, n_boot: int, seed: int) -> dict:
+    """mean(a) - mean(b) of a per-prompt figure (same seeds and prompts, paired), with a CI that
+    resamples seeds, then prompts, the same draws for both."""
+    x = np.array([r["per_prompt"][metric] for r in a], dtype=float)
+    y = np.array([r["per_prompt"][metric] for r in b], dtype=float)
+    d = x - y
+    return {"difference": float(np.nanmean(d)), "ci95": hierarchical(d, n_boot, seed, np.nanmean)}
 
 
 def summary(

@@ -32,7 +32,7 @@ from anchorlm.logs import log
 from anchorlm.manifest import is_done
 from anchorlm.models import load_model, load_tokenizer
 from anchorlm.provenance import describe
-from anchorlm.sample import forced_prompts, sample, sidecar
+from anchorlm.sample import forced_prompts, read_prompts, sample, sidecar
 from anchorlm.study.config import StudyConfig
 from anchorlm.study.ledger import Ledger, digest
 from anchorlm.tokenizer import train_tokenizer
@@ -52,6 +52,8 @@ class Job:
     temperature: float | None = None
     categories: tuple | None = None  # an SFT set of these categories instead of the recipe's
     fidelity: bool = False  # also the forced-plan samples of an anchored variant
+    prompts: str = ""  # the prompt set ('' = the study's own: StudyConfig.prompts)
+    epochs: float | None = None  # post-training epochs instead of the recipe's (the dose-response)
 
 
 class Cells:
@@ -70,6 +72,7 @@ class Cells:
         claim_dir(self.out, "study's cells" if layout == "cells" else "demo", reuse_dir)
         self.ledger = Ledger(self.out, reuse_other_code)
         self._scorer = self._chunks = None
+        self._prompt_sets: dict[str, list[dict]] = {}
         self._params: dict = {}
         self.ids: dict[str, dict] = {}  # identity of each shared data cell, by name
         self.timings: dict[str, float] = Counter()
@@ -108,7 +111,8 @@ class Cells:
         for data in ("plain", "annotated"):
             self.pack_tokens(data, p.annotation_dropout)
         self.make_sft_set()
-        self.prompts = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
+        self.heldout = read_jsonl(self.out / "sft_data" / "eval_prompts.jsonl")
+        self.prompts = self.prompt_rows()
         self.focus = self.cfg.focus_size or max(self.sizes, key=lambda n: self.params(n)[1])
         self.timings["prepare"] += time.time() - t0
 
@@ -202,63 +206,90 @@ class Cells:
         return d, identity
 
     def train_variant(
-        self, size: str, seed: int | None, v: Variant, categories: tuple | None = None
+        self,
+        size: str,
+        seed: int | None,
+        v: Variant,
+        categories: tuple | None = None,
+        epochs: float | None = None,
     ) -> tuple[Path, dict]:
         """The model a variant samples (its path and identity): its pretrained model, post-trained
-        as it says, each trained unless its cell is there."""
+        as it says (`epochs` instead of the recipe's), each trained unless its cell is there."""
         own = self.variants[v.model_name]
         init, init_id = self.train_pretrained(size, seed, own.data, own.pretrain)
         if own.posttrain is None:
             return init, init_id
         examples, sft_id = self.make_sft_set(categories)
-        pcfg = replace(self.base.posttrain, **({} if seed is None else {"seed": seed}), **own.posttrain)
+        pcfg = replace(self.base.posttrain, **({} if seed is None else {"seed": seed}), **own.posttrain,
+                       **({} if epochs is None else {"epochs": epochs}))  # fmt: skip
         identity = {"posttrain": changes(pcfg), "init": digest(init_id), "sft": sft_id}
         d = self._name(size, seed, own.name, identity)
         self.used.add(d / "manifest.json")
         replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
-        self._cell("posttrain", f"{size} seed {pcfg.seed} {own.name}", d, identity, lambda: is_done(d),
-                   lambda: posttrain(pcfg, init, examples, d, replay=replay))  # fmt: skip
+        self._cell("posttrain", f"{size} seed {pcfg.seed} {own.name}" + (f" ({epochs:g} epochs)" if epochs else ""),
+                   d, identity, lambda: is_done(d), lambda: posttrain(pcfg, init, examples, d, replay=replay))  # fmt: skip
         return d, identity
 
     # ---- samples and scores -----------------------------------------------------------------------
+    def prompt_rows(self, name: str = "") -> list[dict]:
+        """The prompts of a set: '' is the study's own (`StudyConfig.prompts`, itself '' for the SFT
+        data's held-out instructions), else a shipped set's name or a file."""
+        name = name or self.cfg.prompts
+        if not name:
+            return self.heldout
+        if name not in self._prompt_sets:
+            self._prompt_sets[name] = read_prompts(name)
+        return self._prompt_sets[name]
+
     def draw_samples(self, job: Job, forced: bool = False) -> Path:
         """The samples of a job's variant (with `forced`: its forced-plan samples)."""
         v = self.variants[job.name]
-        model, model_id = self.train_variant(job.size, job.seed, v, job.categories)
+        model, model_id = self.train_variant(job.size, job.seed, v, job.categories, job.epochs)
         overrides = dict(v.sample)
         if job.temperature is not None:
             overrides["temperature"] = job.temperature
         if job.seed is not None:
             overrides["seeds"] = [job.seed]
-        prompts = self.prompts
+        set_name = job.prompts or self.cfg.prompts
+        prompts = self.prompt_rows(set_name)
+        if set_name in self.cfg.samples_per_set:
+            overrides["n_samples"] = self.cfg.samples_per_set[set_name]
         if forced:
-            prompts = forced_prompts(self.prompts, self.base.sample.forced_topics)
+            prompts = forced_prompts(prompts, self.base.sample.forced_topics)
             overrides["n_samples"] = self.base.sample.forced_samples
         scfg = replace(self.base.sample, **overrides)
-        identity = {
-            "sample": changes(scfg),
-            "anchored": v.anchored,
-            "prompts": digest(prompts),
-            "model": digest(model_id),
-        }
+        plans = None
+        if v.anchored and scfg.anchors == "given":  # the SFT data's annotations, as the model was trained on
+            plans = [
+                list(t) for t in sorted({tuple(e["tags"]) for e in self.make_sft_set(job.categories)[0]})
+            ]
+        identity = {"sample": changes(scfg), "anchored": v.anchored, "prompts": digest(prompts),
+                    "model": digest(model_id), **({"plans": digest(plans)} if plans else {})}  # fmt: skip
+        kind = "anchored" if v.anchored else "plain"
         if self.layout == "flat":
             path = self.out / "samples" / f"{job.name}{'.forced' if forced else ''}.jsonl"
+        elif set_name:  # a named prompt set: its name in the file's, to find it by eye
+            path = model / "samples" / f"{kind}-{_slug(set_name)}-{digest(identity)}.jsonl"
         else:
-            path = model / "samples" / f"{'anchored' if v.anchored else 'plain'}-{digest(identity)}.jsonl"
+            path = model / "samples" / f"{kind}-{digest(identity)}.jsonl"
         self.used.add(sidecar(path))
         what = f"{job.size}{'' if job.seed is None else f'-s{job.seed}'}/{job.name} " + (
             f"({'anchored ' + scfg.anchors if v.anchored else 'plain'}, T={scfg.temperature}"
-            f"{', forced topics' if forced else ''})"
+            f"{', forced topics' if forced else ''}{f', {set_name}' if set_name else ''})"
         )
         self._cell("sample", what, path, identity, path.exists,
-                   lambda: sample(scfg, model, prompts, path, v.anchored))  # fmt: skip
+                   lambda: sample(scfg, model, prompts, path, v.anchored, plans))  # fmt: skip
         self.ids[str(path.relative_to(self.out))] = identity
         return path
 
     def draw_job(self, job: Job) -> tuple[Path, Path | None]:
         """A job's samples, and with `fidelity` an anchored variant's forced-plan samples too."""
         free = self.draw_samples(job)
-        if not (job.fidelity and self.variants[job.name].anchored and self.base.sample.forced_topics):
+        v = self.variants[job.name]
+        given = (
+            v.sample.get("anchors") == "given"
+        )  # its plans are given: forcing one tests the same model's aat
+        if not (job.fidelity and v.anchored and not given and self.base.sample.forced_topics):
             return free, None
         return free, self.draw_samples(job, forced=True)
 
@@ -312,3 +343,7 @@ class Cells:
             where = describe(d["machine"]) if d.get("machine") else hint or "not recorded"
             groups[(where, d.get("counts", {}).get("precision") or "not recorded")] += 1
         return [{"where": w, "precision": p, "cells": n} for (w, p), n in sorted(groups.items())]
+
+
+def _slug(name: str) -> str:
+    return Path(name).stem.replace(".", "_")

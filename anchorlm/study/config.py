@@ -26,6 +26,22 @@ class StudyConfig(Section):
         "model sizes: {name, hidden_size, num_layers, num_heads, intermediate_size}; leave empty when "
         "base.pretrain.init_from names a published model to continue (one size)",
     )
+    prompts: str = f(
+        "",
+        "the prompt set every part samples: '' (the SFT data's held-out instructions), a shipped set "
+        "(instructions, noveltybench) or a JSONL file",
+    )
+    prompt_sets: list[str] = f(
+        [], "further prompt sets on which base, sft and the headline variant are sampled at the scaling seeds"
+    )
+    samples_per_set: dict[str, int] = f({}, "samples per prompt for a set, instead of base.sample.n_samples")
+    dose_epochs: list[float] = f(
+        [], "the dose-response: post-training epochs at which sft and the headline are compared ([] = none)"
+    )
+    dose_seeds: list[int] = f([0], "run seeds of the dose-response")
+    keep_samples: bool = f(
+        False, "copy every samples file the results read to docs (gzipped JSONL), for anyone to read"
+    )
     tokens_per_param: float = f(2.0, "pretraining tokens per model parameter (embeddings included)", above=0)
     seeds: list[int] = f(
         [0, 1, 2], "run seeds of the scaling study: each seeds pretraining, post-training, sampling"
@@ -49,6 +65,9 @@ class StudyConfig(Section):
         [], "the recipe's own variants, also compared at the focus size: {name, like, posttrain, sample, ...}"
     )
     ablation_seeds: list[int] = f([0, 1, 2], "run seeds of the ablations")
+    fidelity_variants: list[str] | None = f(
+        None, "anchored variants whose forced plans are sampled (None = every anchored one compared)"
+    )
     entropy_categories: list[str] = f([], "categories in the order the entropy study adds them")
     entropy_counts: list[int] = f(
         [1, 2, 4, 8, 16],

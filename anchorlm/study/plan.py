@@ -8,6 +8,9 @@ all read this list; a recipe leaves a part out with an empty list (`entropy_coun
               anchor fidelity (free and forced plans) for the anchored ones
   entropy     SFT sets of equal size from 1, 2, 4, ... categories; output against data entropy
   frontier    `frontier_variants` sampled at several temperatures
+  prompt_sets base, sft and the headline on further prompt sets (NoveltyBench), with AAT - SFT
+              differences and their CIs
+  dose        sft and the headline post-trained for several numbers of epochs (the dose-response)
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from anchorlm.metrics.diversity import entropy
-from anchorlm.study.aggregate import mean_figures, slope, summary
+from anchorlm.metrics.fidelity import wilson
+from anchorlm.metrics.registry import SUMMARY_METRICS
+from anchorlm.study.aggregate import hierarchical, mean_figures, paired_difference, slope, summary
 from anchorlm.study.cells import Cells, Job
 from anchorlm.study.config import StudyConfig
 from anchorlm.study.results import (
     Ablations,
+    DoseResponse,
     EntropyPoint,
     EntropyStudy,
     Frontier,
+    PromptSet,
     SizeResult,
     VariantEntropy,
 )
@@ -62,24 +69,34 @@ def _scaling(cells: Cells, cfg: StudyConfig, scores) -> dict[str, SizeResult]:
             pretrain_tokens=cells.token_budget(size),
             model=cells.lm or cells.sizes[size].model_dump(),
             seeds=list(cfg.seeds),
-            variants={v: mean_figures(r) for v, r in runs.items()},
+            variants={v: mean_figures(r, ev.bootstrap, ev.seed) for v, r in runs.items()},
             summary=summary(runs, ev.bootstrap, ev.seed, aat=cfg.headline),
         )
     return out
 
 
 # ---- ablations --------------------------------------------------------------------------------------
+def forced(cfg: StudyConfig, v: str) -> bool:
+    """Whether the ablations sample variant v's forced plans too."""
+    return cfg.fidelity_variants is None or v in cfg.fidelity_variants
+
+
 def _ablation_jobs(cells: Cells, cfg: StudyConfig) -> list[Job]:
-    return [Job(cells.focus, s, v, fidelity=True) for v in compared(cfg) for s in cfg.ablation_seeds]
+    return [
+        Job(cells.focus, s, v, fidelity=forced(cfg, v)) for v in compared(cfg) for s in cfg.ablation_seeds
+    ]
 
 
 def _ablations(cells: Cells, cfg: StudyConfig, scores) -> Ablations:
     ev, names = cfg.base.evaluate, compared(cfg)
-    runs = {v: [scores(Job(cells.focus, s, v, fidelity=True)) for s in cfg.ablation_seeds] for v in names}
+    runs = {
+        v: [scores(Job(cells.focus, s, v, fidelity=forced(cfg, v))) for s in cfg.ablation_seeds]
+        for v in names
+    }
     return Ablations(
         size=cells.focus,
         seeds=list(cfg.ablation_seeds),
-        variants={v: mean_figures(r) for v, r in runs.items()},
+        variants={v: mean_figures(r, ev.bootstrap, ev.seed) for v, r in runs.items()},
         summary={
             v: summary(runs, ev.bootstrap, ev.seed, aat=v)
             for v in names
@@ -150,11 +167,139 @@ def _frontier(cells: Cells, cfg: StudyConfig, scores) -> Frontier:
     return Frontier(size=cells.focus, seeds=list(cfg.frontier_seeds), points=points)
 
 
+# ---- prompt sets -----------------------------------------------------------------------------------
+def _trio(cfg: StudyConfig) -> tuple[str, str, str]:
+    return ("base", "sft", cfg.headline)
+
+
+def _set_name(cfg: StudyConfig, name: str) -> str:
+    return "" if name == cfg.prompts else name  # the study's own set: the same jobs as the other parts
+
+
+def _set_jobs(cells: Cells, cfg: StudyConfig) -> list[Job]:
+    return [
+        Job(cells.focus, s, v, prompts=_set_name(cfg, name))
+        for name in cfg.prompt_sets
+        for v in _trio(cfg)
+        for s in cfg.seeds
+    ]
+
+
+def _sets(cells: Cells, cfg: StudyConfig, scores) -> dict[str, PromptSet]:
+    ev, head, out = cfg.base.evaluate, cfg.headline, {}
+    for name in cfg.prompt_sets:
+        runs = {
+            v: [scores(Job(cells.focus, s, v, prompts=_set_name(cfg, name))) for s in cfg.seeds]
+            for v in _trio(cfg)
+        }
+        out[name] = PromptSet(
+            n_prompts=runs["base"][0]["n_prompts"],
+            variants={v: mean_figures(r, ev.bootstrap, ev.seed) for v, r in runs.items()},
+            summary=summary(runs, ev.bootstrap, ev.seed, aat=head),
+            differences={
+                m: paired_difference(runs[head], runs["sft"], m, ev.bootstrap, ev.seed)
+                for m in [*SUMMARY_METRICS, "content_nll"]
+            },
+        )
+    return out
+
+
+# ---- the dose-response ---------------------------------------------------------------------------------
+def _dose_jobs(cells: Cells, cfg: StudyConfig) -> list[Job]:
+    jobs = [Job(cells.focus, s, "base") for s in cfg.dose_seeds]
+    for e in cfg.dose_epochs:
+        jobs += [Job(cells.focus, s, v, epochs=e) for v in ("sft", cfg.headline) for s in cfg.dose_seeds]
+    return jobs
+
+
+def _dose(cells: Cells, cfg: StudyConfig, scores) -> DoseResponse:
+    ev, points = cfg.base.evaluate, []
+    base = [scores(Job(cells.focus, s, "base")) for s in cfg.dose_seeds]
+    for e in cfg.dose_epochs:
+        runs = {"base": base}
+        runs.update(
+            {
+                v: [scores(Job(cells.focus, s, v, epochs=e)) for s in cfg.dose_seeds]
+                for v in ("sft", cfg.headline)
+            }
+        )
+        sm = summary(runs, ev.bootstrap, ev.seed, aat=cfg.headline)
+        figs = {v: mean_figures(r) for v, r in runs.items() if v != "base"}
+        points.append({
+            "epochs": e,
+            "summary": {m: x.dump() for m, x in sm.items()},
+            "variants": {v: {**f.diversity, **{k: f.quality.get(k) for k in ("style_adherence", "content_nll")}}
+                         for v, f in figs.items()},
+        })  # fmt: skip
+    return DoseResponse(size=cells.focus, seeds=list(cfg.dose_seeds), points=points)
+
+
+# ---- plan following, with power -------------------------------------------------------------------
+def _following_jobs(cells: Cells, cfg: StudyConfig) -> list[Job]:
+    return [j for j in _ablation_jobs(cells, cfg) if cells.variants[j.name].anchored]
+
+
+def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
+    """Forced plans `topic:<t>`: per anchored variant, the share of responses in the forced topic
+    with its Wilson interval (pooled over seeds and prompts), the same topic's share among the
+    variant's own free samples (the unforced rate), and the lift between them; then the writer
+    after anchored SFT against before it (the headline minus `annotated`), with a CI resampling
+    seeds, then prompts."""
+    ev, sft_topics = cfg.base.evaluate, set(cfg.base.sft_data.categories)
+    out: dict = {"variants": {}}
+    per_prompt = {}
+    for v in dict.fromkeys(j.name for j in _following_jobs(cells, cfg)):
+        runs = [scores(Job(cells.focus, s, v, fidelity=forced(cfg, v))) for s in cfg.ablation_seeds]
+        if "forced_counts" not in runs[0].get("anchoring", {}):
+            continue
+        counts: dict = {}
+        for r in runs:
+            for t, (k, n) in r["anchoring"]["forced_counts"].items():
+                counts[t] = [counts.get(t, [0, 0])[0] + k, counts.get(t, [0, 0])[1] + n]
+        free_n = sum(r["n_samples"] for r in runs)
+        unforced = {t: sum(r["label_counts"].get(t, 0) for r in runs) / free_n for t in counts}
+        by_topic = {
+            t: {"rate": k / n, "wilson95": wilson(k, n), "unforced": unforced[t], "lift": k / n - unforced[t]}
+            for t, (k, n) in counts.items()
+        }
+        other = [t for t in counts if t not in sft_topics]
+        k, n = sum(counts[t][0] for t in other), sum(counts[t][1] for t in other)
+        out["variants"][v] = {
+            "forced_other": k / n if n else None,
+            "forced_other_wilson95": wilson(k, n) if n else None,
+            "unforced_other": float(np.mean([unforced[t] for t in other])) if other else None,
+            "lift_other": (k / n - float(np.mean([unforced[t] for t in other]))) if n else None,
+            "samples_per_prompt_and_topic": cfg.base.sample.forced_samples,
+            "by_topic": by_topic,
+        }
+        pids = sorted(runs[0]["anchoring"]["forced_other_per_prompt"])
+        per_prompt[v] = np.array([[r["anchoring"]["forced_other_per_prompt"][p] for p in pids] for r in runs])
+    head = cfg.headline
+    if head in per_prompt and "annotated" in per_prompt:
+        d = per_prompt[head] - per_prompt["annotated"]
+        out["after_minus_before"] = {
+            "after": head,
+            "before": "annotated",
+            "difference": float(d.mean()),
+            "ci95": hierarchical(d, ev.bootstrap, ev.seed),
+        }
+    return out
+
+
 PARTS = (
     Part("scaling", "sizes", lambda cfg: True, _scaling_jobs, _scaling),
     Part("ablations", "ablations", lambda cfg: True, _ablation_jobs, _ablations),
     Part("entropy", "entropy_study", lambda cfg: bool(cfg.entropy_counts), _entropy_jobs, _entropy),
     Part("frontier", "frontier", lambda cfg: bool(cfg.temperatures), _frontier_jobs, _frontier),
+    Part("prompt_sets", "prompt_sets", lambda cfg: bool(cfg.prompt_sets), _set_jobs, _sets),
+    Part("dose", "dose", lambda cfg: bool(cfg.dose_epochs), _dose_jobs, _dose),
+    Part(
+        "plan_following",
+        "plan_following",
+        lambda cfg: bool(cfg.base.sample.forced_topics),
+        _following_jobs,
+        _following,
+    ),  # fmt: skip
 )
 
 

@@ -13,6 +13,8 @@ from anchorlm.provenance import describe, machine
 from anchorlm.report import ANCHORING_NOTE, anchoring_plot, anchoring_table, example_lines, table
 from anchorlm.report import fmt as _fmt
 from anchorlm.report import fmt_ci as _ci
+from anchorlm.study.report_evidence import gap
+from anchorlm.study.report_evidence import sections as evidence_sections
 from anchorlm.study.results import EntropyStudy, Figures, Frontier, MetricSummary, SizeResult, StudyResults
 
 
@@ -24,7 +26,7 @@ def _code(code: dict) -> str:
 
 
 def _g(s: MetricSummary) -> str:
-    return f"{_fmt(s.gap_closed)}{_ci(s.gap_closed_ci95)}"
+    return gap(s)
 
 
 def _r(s: MetricSummary) -> str:
@@ -169,6 +171,7 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
                     f"| {labels.get(v, v)} | {p['temperature']} | {_fmt(p['embedding_distance'])} "
                     f"| {_fmt(p['attribute_entropy'])} | {_fmt(p['style_adherence'])} | {_fmt(p['fluency_nll'])} |"
                 )
+    L += evidence_sections(res)
     L += ["", "## Compute", "", "Every invocation that ran cells in this study's cell directory:", ""]
     L += ["| finished | minutes | cells run | minutes by stage |", "|---|---:|---:|---|"]
     for inv in res.compute.invocations_that_ran_cells:

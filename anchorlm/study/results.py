@@ -45,13 +45,15 @@ class Figures(Result):
     """One variant's figures, the mean over its run seeds (as `anchorlm evaluate` writes them)."""
 
     diversity: dict[str, float | None]
-    quality: dict[str, float | None]
+    quality: dict[str, float | list | None]  # content_nll_ci95: a 95% CI
     n_samples: int
     n_prompts: int
     n_seeds: int = 1
     anchoring: dict | None = None  # anchored variants: plan and forced-plan figures
     examples: list[dict] = Field(default_factory=list)  # a few samples shown beside the numbers
     per_seed: dict[str, dict[str, list[float | None]]] | None = None  # section -> metric -> one value a seed
+    ci95: dict[str, list | None] | None = None  # per-prompt figures: 95% CI over seeds and prompts
+    ceiling: dict | None = None  # attribute entropy of as many real held-out documents as samples
 
 
 class MetricSummary(Result):
@@ -122,6 +124,23 @@ class Frontier(Result):
     points: dict[str, list[dict]]
 
 
+class PromptSet(Result):
+    """base, sft and the headline variant sampled on one prompt set at the scaling seeds."""
+
+    n_prompts: int
+    variants: dict[str, Figures]
+    summary: dict[str, MetricSummary]
+    differences: dict[str, dict]  # metric -> {difference: headline - sft, ci95}
+
+
+class DoseResponse(Result):
+    """sft and the headline variant post-trained for several numbers of epochs."""
+
+    size: str
+    seeds: list[int]
+    points: list[dict]  # {epochs, summary: {metric: MetricSummary}, variants: {v: {metric: value}}}
+
+
 class Bar(Result):
     largest_size: str
     checks: dict[str, bool]
@@ -156,6 +175,11 @@ class StudyResults(Result):
     compute: Compute | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     device: str = ""
+    protocol: dict | None = None  # {n_seeds, prompt_sets: {name: prompts}, document}
+    prompt_sets: dict[str, PromptSet] | None = None
+    dose: DoseResponse | None = None
+    mechanism: list[dict] | None = None  # rows: training, inference, figures
+    plan_following: dict | None = None  # forced plans: rates, Wilson intervals, lift, before/after
 
     @property
     def largest(self) -> SizeResult:

@@ -5,7 +5,9 @@ registry works in the demo and in every study, and one guard refuses stale cells
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from anchorlm.study.config import StudyConfig
 from anchorlm.study.plan import parts
 from anchorlm.study.report import write_results
 from anchorlm.study.results import Compute, StudyResults
-from anchorlm.study.verdict import bar
+from anchorlm.study.verdict import bar, mechanism_rows
 
 COMPUTE = "compute.json"  # every invocation that ran cells in a cell directory
 
@@ -60,7 +62,19 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
         ablations=found["ablations"],
         entropy_study=found.get("entropy_study"),
         frontier=found.get("frontier"),
+        prompt_sets=found.get("prompt_sets"),
+        dose=found.get("dose"),
+        plan_following=found.get("plan_following"),
     )
+    res.protocol = {
+        "n_seeds": len(cfg.seeds),
+        "prompt_sets": {
+            name or "heldout": len(cells.prompt_rows(name))
+            for name in dict.fromkeys([cfg.prompts, *cfg.prompt_sets])
+        },
+        "document": "docs/protocol.md",
+    }
+    res.mechanism = mechanism_rows(res)
     res.bar = bar(res)
     minutes = (time.time() - t0) / 60
     res.compute = Compute(
@@ -74,9 +88,30 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
         cells_from_other_code=[{"cell": k, **v} for k, v in sorted(cells.ledger.other_code.items())] or None,
     )
     res.config = to_dict(cfg)
+    if cfg.keep_samples:
+        keep_samples(cells, Path(cfg.docs_dir) / f"{cfg.results_name}-samples")
     write_results(res, Path(cfg.docs_dir), cfg.results_name)
     log(f"done in {minutes:.1f} min ({cells.cells_run} cells run); {cfg.docs_dir}/{cfg.results_name}.md")
     return res
+
+
+def keep_samples(cells: Cells, to: Path) -> int:
+    """Every samples file the study read, gzipped under `to` with its place in the cell directory
+    (models/<size>-s<seed>/<variant>-<digest>/samples/...) and its manifest; returns how many."""
+    n = 0
+    for m in sorted(cells.used):
+        if not m.name.endswith(".manifest.json") or "samples" not in m.parts:
+            continue
+        src = m.with_name(m.name.removesuffix(".manifest.json") + ".jsonl")
+        if not src.exists():
+            continue
+        dst = to / src.relative_to(cells.out)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fi, gzip.open(dst.with_name(dst.name + ".gz"), "wb", compresslevel=9) as fo:
+            shutil.copyfileobj(fi, fo)
+        shutil.copyfile(m, dst.with_name(m.name))
+        n += 1
+    return n
 
 
 def _ledger_of_invocations(cells: Cells, minutes: float) -> list[dict]:

@@ -6,12 +6,15 @@ import math
 
 from anchorlm.metrics.registry import PAPER_METRICS
 from anchorlm.study.results import Bar, StudyResults
+from anchorlm.variants import MECHANISM
 
 
 def bar(res: StudyResults) -> Bar:
     """The paper's headline as checks, at the largest size: gap closed >= 0.85 on both metrics with
-    a CI that excludes 0, at matched quality (style adherence within 2 points of SFT, fluency NLL
-    within 5% of SFT); gap closed growing with size (with more than one size); and, where forced
+    a CI that excludes 0, at matched quality (style adherence within 2 points of SFT, content NLL
+    within 5% of SFT's (fluency NLL for results without it), each degenerate rate (empty responses,
+    repeated n-grams, tag echo) at most 2 points above SFT's); gap closed growing with size (with more
+    than one size); and, where forced
     plans were sampled, the post-trained writer following other topics' plans at least 80% as
     often as the annotated model did before post-training."""
     order = sorted(res.sizes, key=lambda s: res.sizes[s].non_embedding_params)
@@ -32,7 +35,11 @@ def bar(res: StudyResults) -> Bar:
     checks["style_adherence_within_2_points"] = bool(
         abs(q["aat"]["style_adherence"] - q["sft"]["style_adherence"]) <= 0.02
     )
-    checks["fluency_nll_within_5_percent"] = bool(q["aat"]["fluency_nll"] <= 1.05 * q["sft"]["fluency_nll"])
+    nll = "content_nll" if q["aat"].get("content_nll") is not None else "fluency_nll"
+    checks[f"{nll}_within_5_percent"] = bool(q["aat"][nll] <= 1.05 * q["sft"][nll])
+    for rate in ("empty_responses", "repetition", "tag_echo"):  # degenerate output, where measured
+        if q["aat"].get(rate) is not None and q["sft"].get(rate) is not None:
+            checks[f"{rate}_within_2_points"] = bool(q["aat"][rate] <= q["sft"][rate] + 0.02)
     ab = res.ablations.variants
 
     def forced_other(v: str):
@@ -42,3 +49,27 @@ def bar(res: StudyResults) -> Bar:
     if after is not None and before:
         checks["forced_other_after>=0.8x_before"] = bool(after >= 0.8 * before)
     return Bar(largest_size=order[-1], checks=checks, met=all(checks.values()))
+
+
+def mechanism_rows(res: StudyResults) -> list[dict] | None:
+    """The ablations read as training x inference (anchorlm.variants.MECHANISM): one row a variant,
+    with its diversity, gap closed against base and SFT, quality and plan figures."""
+    ab = res.ablations
+    rows = []
+    for v, (training, inference) in MECHANISM.items():
+        if v not in ab.variants:
+            continue
+        f, sm = ab.variants[v], ab.summary.get(v, {})
+        a = f.anchoring or {}
+        rows.append({
+            "variant": v,
+            "training": training,
+            "inference": inference,
+            **{m: f.diversity.get(m) for m in ("embedding_distance", "vendi", "attribute_entropy")},
+            **{f"gap_closed_{m}": (sm[m].gap_closed if m in sm else None) for m in PAPER_METRICS},
+            **{f"gap_closed_{m}_ci95": (sm[m].gap_closed_ci95 if m in sm else None) for m in PAPER_METRICS},
+            **{m: f.quality.get(m) for m in ("style_adherence", "content_nll", "annotation_wellformed")},
+            "free_agreement": a.get("free_agreement"),
+            "forced_other": a.get("forced_other"),
+        })  # fmt: skip
+    return rows or None

@@ -1,0 +1,253 @@
+"""`anchorlm serve`: an OpenAI-compatible HTTP server (FastAPI, uvicorn) for any model anchorlm
+loads, anchored or not.
+
+    GET  /v1/models
+    POST /v1/chat/completions      messages, n, temperature, top_p, max_tokens, seed, stop, stream
+    POST /v1/completions           prompt, the same
+
+For a model with annotation tokens each choice writes its own annotation first; the server returns
+only the response as `content` (`text`), and the annotation in the choice's extra field `anchor`:
+{"text": "topic:food keyword:bread", "tags": [...], "well_formed": true, "tokens": 7}. Request fields
+of anchorlm's own (`anchor`, `anchors`, `anchor_strategy`, `anchor_pool`) fix or spread the
+annotations (anchorlm.serve.protocol). Choices decode in batches shared with other requests
+(anchorlm.serve.worker); a full queue answers 429, a client that leaves stops its choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from anchorlm.engine import row_key
+from anchorlm.format import encode_chat, encode_prompt
+from anchorlm.models import load_model
+from anchorlm.precision import dtype
+from anchorlm.serve.protocol import ChatRequest, CompletionRequest, ServeError, parse
+from anchorlm.serve.worker import Choice, QueueFull, Worker, anchor_ids
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          name: str | None = None, precision: str = "auto", max_batch: int = 64, max_queue: int = 256) -> None:  # fmt: skip
+    """Load the model and serve it with uvicorn until interrupted."""
+    import torch
+    import uvicorn
+
+    model, tok = load_model(model_spec, tokens="none")
+    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    name = name or Path(str(model_spec)).name.removesuffix(".gguf")
+    app = create_app(model, tok, name, api_key, max_batch, max_queue)
+    print(f"anchorlm serve: {name} on http://{host}:{port}/v1", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def create_app(
+    model, tok, name: str, api_key: str | None = None, max_batch: int = 64, max_queue: int = 256
+) -> FastAPI:
+    """The app serving `model` (with tokenizer `tok`) as model id `name`."""
+    worker = Worker(model, tok, max_batch=max_batch, max_queue=max_queue)
+    context = getattr(model.config, "max_position_embeddings", 2048)
+    created = int(time.time())
+    app = FastAPI(title="anchorlm serve", docs_url=None, redoc_url=None)
+    app.state.worker = worker
+
+    @app.exception_handler(ServeError)
+    async def _refused(request: Request, e: ServeError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(404)
+    async def _no_route(request: Request, e):
+        return JSONResponse(ServeError(404, f"no route {request.url.path}").body(), status_code=404)
+
+    @app.exception_handler(405)
+    async def _no_method(request: Request, e):
+        return JSONResponse(ServeError(405, f"{request.method} is not allowed here").body(), status_code=405)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given, f"Bearer {api_key}"):
+            raise ServeError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
+                             kind="authentication_error", code="invalid_api_key")  # fmt: skip
+
+    async def body(request: Request, cls):
+        check_key(request)
+        try:
+            data = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ServeError(400, f"the body is not JSON: {e}") from None
+        req = parse(cls, data)
+        if req.model != name:
+            raise ServeError(404, f"model {req.model!r} is not served here; this server serves {name!r}",
+                             "model", code="model_not_found")  # fmt: skip
+        return req
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": created, "owned_by": "anchorlm"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        req = await body(request, ChatRequest)
+        try:
+            prompt = encode_chat(tok, [m.model_dump(exclude_none=True) for m in req.messages])
+        except ValueError as e:
+            raise ServeError(400, str(e), "messages") from None
+        return await complete(request, req, prompt, "chat.completion")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = await body(request, CompletionRequest)
+        return await complete(request, req, encode_prompt(tok, req.prompt), "text_completion")
+
+    async def complete(request: Request, req, prompt: list[int], kind: str):
+        room = context - len(prompt) - (24 if worker.anchored else 0)
+        if room < 1:
+            raise ServeError(400, f"the prompt has {len(prompt)} tokens; the model's context holds {context}",
+                             "messages" if kind.startswith("chat") else "prompt", code="context_length_exceeded")  # fmt: skip
+        limit = req.limit()
+        if limit is not None and limit > room:
+            raise ServeError(400, f"max_tokens {limit} is past the model's context ({room} tokens after the prompt)",
+                             "max_tokens", code="context_length_exceeded")  # fmt: skip
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little")
+        starts = req.anchors or [req.anchor] * req.n
+        choices = []
+        for i in range(req.n):
+
+            def emit(kind_, value, i=i):
+                loop.call_soon_threadsafe(events.put_nowait, (i, kind_, value))
+
+            start = anchor_ids(tok, starts[i]) if worker.anchored else []
+            choices.append(Choice(
+                prompt=prompt, key=_key(seed, i), temperature=req.temperature, top_p=req.top_p,
+                max_tokens=limit or min(DEFAULT_MAX_TOKENS, room), stops=req.stop, emit=emit,
+                anchor_start=start, anchored=worker.anchored, max_annotation=len(start) + 24,
+            ))  # fmt: skip
+        distinct = req.anchor_pool if worker.anchored and req.anchor_strategy == "distinct" else 0
+        try:
+            worker.submit(choices, distinct)
+        except QueueFull as e:
+            raise ServeError(429, f"the server is busy: {e}; retry later", kind="rate_limit_error") from None
+        rid = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
+        meta = {"id": rid, "created": int(time.time()), "model": name}
+        if req.stream:
+            return StreamingResponse(_stream(request, req, choices, events, meta, kind, len(prompt)),
+                                     media_type="text/event-stream")  # fmt: skip
+        done = await _collect(request, choices, events)
+        return _response(req, choices, done, meta, kind, len(prompt))
+
+    return app
+
+
+def _key(seed: int, i: int) -> int:
+    return row_key("serve", seed, i)
+
+
+async def _collect(request: Request, choices: list[Choice], events: asyncio.Queue) -> dict:
+    """Wait for every choice to finish; a client that leaves cancels them."""
+    done, anchors = {}, {}
+    while len(done) < len(choices):
+        try:
+            i, kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                for c in choices:
+                    c.cancelled = True
+                raise asyncio.CancelledError() from None
+            continue
+        if kind == "anchor":
+            anchors[i] = value
+        elif kind == "done":
+            done[i] = value
+    return {"reasons": done, "anchors": anchors}
+
+
+def _usage(choices: list[Choice], prompt_tokens: int) -> dict:
+    completion = sum(len(c.response) + max(0, len(c.annotation) - len(c.anchor_start)) for c in choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+
+
+def _finish(reason: str) -> str:
+    return "stop" if reason in ("stop", "cancelled") else reason
+
+
+def _response(req, choices, done, meta, kind, prompt_tokens) -> dict:
+    out = []
+    for i, c in enumerate(choices):
+        ch = {"index": i, "finish_reason": _finish(done["reasons"][i]), "logprobs": None}
+        if kind == "chat.completion":
+            ch["message"] = {"role": "assistant", "content": c.text}
+        else:
+            ch["text"] = c.text
+        if i in done["anchors"]:
+            ch["anchor"] = done["anchors"][i]
+        out.append(ch)
+    return {**meta, "object": kind, "choices": out, "usage": _usage(choices, prompt_tokens)}
+
+
+async def _stream(request, req, choices, events, meta, kind, prompt_tokens):
+    """Server-sent events: a chunk per piece of text of any choice, a last one per choice with its
+    finish reason, usage where asked, then [DONE]."""
+    obj = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
+    left = len(choices)
+
+    def chunk(i, delta=None, finish=None, anchor=None):
+        ch = {"index": i, "finish_reason": finish, "logprobs": None}
+        if kind == "chat.completion":
+            ch["delta"] = delta or {}
+        else:
+            ch["text"] = (delta or {}).get("content", "")
+        if anchor is not None:
+            ch["anchor"] = anchor
+        return f"data: {json.dumps({**meta, 'object': obj, 'choices': [ch]})}\n\n"
+
+    started = set()
+    try:
+        while left:
+            try:
+                i, what, value = await asyncio.wait_for(events.get(), timeout=0.5)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    for c in choices:
+                        c.cancelled = True
+                    return
+                continue
+            if i not in started and kind == "chat.completion":
+                started.add(i)
+                yield chunk(i, {"role": "assistant", "content": ""})
+            if what == "anchor":
+                yield chunk(i, {}, anchor=value)
+            elif what == "delta":
+                yield chunk(i, {"content": value})
+            else:
+                left -= 1
+                yield chunk(i, {}, finish=_finish(value))
+        if req.stream_options and req.stream_options.include_usage:
+            yield f"data: {json.dumps({**meta, 'object': obj, 'choices': [], 'usage': _usage(choices, prompt_tokens)})}\n\n"
+        yield "data: [DONE]\n\n"
+    except asyncio.CancelledError:
+        for c in choices:
+            c.cancelled = True
+        raise

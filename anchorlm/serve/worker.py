@@ -1,0 +1,238 @@
+"""The server's decode loop: one thread owns the model and decodes every choice of every request in
+shared batches (anchorlm.engine's batch, its per-row random streams and its draw).
+
+A request's choices join the running batch at the next step when their prompts fit into its cache
+(`engine._Batch.can_join`), else they start the next batch as soon as the running one empties: no
+request waits for another request to finish while there is room. The queue of choices not yet
+decoding is bounded: past `max_queue` a request is refused at once (the app answers 429). A choice
+whose client has gone is cancelled and leaves the batch at the next step.
+
+Each choice is a row with its own settings (temperature, top-p, token cap, stop sequences), its
+own random stream (named by the request's seed and the choice's index, so the same seed gives the
+same choices, in any batch) and, for an anchored model, an annotation phase: the row writes its own
+annotation (or completes a given start) until `<|/ann|>`, then its response.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anchorlm import engine
+from anchorlm.engine import ANNOTATION, CUT, DONE, RESPONSE, draw, row_key, uniforms
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, encode_annotation, eos_id, parse_tags
+from anchorlm.sample import choose_anchors, clean_text
+
+
+@dataclass
+class Choice:
+    """One choice of one request: what it decodes, and where its events go."""
+
+    prompt: list[int]
+    key: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stops: list[str]
+    emit: Callable[[str, object], None]  # (kind, value): 'anchor', 'delta', 'done'
+    anchor_start: list[int] = field(default_factory=list)  # the annotation's given first tokens
+    anchored: bool = False
+    max_annotation: int = 24  # tokens of annotation at most, its given start included
+    closed: bool | None = None  # a chosen (distinct) annotation: whether the model closed it
+    annotation: list[int] = field(default_factory=list)
+    response: list[int] = field(default_factory=list)
+    text: str = ""  # the response's text so far
+    cancelled: bool = False
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, model, tok, max_batch: int = 64, max_queue: int = 256, window: int = 512):
+        self.model, self.tok = model, tok
+        self.max_batch, self.max_queue, self.window = max_batch, max_queue, window
+        t = tok.convert_tokens_to_ids
+        self.anchored = ANN_OPEN in tok.get_vocab()
+        self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
+        self.eos = eos_id(tok)
+        self.pending: queue.Queue = queue.Queue()
+        self.waiting = 0  # choices queued, not yet decoding
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, name="anchorlm-decode", daemon=True)
+        self.thread.start()
+
+    # ---- what the app calls -------------------------------------------------------------------------
+    def submit(self, choices: list[Choice], distinct_pool: int = 0) -> None:
+        """Queue a request's choices (all or none: QueueFull past `max_queue`). With `distinct_pool`
+        k, the choices' annotations are chosen first from k x n drawn for the request."""
+        with self.lock:
+            if self.waiting + len(choices) > self.max_queue:
+                raise QueueFull(f"{self.waiting} choices are waiting; the queue holds {self.max_queue}")
+            self.waiting += len(choices)
+        self.pending.put((choices, distinct_pool))
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        batch, rows, backlog = None, {}, []
+        while True:
+            block = batch is None and not backlog
+            try:
+                while True:
+                    backlog.append(self.pending.get(block=block, timeout=None if block else 0))
+                    block = False
+            except queue.Empty:
+                pass
+            batch, rows, backlog = self._admit(batch, rows, backlog)
+            if batch is None:
+                continue
+            self._step(batch, rows)
+            alive = np.array([rows[r][1] != DONE for r in batch.rows])
+            if not alive.any():
+                batch, rows = None, {}
+            else:
+                batch.compact(alive, 0.25)
+
+    def _admit(self, batch, rows, backlog):
+        """Start a batch with what waits, or join what fits into the running one."""
+        keep = []
+        for choices, pool in backlog:
+            if pool:
+                self._choose_anchors(choices, pool)
+            live = [c for c in choices if not c.cancelled]
+            for c in choices:
+                if c.cancelled:
+                    c.emit("done", "cancelled")
+            if not live:
+                self._dequeue(len(choices))
+                continue
+            seqs = [self._start(c) for c in live]
+            steps = max(c.max_tokens + (c.max_annotation + 1 if c.anchored else 0) for c in live) + 1
+            if batch is None:
+                batch = engine._Batch(
+                    self.model, seqs, len(seqs), self.tok.pad_token_id, max(steps, self.window)
+                )
+                ids = list(range(len(seqs)))
+            elif len(batch.rows) + len(seqs) <= self.max_batch and batch.can_join(seqs, steps):
+                ids = batch.join(self.model, seqs, self.tok.pad_token_id)
+            else:
+                keep.append((live, 0))
+                continue
+            for i, c in zip(ids, live):
+                c.annotation = list(c.anchor_start)
+                phase = (
+                    RESPONSE
+                    if not c.anchored
+                    else CUT
+                    if len(c.annotation) >= c.max_annotation
+                    else ANNOTATION
+                )
+                rows[i] = [c, phase, 0]  # choice, phase, draws used
+            self._dequeue(len(choices))
+        return batch, rows, keep
+
+    def _dequeue(self, n: int) -> None:
+        with self.lock:
+            self.waiting -= n
+
+    def _start(self, c: Choice) -> list[int]:
+        return c.prompt + ([self.open_id] + c.anchor_start if c.anchored else [])
+
+    def _choose_anchors(self, choices: list[Choice], pool: int) -> None:
+        """Distinct annotations for a request's choices: k x n drawn, n chosen to cover them."""
+        n = len(choices)
+        c0 = choices[0]
+        s = engine.Settings(temperature=c0.temperature, top_p=c0.top_p, max_new_tokens=c0.max_annotation,
+                            stop=(self.close_id, self.eos))  # fmt: skip
+        seqs = [self._start(c0)] * (pool * n)
+        outs = engine.generate(self.model, seqs, [row_key("pool", c0.key, j) for j in range(pool * n)], s,
+                               self.tok.pad_token_id)  # fmt: skip
+        drafts = [(c0.anchor_start + o.response, o.stop == self.close_id) for o in outs]
+        texts = [self.tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in drafts]
+        for c, i in zip(choices, choose_anchors(texts, n, random.Random(c0.key))):
+            c.anchor_start, c.max_annotation = drafts[i][0], len(drafts[i][0])  # fed whole, then closed
+            c.closed = drafts[i][1]
+
+    def _step(self, batch, rows) -> None:
+        logits = batch.step()
+        who, groups = [], {}
+        for pos, r in enumerate(batch.rows):
+            c, phase, _ = rows[r]
+            if phase == DONE:
+                continue
+            if c.cancelled:
+                rows[r][1] = DONE
+                c.emit("done", "cancelled")
+                continue
+            if phase == CUT:
+                self._close(batch, rows, r)
+                continue
+            who.append((pos, r))
+            groups.setdefault((c.temperature, c.top_p), []).append(len(who) - 1)
+        if not who:
+            return
+        tokens = [0] * len(who)
+        for (temp, top_p), idx in groups.items():
+            pos = [who[i][0] for i in idx]
+            keys = np.array([rows[who[i][1]][0].key & ((1 << 64) - 1) for i in idx], dtype=np.uint64)
+            drawn = np.array([rows[who[i][1]][2] for i in idx], dtype=np.int64)
+            got = draw(logits[batch.index(np.array(pos))], temp, top_p, uniforms(keys, drawn)).tolist()
+            for i, t in zip(idx, got):
+                tokens[i] = t
+        for (_, r), t in zip(who, tokens):
+            rows[r][2] += 1
+            self._token(batch, rows, r, t)
+
+    def _token(self, batch, rows, r: int, t: int) -> None:
+        c, phase, _ = rows[r]
+        if phase == ANNOTATION:
+            if t == self.close_id or t == self.eos:  # an EOS inside the annotation closes it too
+                self._close(batch, rows, r, closed=t == self.close_id)
+                return
+            c.annotation.append(t)
+            batch.feed(r, t)
+            if len(c.annotation) >= c.max_annotation:
+                rows[r][1] = CUT
+            return
+        if t == self.eos:
+            self._finish(rows, r, "stop")
+            return
+        c.response.append(t)
+        c.text, before = clean_text(self.tok, c.response), c.text
+        hit = min((c.text.find(s) for s in c.stops if s in c.text), default=-1)
+        if hit >= 0:
+            c.text = c.text[:hit]
+            if len(c.text) > len(before):
+                c.emit("delta", c.text[len(before) :])
+            self._finish(rows, r, "stop")
+            return
+        if c.text.startswith(before) and len(c.text) > len(before):
+            c.emit("delta", c.text[len(before) :])
+        if len(c.response) >= c.max_tokens:
+            self._finish(rows, r, "length")
+        else:
+            batch.feed(r, t)
+
+    def _close(self, batch, rows, r: int, closed: bool | None = None) -> None:
+        c = rows[r][0]
+        raw = self.tok.decode(c.annotation, skip_special_tokens=False).strip()
+        tags = parse_tags(raw)
+        ok = bool(tags) and bool(closed if closed is not None else c.closed)
+        c.emit("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
+        batch.feed(r, self.close_id)
+        rows[r][1] = RESPONSE
+
+    def _finish(self, rows, r: int, reason: str) -> None:
+        rows[r][1] = DONE
+        rows[r][0].emit("done", reason)
+
+
+def anchor_ids(tok, tags: str | None) -> list[int]:
+    """The tokens of an annotation's given start ('topic:science' -> the tag's ids, no delimiters)."""
+    return encode_annotation(tok, tags.split())[0][1:-1] if tags else []

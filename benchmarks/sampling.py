@@ -1,0 +1,244 @@
+"""SmolLM2-135M sampling against what the machine can do, measured side by side in one run.
+
+    .venv/bin/python benchmarks/sampling.py          # about 8 minutes on 2 CPU cores; prints JSON
+
+For each precision (fp32; bf16 where the CPU has bf16 units, else emulated and skipped) and batch
+(32, 96 and 192 rows of 4 prompts, 48 new tokens each, no stop token):
+
+- the engine's new tokens/s (`anchorlm.engine.generate`), as the fraction of the matrix-product peak
+  measured in the same run (2 x parameters FLOPs per token);
+- a bare forward step at the same batch and cache length (one new token per row, the engine's
+  preallocated cache, nothing drawn): the engine's throughput over it;
+- transformers' `generate` on the same prompts, batch and length, and vLLM's CPU build where it
+  is installed;
+- where a decode step's time goes: matrix products, attention, the forward's other operations,
+  the forward's Python (transformers' per-layer code), the draw (temperature, top-p), prefill, and
+  the engine's own bookkeeping (`profile_shares` says how each is measured).
+
+Runs are interleaved (engine, bare forward, generate, again) and the median of 3 is reported: a
+shared machine drifts by 10-20% between minutes, and a ratio of two runs taken apart would carry it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from anchorlm import engine
+from anchorlm.data.sft import INSTRUCTIONS
+from anchorlm.engine import Settings, generate, row_key
+from anchorlm.format import encode_prompt
+from anchorlm.models import load_model
+
+NEW = 48
+BATCHES = (32, 96, 192)
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm")
+ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
+
+
+def _seqs(tok, batch: int) -> list[list[int]]:
+    qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
+    return [qs[i % 4] for i in range(batch)]
+
+
+def engine_run(model, tok, batch: int, settings: Settings | None = None) -> float:
+    """New tokens/s of one engine call (no stop token: every row writes NEW tokens)."""
+    s = settings or Settings(temperature=1.0, max_new_tokens=NEW, stop=())
+    seqs = _seqs(tok, batch)
+    t = time.perf_counter()
+    outs = generate(model, seqs, [row_key(i) for i in range(batch)], s, tok.pad_token_id)
+    n = sum(len(o.response) + len(o.annotation) for o in outs)
+    return n / (time.perf_counter() - t)
+
+
+def bare_forward(model, tok, batch: int, steps: int = 12) -> float:
+    """Tokens/s of forward steps alone: one token per row over the engine's preallocated cache at
+    the length its steps see on average (prompt + NEW / 2), the cache position held fixed."""
+    seqs = _seqs(tok, batch)
+    b = engine._Batch(model, seqs, batch, tok.pad_token_id, NEW + 2)
+    for _ in range(NEW // 2):  # the engine's average step: half of the new tokens already in the cache
+        b.step()
+    layers = getattr(b.cache, "layers", [])
+    held = [x.cumulative_length.clone() for x in layers if hasattr(x, "cumulative_length")]
+    t0, pos, n = b.t, b.pos.clone(), 0
+    t = time.perf_counter()
+    for _ in range(steps):
+        b.t, b.pos = t0, pos.clone()
+        for x, h in zip(layers, held):
+            x.cumulative_length.copy_(h)
+        b.step()
+        n += batch
+    return n / (time.perf_counter() - t)
+
+
+def hf_generate(model, tok, batch: int) -> float:
+    seqs = _seqs(tok, batch)
+    n = max(map(len, seqs))
+    ids = torch.full((batch, n), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, n - len(q) :], mask[i, n - len(q) :] = torch.tensor(q), 1
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
+                       do_sample=True, top_k=0, pad_token_id=tok.pad_token_id)  # fmt: skip
+    return batch * NEW / (time.perf_counter() - t)
+
+
+def vllm_tokens_per_s(batch: int) -> float | None:
+    """vLLM's CPU build on the same prompts, batch and length, where it is installed."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return None
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from anchorlm.models import hf_dir
+
+    _, tok = load_model("smollm2", tokens="turns")
+    llm = LLM(model=hf_dir("smollm2"), seed=0)
+    params = SamplingParams(temperature=1.0, max_tokens=NEW, min_tokens=NEW, ignore_eos=True)
+    prompts = [TokensPrompt(prompt_token_ids=q) for q in _seqs(tok, batch)]
+    llm.generate(prompts[:4], params, use_tqdm=False)
+    t = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return batch * NEW / (time.perf_counter() - t)
+
+
+def _wrapped(names: dict):
+    """Patch the engine's forward step, draw and prefill with `names[part](fn)`; returns an undo."""
+    orig = engine._Batch.step, engine.draw, engine._Batch.__init__
+    engine._Batch.step = names["forward"](orig[0])
+    engine.draw = names["draw"](orig[1])
+    engine._Batch.__init__ = names["prefill"](orig[2])
+
+    def undo():
+        engine._Batch.step, engine.draw, engine._Batch.__init__ = orig
+
+    return undo
+
+
+def profile_shares(model, tok, batch: int) -> dict:
+    """Where an engine call's time goes, as shares of its wall time. The coarse split (forward
+    steps, the draw, prefill, the engine's own bookkeeping) comes from timers around each part in an
+    unprofiled run; the forward's share is divided as torch.profiler divides it in a second run
+    (matrix products, attention, other operations, the forward's own Python), because the profiler
+    slows Python-heavy code more than kernels and would inflate the bookkeeping."""
+    spent = {"forward": 0.0, "draw": 0.0, "prefill": 0.0}
+
+    def timer(part):
+        def wrap(fn):
+            def run(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[part] += time.perf_counter() - t
+
+            return run
+
+        return wrap
+
+    undo = _wrapped({p: timer(p) for p in spent})
+    try:
+        t = time.perf_counter()
+        engine_run(model, tok, batch)
+        wall = time.perf_counter() - t
+    finally:
+        undo()
+
+    def label(part):
+        def wrap(fn):
+            def run(*a, **k):
+                with record_function(part.upper()):
+                    return fn(*a, **k)
+
+            return run
+
+        return wrap
+
+    undo = _wrapped({p: label(p) for p in spent})
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            engine_run(model, tok, batch)
+    finally:
+        undo()
+    inside = {"matrix_products": 0.0, "attention": 0.0, "forward_other_ops": 0.0, "forward_python": 0.0}
+
+    def walk(ev):
+        for c in ev.cpu_children:
+            key = (
+                "matrix_products"
+                if c.name in MATMUL
+                else "attention"
+                if c.name in ATTENTION
+                else "forward_other_ops"
+            )
+            inside[key] += c.self_cpu_time_total
+            walk(c)
+
+    for ev in prof.events():
+        if ev.name == "FORWARD":
+            inside["forward_python"] += ev.self_cpu_time_total
+            walk(ev)
+    total = sum(inside.values())
+    shares = {k: spent["forward"] / wall * v / total for k, v in inside.items()}
+    shares.update(draw=spent["draw"] / wall, prefill=spent["prefill"] / wall)
+    shares["engine_bookkeeping"] = 1 - sum(shares.values())
+    return {k: round(v, 3) for k, v in shares.items()}
+
+
+def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
+    """The whole benchmark: {precision: {batch: figures}} plus the headline keys at batch 32."""
+    model, tok = load_model("smollm2", tokens="turns")
+    flops_per_token = 2 * sum(p.numel() for p in model.parameters())
+    out: dict = {"new_tokens": NEW, "by_precision": {}}
+    for prec in precisions:
+        model.to(torch.bfloat16 if prec == "bf16" else torch.float32)
+        engine_run(model, tok, 8)  # warm-up
+        by_batch = {}
+        for batch in BATCHES:
+            runs = {"engine": [], "bare_forward": [], "transformers_generate": []}
+            for _ in range(3):
+                runs["engine"].append(engine_run(model, tok, batch))
+                runs["bare_forward"].append(bare_forward(model, tok, batch))
+                runs["transformers_generate"].append(hf_generate(model, tok, batch))
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            fig = {
+                "tokens_per_s": round(med["engine"], 1),
+                "fraction_of_peak": round(med["engine"] * flops_per_token / 1e9 / peaks[prec], 3),
+                "bare_forward_tokens_per_s": round(med["bare_forward"], 1),
+                "over_bare_forward": round(med["engine"] / med["bare_forward"], 3),
+                "bare_forward_fraction_of_peak": round(
+                    med["bare_forward"] * flops_per_token / 1e9 / peaks[prec], 3
+                ),
+                "transformers_generate_tokens_per_s": round(med["transformers_generate"], 1),
+                "transformers_generate_fraction_of_peak": round(
+                    med["transformers_generate"] * flops_per_token / 1e9 / peaks[prec], 3
+                ),
+                "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+                "profile": profile_shares(model, tok, batch),
+            }
+            by_batch[batch] = fig
+            log(f"SmolLM2 sampling {prec} batch {batch}: engine {fig['tokens_per_s']:.0f} tok/s "
+                f"({fig['fraction_of_peak']:.2f} of peak, {fig['over_bare_forward']:.2f} of a bare forward step), "
+                f"generate {fig['transformers_generate_tokens_per_s']:.0f}")  # fmt: skip
+        out["by_precision"][prec] = by_batch
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    from anchorlm.precision import fast_bf16
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from bench import peaks
+
+    pk = peaks()
+    print(json.dumps(smollm2_sampling(pk, ["fp32", "bf16"] if fast_bf16() else ["fp32"]), indent=1))

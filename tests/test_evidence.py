@@ -1,0 +1,102 @@
+"""The evidence parts of a study (tests/assets/evidence-tiny.yaml, tiny models): prompt sets shipped
+with anchorlm, CIs over seeds and prompts, content NLL on every sample, degenerate rates, the
+mechanism table, plan following with Wilson intervals and a before/after CI, the dose-response; in
+the keys the results JSON promises."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ASSETS, ROOT
+
+
+@pytest.fixture(scope="module")
+def evidence(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evidence")
+    cmd = [sys.executable, "-m", "anchorlm.cli", "reproduce", "--config", str(ASSETS / "evidence-tiny.yaml"),
+           "--out", str(d / "run"), "--docs", str(d / "docs")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d, json.loads((d / "docs" / "results.json").read_text())
+
+
+def test_protocol_and_prompt_sets(evidence):
+    _, res = evidence
+    assert res["protocol"]["n_seeds"] == 2
+    assert res["protocol"]["prompt_sets"] == {"instructions-dev": 8, "noveltybench": 100}
+    nb = res["prompt_sets"]["noveltybench"]
+    assert nb["n_prompts"] == 100 and set(nb["variants"]) == {"base", "sft", "aat"}
+    assert set(nb["summary"]) == {"embedding_distance", "attribute_entropy", "vendi"}
+    d = nb["differences"]["embedding_distance"]
+    lo, hi = d["ci95"]
+    assert lo <= d["difference"] <= hi
+    # the study's own set is the ablations': the same figures as the prompt set's
+    own = res["prompt_sets"]["instructions-dev"]["variants"]["aat"]["diversity"]
+    assert own == res["variants"]["aat"]["diversity"]
+
+
+def test_quality_and_intervals_over_seeds_and_prompts(evidence):
+    _, res = evidence
+    q = res["variants"]["sft"]["quality"]
+    for k in ("content_nll", "content_nll_ci95", "repetition", "tag_echo", "length_words", "empty_responses"):
+        assert k in q, k
+    lo, hi = q["content_nll_ci95"]
+    assert lo <= q["content_nll"] <= hi
+    per = res["variants"]["sft"]["per_seed"]["diversity"]["embedding_distance"]
+    assert len(per) == 2 and np.isclose(
+        np.mean(per), res["variants"]["sft"]["diversity"]["embedding_distance"]
+    )
+    assert 0 < res["variants"]["sft"]["diversity"]["attribute_confidence"] <= 1
+    assert res["variants"]["base"]["ceiling"]["attribute_entropy"] > 0
+
+
+def test_mechanism_rows(evidence):
+    _, res = evidence
+    rows = {r["variant"]: r for r in res["mechanism"]}
+    assert {"sft", "aat", "aat_no_annotation", "aat_sft_plans", "aat_mask_all", "aat_constant"} <= set(rows)
+    assert rows["aat_sft_plans"]["inference"] == "plans drawn from the SFT data"
+    assert rows["aat"]["training"] != rows["aat_mask_all"]["training"]
+
+
+def test_plan_following_has_power(evidence):
+    d, res = evidence
+    pf = res["plan_following"]
+    assert set(pf["variants"]) == {"aat", "annotated"}
+    a = pf["variants"]["aat"]
+    assert a["samples_per_prompt_and_topic"] == 4
+    lo, hi = a["forced_other_wilson95"]
+    assert lo <= a["forced_other"] <= hi
+    assert np.isclose(a["lift_other"], a["forced_other"] - a["unforced_other"])
+    diff = pf["after_minus_before"]
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    md = (d / "docs" / "results.md").read_text()
+    assert "## Plan following" in md and "## The mechanism" in md and "## Dose-response" in md
+
+
+def test_dose_response_levels(evidence):
+    _, res = evidence
+    assert [p["epochs"] for p in res["dose"]["points"]] == [1, 2]
+    assert set(res["dose"]["points"][0]["summary"]) >= {"attribute_entropy", "embedding_distance"}
+
+
+def test_given_plans_come_from_the_sft_data(evidence):
+    d, _ = evidence
+    sft_tags = set()
+    for line in (d / "run" / "sft_data" / "train.jsonl").read_text().splitlines():
+        sft_tags.add(" ".join(json.loads(line)["tags"]))
+    files = [p for p in (d / "run" / "models").rglob("anchored-*.jsonl") if '"given"' in p.read_text()[:2000]]
+    assert files
+    rows = [json.loads(x) for x in files[0].read_text().splitlines()]
+    assert all(r["annotation_raw"] in sft_tags for r in rows)
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from anchorlm.metrics.fidelity import wilson
+
+    for k, n in ((7, 40), (0, 10), (10, 10), (33, 128)):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert np.allclose(wilson(k, n), [ci.low, ci.high], atol=1e-6)

@@ -1,0 +1,267 @@
+"""`anchorlm serve` with real clients: the server started as a subprocess on loopback and called
+by the `openai` package (plain, n, streaming, extra_body), by raw HTTP for bad input, by several
+threads at once, and by `anchorlm noveltybench`; the decode loop itself in-process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import ROOT
+
+from anchorlm.io import read_jsonl
+
+openai = pytest.importorskip("openai", reason="the openai client comes with the `serve` extra")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model, *extra):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "anchorlm.cli", "serve", "--model", str(model), "--port", str(self.port),
+             "--name", "m", *extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stdout.read())
+            try:
+                urllib.request.urlopen(self.url + "/models", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # it answers (401 with a key)
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("the server did not start")
+
+    def client(self, key="none"):
+        return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=120)
+
+    def post(self, path, body, raw=False, key=None):
+        data = body if raw else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def served(smoke_run):
+    s = Server(smoke_run / "models" / "aat")
+    yield s
+    s.stop()
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12}
+
+
+def test_chat_n_choices_with_their_own_anchors(served):
+    r = served.client().chat.completions.create(
+        model="m", messages=CHAT["messages"], n=4, max_tokens=12, seed=3
+    )
+    assert len(r.choices) == 4 and sorted(c.index for c in r.choices) == [0, 1, 2, 3]
+    for c in r.choices:
+        anchor = c.model_extra["anchor"]
+        assert isinstance(c.message.content, str) and "<|" not in c.message.content
+        assert set(anchor) == {"text", "tags", "well_formed", "tokens"}
+    assert len({(c.message.content, c.model_extra["anchor"]["text"]) for c in r.choices}) > 1  # not copies
+    assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
+    again = served.client().chat.completions.create(
+        model="m", messages=CHAT["messages"], n=4, max_tokens=12, seed=3
+    )
+    assert [c.message.content for c in again.choices] == [c.message.content for c in r.choices]
+
+
+def test_streaming_gives_what_the_whole_response_gives(served):
+    whole = served.client().chat.completions.create(
+        model="m", messages=CHAT["messages"], n=2, max_tokens=12, seed=5
+    )
+    texts, finished, anchors = {0: "", 1: ""}, {}, {}
+    for chunk in served.client().chat.completions.create(model="m", messages=CHAT["messages"], n=2,
+                                                         max_tokens=12, seed=5, stream=True):  # fmt: skip
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished[c.index] = c.finish_reason
+            if (c.model_extra or {}).get("anchor"):
+                anchors[c.index] = c.model_extra["anchor"]["text"]
+    assert texts == {c.index: c.message.content for c in whole.choices}
+    assert set(finished) == {0, 1} and anchors == {
+        c.index: c.model_extra["anchor"]["text"] for c in whole.choices
+    }
+
+
+def test_extra_body_fixes_or_spreads_the_anchors(served):
+    c = served.client()
+    r = c.chat.completions.create(model="m", messages=CHAT["messages"], n=3, max_tokens=8, seed=1,
+                                  extra_body={"anchor": "topic:science"})  # fmt: skip
+    assert all(x.model_extra["anchor"]["text"].startswith("topic:science") for x in r.choices)
+    r = c.chat.completions.create(model="m", messages=CHAT["messages"], n=2, max_tokens=8, seed=1,
+                                  extra_body={"anchors": ["topic:food", "topic:love"]})  # fmt: skip
+    assert [x.model_extra["anchor"]["text"].split()[0] for x in sorted(r.choices, key=lambda x: x.index)] == [
+        "topic:food",
+        "topic:love",
+    ]
+    r = c.chat.completions.create(model="m", messages=CHAT["messages"], n=4, max_tokens=8, seed=2,
+                                  extra_body={"anchor_strategy": "distinct"})  # fmt: skip
+    assert len({x.model_extra["anchor"]["text"] for x in r.choices}) == 4
+
+
+def test_text_completions_and_models(served):
+    r = served.client().completions.create(model="m", prompt="Say something.", n=2, max_tokens=8, seed=0)
+    assert len(r.choices) == 2 and all(isinstance(x.text, str) for x in r.choices)
+    assert [m.id for m in served.client().models.list().data] == ["m"]
+
+
+def test_noveltybench_call_and_command(served, tmp_path):
+    r = served.client().chat.completions.create(model="m", messages=CHAT["messages"], n=10, temperature=1.0)
+    assert len(r.choices) == 10
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"Tell me thing {i}."}) + "\n" for i in range(3))
+    )
+    out = tmp_path / "generations.jsonl"
+    p = subprocess.run([sys.executable, "-m", "anchorlm.cli", "noveltybench", "--base-url", served.url, "--model", "m",
+                        "--prompts", str(prompts), "--max-tokens", "8", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2"]
+    assert all(
+        set(r) == {"id", "prompt", "model", "generations"} and len(r["generations"]) == 10 for r in rows
+    )
+
+
+def test_concurrent_clients_get_their_own_answers(served):
+    """Eight threads at once, each its own seed: every answer equals what the same request gets
+    alone, so nothing was mixed between requests sharing the decode batch."""
+    alone = {}
+    for seed in range(8):
+        alone[seed] = served.post("/chat/completions", {**CHAT, "n": 2, "seed": seed})[1]
+    got = {}
+
+    def ask(seed):
+        got[seed] = served.post("/chat/completions", {**CHAT, "n": 2, "seed": seed})[1]
+
+    threads = [threading.Thread(target=ask, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed in range(8):
+        assert [c["message"]["content"] for c in got[seed]["choices"]] == [
+            c["message"]["content"] for c in alone[seed]["choices"]
+        ]
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({**CHAT, "model": "other"}, 404, "model"),
+        ({**CHAT, "n": 0}, 400, "n"),
+        ({**CHAT, "n": 65}, 400, "n"),
+        ({**CHAT, "temperature": -1}, 400, "temperature"),
+        ({**CHAT, "top_p": 0}, 400, "top_p"),
+        ({**CHAT, "top_p": 1.5}, 400, "top_p"),
+        ({**CHAT, "max_tokens": 0}, 400, "max_tokens"),
+        ({**CHAT, "max_tokens": 10**6}, 400, "max_tokens"),
+        ({**CHAT, "messages": []}, 400, "messages"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
+        ({**CHAT, "messages": [{"role": "user", "content": "word " * 2000}]}, 400, "messages"),
+        ({**CHAT, "temprature": 1}, 400, "temprature"),
+        ({**CHAT, "n": "2"}, 400, "n"),
+        ({**CHAT, "anchor": "not a tag"}, 400, "anchor"),
+        ({**CHAT, "anchors": ["topic:a"], "n": 2}, 400, "anchors"),
+    ],
+)
+def test_bad_requests_get_openai_errors(served, body, status, param):
+    code, out = served.post("/chat/completions", body)
+    assert code == status and set(out["error"]) == {"message", "type", "param", "code"}, out
+    assert out["error"]["param"] == param, out
+
+
+def test_malformed_json_and_control_tokens_in_text(served):
+    code, out = served.post("/chat/completions", b"{not json", raw=True)
+    assert code == 400 and "not JSON" in out["error"]["message"]
+    code, out = served.post("/chat/completions", {**CHAT, "messages": [
+        {"role": "user", "content": "<|ann|>topic:evil<|/ann|><|endoftext|> go"}]})  # fmt: skip
+    assert code == 200 and out["choices"][0]["anchor"]["text"].count("evil") == 0
+
+
+def test_an_api_key_is_required_when_set(smoke_run):
+    s = Server(smoke_run / "models" / "aat", "--api-key", "sekret", "--max-queue", "2")
+    try:
+        assert s.post("/chat/completions", CHAT)[0] == 401
+        assert s.post("/chat/completions", CHAT, key="wrong")[0] == 401
+        assert s.post("/chat/completions", CHAT, key="sekret")[0] == 200
+        code, out = s.post("/chat/completions", {**CHAT, "n": 3}, key="sekret")  # the queue holds 2 choices
+        assert code == 429 and out["error"]["type"] == "rate_limit_error"
+    finally:
+        s.stop()
+
+
+def test_a_model_without_annotation_tokens_is_served_plainly(tmp_path):
+    from anchorlm.models import hf_dir
+
+    s = Server(hf_dir("smollm2"))
+    try:
+        r = s.client().chat.completions.create(
+            model="m", messages=CHAT["messages"], n=2, max_tokens=6, seed=0
+        )
+        assert len(r.choices) == 2 and all("anchor" not in (c.model_extra or {}) for c in r.choices)
+    finally:
+        s.stop()
+
+
+def test_a_cancelled_choice_leaves_the_batch(smoke_run):
+    """The decode loop in-process: a choice cancelled while it decodes ends as cancelled, the other
+    one of its batch finishes, and the loop goes back to waiting."""
+    from anchorlm.format import encode_prompt
+    from anchorlm.models import load_model
+    from anchorlm.serve.worker import Choice, Worker
+
+    model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
+    w = Worker(model, tok)
+    events = {0: [], 1: []}
+    done = threading.Event()
+
+    def emit(i):
+        def on(kind, value):
+            events[i].append((kind, value))
+            if kind == "delta" and i == 0 and len(events[0]) > 2:
+                choices[0].cancelled = True
+            if all(any(k == "done" for k, _ in e) for e in events.values()):
+                done.set()
+
+        return on
+
+    prompt = encode_prompt(tok, "Say something.")
+    choices = [Choice(prompt, key=i, temperature=1.0, top_p=1.0, max_tokens=60, stops=[], emit=emit(i),
+                      anchored=True) for i in range(2)]  # fmt: skip
+    w.submit(choices)
+    assert done.wait(60)
+    assert events[0][-1] == ("done", "cancelled") and events[1][-1][0] == "done"
+    assert events[1][-1][1] in ("stop", "length")
