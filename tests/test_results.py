@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from anchorlm.study.results import StudyResults
 
-KEPT = ROOT / "docs" / "results-smollm2.json"
+KEPT = ROOT / "docs" / "results-smollm2-v1.json"  # the kept results of protocol v1
 
 
 def test_kept_results_round_trip():
