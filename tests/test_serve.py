@@ -265,3 +265,33 @@ def test_a_cancelled_choice_leaves_the_batch(smoke_run):
     assert done.wait(60)
     assert events[0][-1] == ("done", "cancelled") and events[1][-1][0] == "done"
     assert events[1][-1][1] in ("stop", "length")
+
+
+def test_a_failing_decode_step_fails_its_requests_and_the_loop_goes_on(smoke_run):
+    """A decode step that raises answers its choices with an error instead of leaving their clients
+    waiting, and the next request is served."""
+    from anchorlm.format import encode_prompt
+    from anchorlm.models import load_model
+    from anchorlm.serve.worker import Choice, Worker
+
+    model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
+    w = Worker(model, tok)
+
+    def ask(stops):
+        events, done = [], threading.Event()
+
+        def on(kind, value):
+            events.append((kind, value))
+            if kind in ("done", "error"):
+                done.set()
+
+        w.submit([Choice(encode_prompt(tok, "Say something."), key=0, temperature=1.0, top_p=1.0,
+                         max_tokens=20, stops=stops, emit=on, anchored=True)])  # fmt: skip
+        assert done.wait(60)
+        return events[-1]
+
+    w.model = None  # calling it raises inside the loop
+    kind, message = ask([])
+    assert kind == "error" and "NoneType" in message
+    w.model = model
+    assert ask(None)[0] == "done" and ask(["e"])[0] == "done"  # stop sequences given or not

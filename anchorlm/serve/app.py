@@ -138,7 +138,7 @@ def create_app(
             start = anchor_ids(tok, starts[i]) if worker.anchored else []
             choices.append(Choice(
                 prompt=prompt, key=_key(seed, i), temperature=req.temperature, top_p=req.top_p,
-                max_tokens=limit or min(DEFAULT_MAX_TOKENS, room), stops=req.stop, emit=emit,
+                max_tokens=limit or min(DEFAULT_MAX_TOKENS, room), stops=req.stop or [], emit=emit,
                 anchor_start=start, anchored=worker.anchored, max_annotation=len(start) + 24,
             ))  # fmt: skip
         distinct = req.anchor_pool if worker.anchored and req.anchor_strategy == "distinct" else 0
@@ -175,6 +175,8 @@ async def _collect(request: Request, choices: list[Choice], events: asyncio.Queu
             continue
         if kind == "anchor":
             anchors[i] = value
+        elif kind == "error":
+            raise ServeError(500, f"the decode loop failed: {value}", kind="server_error")
         elif kind == "done":
             done[i] = value
     return {"reasons": done, "anchors": anchors}
@@ -241,6 +243,10 @@ async def _stream(request, req, choices, events, meta, kind, prompt_tokens):
                 yield chunk(i, {}, anchor=value)
             elif what == "delta":
                 yield chunk(i, {"content": value})
+            elif what == "error":  # the stream has begun: the error goes as an event, then the end
+                body = ServeError(500, f"the decode loop failed: {value}", kind="server_error").body()
+                yield f"data: {json.dumps(body)}\n\n"
+                return
             else:
                 left -= 1
                 yield chunk(i, {}, finish=_finish(value))

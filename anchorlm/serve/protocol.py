@@ -39,7 +39,7 @@ class ServeError(Exception):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: str
+    role: Literal["system", "user", "assistant"]
     content: str
     name: str | None = None
 
@@ -60,7 +60,7 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

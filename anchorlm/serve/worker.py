@@ -18,6 +18,7 @@ from __future__ import annotations
 import queue
 import random
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -39,7 +40,7 @@ class Choice:
     top_p: float
     max_tokens: int
     stops: list[str]
-    emit: Callable[[str, object], None]  # (kind, value): 'anchor', 'delta', 'done'
+    emit: Callable[[str, object], None]  # (kind, value): 'anchor', 'delta', 'done', 'error'
     anchor_start: list[int] = field(default_factory=list)  # the annotation's given first tokens
     anchored: bool = False
     max_annotation: int = 24  # tokens of annotation at most, its given start included
@@ -89,15 +90,29 @@ class Worker:
                     block = False
             except queue.Empty:
                 pass
-            batch, rows, backlog = self._admit(batch, rows, backlog)
-            if batch is None:
-                continue
-            self._step(batch, rows)
-            alive = np.array([rows[r][1] != DONE for r in batch.rows])
-            if not alive.any():
-                batch, rows = None, {}
-            else:
-                batch.compact(alive, 0.25)
+            try:
+                batch, rows, backlog = self._admit(batch, rows, backlog)
+                if batch is None:
+                    continue
+                self._step(batch, rows)
+                alive = np.array([rows[r][1] != DONE for r in batch.rows])
+                if not alive.any():
+                    batch, rows = None, {}
+                else:
+                    batch.compact(alive, 0.25)
+            except Exception as e:  # a bug must fail the requests in flight, not hang them and the next
+                traceback.print_exc()
+                self._fail(rows, backlog, f"{type(e).__name__}: {e}")
+                batch, rows, backlog = None, {}, []
+
+    def _fail(self, rows, backlog, message: str) -> None:
+        for c, phase, _ in rows.values():
+            if phase != DONE:
+                c.emit("error", message)
+        for choices, _ in backlog:
+            for c in choices:
+                c.emit("error", message)
+            self._dequeue(len(choices))
 
     def _admit(self, batch, rows, backlog):
         """Start a batch with what waits, or join what fits into the running one."""
@@ -139,7 +154,7 @@ class Worker:
 
     def _dequeue(self, n: int) -> None:
         with self.lock:
-            self.waiting -= n
+            self.waiting = max(0, self.waiting - n)
 
     def _start(self, c: Choice) -> list[int]:
         return c.prompt + ([self.open_id] + c.anchor_start if c.anchored else [])
@@ -205,7 +220,7 @@ class Worker:
             return
         c.response.append(t)
         c.text, before = clean_text(self.tok, c.response), c.text
-        hit = min((c.text.find(s) for s in c.stops if s in c.text), default=-1)
+        hit = min((c.text.find(s) for s in c.stops or () if s in c.text), default=-1)
         if hit >= 0:
             c.text = c.text[:hit]
             if len(c.text) > len(before):
