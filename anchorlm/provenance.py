@@ -76,8 +76,8 @@ def describe(m: dict) -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """anchorlm's version and, when it runs from a git checkout, the commit and whether the package's
-    files differed from it (dirty: the numbers may come from uncommitted code, named by a digest of
+    """anchorlm's version and, when it runs from a git checkout, the commit, the git tree of the
+    package's committed files, and whether the package's files differed from it (dirty: the numbers may come from uncommitted code, named by a digest of
     the diff)."""
     out: dict = {"anchorlm": versions().get("anchorlm")}
     if not (REPO / ".git").exists():  # an installed copy: no checkout of its own to name
@@ -93,6 +93,11 @@ def code_version() -> dict:
                 timeout=10,
             )
             out["git_commit"] = commit.stdout.strip()
+            tree = subprocess.run(
+                [*git, "rev-parse", "HEAD:anchorlm"], capture_output=True, text=True, timeout=10
+            )
+            if tree.returncode == 0:  # the package's committed files: commits of docs or tests leave it
+                out["package_tree"] = tree.stdout.strip()
             out["git_dirty"] = bool(status.stdout.strip())
             if out["git_dirty"]:  # which uncommitted changes: two dirty trees are not the same code
                 diff = subprocess.run(

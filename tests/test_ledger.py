@@ -54,3 +54,18 @@ def test_an_unfinished_cell_of_the_same_identity_is_made_again(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         led.cell(cell, {"x": 1}, cell.exists, lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell)) is True
+
+
+def test_a_commit_that_leaves_the_package_alone_keeps_the_cells(tmp_path, monkeypatch):
+    """Cells are made by the package's files (their git tree), not by the commit: a study resumed
+    after a commit of docs reuses them; a change to the package's files does not."""
+    made = {"anchorlm": "0.1.0", "git_commit": "a" * 40, "package_tree": "1" * 40, "git_dirty": False}
+    monkeypatch.setattr(L, "code_version", lambda: made)
+    cell = tmp_path / "a"
+    L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))
+    assert L.Ledger(tmp_path).entries["a"]["commit"] == "a" * 40
+    monkeypatch.setattr(L, "code_version", lambda: {**made, "git_commit": "b" * 40})
+    assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell)) is False
+    monkeypatch.setattr(L, "code_version", lambda: {**made, "package_tree": "2" * 40})
+    with pytest.raises(ValueError, match="made by other code"):
+        L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))

@@ -26,9 +26,13 @@ CODE_PACKAGES = ("torch", "transformers", "peft")
 
 
 def code_identity() -> dict:
-    """What must match for a cached cell to count as made by this code."""
-    v = versions()
-    return {**code_version(), **{p: v.get(p) for p in CODE_PACKAGES}}
+    """What must match for a cached cell to count as made by this code: the package's files (their
+    git tree, and the digest of uncommitted changes to them), not the commit, so that a study resumed
+    after a commit of docs or tests reuses its cells; and the libraries that compute."""
+    v, code = versions(), dict(code_version())
+    if "package_tree" in code:
+        code.pop("git_commit", None)
+    return {**code, **{p: v.get(p) for p in CODE_PACKAGES}}
 
 
 def digest(obj) -> str:
@@ -89,6 +93,9 @@ class Ledger:
         self.entries[rel] = {"identity": identity, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self._save()
         make()
+        commit = code_version().get("git_commit")
         self.entries[rel].update(code=self.code, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if commit:
+            self.entries[rel]["commit"] = commit  # which commit made it, for the record
         self._save()
         return True
