@@ -338,22 +338,18 @@ class _Batch:
 
     def room(self) -> int:
         """How many more steps the cache holds (a preallocated one is full at its length)."""
-        cap = getattr(self.cache, "max_cache_len", None)
-        return (cap if cap is not None else self.mask.shape[1]) - self.t
+        return (getattr(self.cache, "max_cache_len", None) or self.mask.shape[1]) - self.t
 
     def can_join(self, seqs: list[list[int]], steps: int) -> bool:
-        """Whether rows with these prompts fit into the running batch for `steps` more steps: their
-        prompts (but the last token) must end at the batch's current column, so none may be longer
-        than the columns filled so far."""
-        return max(len(q) - 1 for q in seqs) <= self.t and steps <= min(
-            self.room(), self.mask.shape[1] - self.t
-        )
+        """Whether rows with these prompts fit for `steps` more steps: their prompts (but the last
+        token) end at the batch's current column, so none may be longer than the columns filled."""
+        fits = max(len(q) - 1 for q in seqs) <= self.t
+        return fits and steps <= min(self.room(), self.mask.shape[1] - self.t)
 
     def join(self, model, seqs: list[list[int]], pad_id: int) -> list[int]:
         """Add rows to the running batch (`can_join` says whether they fit): their prompts are
         prefilled apart, right-aligned to the batch's current column, and their caches appended to
-        the batch's, so the rows already decoding go on unchanged. Returns the new rows' original
-        indices."""
+        the batch's, so the rows already decoding go on unchanged. Returns the new rows' indices."""
         import torch
 
         other = _Batch(model, seqs, len(seqs), pad_id, self.mask.shape[1] - self.t)

@@ -23,12 +23,13 @@ def test_a_metric_added_to_the_registry_reaches_the_evaluator_and_the_table(monk
     from anchorlm.report import table
 
     longest = R.Metric(
-        "longest", "longest", "diversity", True, lambda texts, emb, labels: max(map(len, texts))
+        "longest", "longest", "diversity", True, lambda texts, emb, labels, conf: max(map(len, texts))
     )
     monkeypatch.setattr(R, "DIVERSITY", (*R.DIVERSITY, longest))
     monkeypatch.setattr(R, "COLUMNS", (*R.COLUMNS, longest))
-    figs = R.diversity(["ab", "abcd"], np.eye(2), ["x", "y"])
+    figs = R.diversity(["ab", "abcd"], np.eye(2), ["x", "y"], [0.9, 0.7])
     assert figs["longest"] == 4 and figs["attribute_entropy"] == np.log(2)
+    assert figs["attribute_confidence"] == np.mean([0.9, 0.7])
     assert (
         "| longest |" in table({"variants": {"v": {"diversity": figs, "quality": {}}}}).splitlines()[0] + "|"
     )
@@ -44,7 +45,8 @@ def test_quality_metrics_skip_what_does_not_apply():
     ]
     q = R.quality(R.Quality(rows, ["x", "y"], sft, [2.0, float("nan")], 2))
     assert q == {"style_adherence": 0.5, "finished": 0.5, "style_adherence_finished": 1.0, "fluency_nll": 2.0,
-                 "fluency_scored": 2, "empty_responses": 0.0}  # fmt: skip
+                 "fluency_scored": 2, "empty_responses": 0.0, "length_words": 1.0, "repetition": 0.0,
+                 "tag_echo": 0.0}  # fmt: skip
     assert "annotation_wellformed" not in q  # plain rows have no annotation
 
 

@@ -21,7 +21,7 @@ def test_gpu_study_dry_run_prepares_runs_and_scores(tmp_path):
     out = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert out == ["cells.tar.gz", "plan.json"]  # at most 8 files come back
     plan = json.loads((tmp_path / "out/plan.json").read_text())
-    assert plan["parts_done"] == ["scaling", "ablations"] and plan["stopped_in"] is None
+    assert plan["parts_done"] == ["scaling", "ablations", "plan_following"] and plan["stopped_in"] is None
     assert 0 < plan["tokens_per_param"] <= plan["recipe_tokens_per_param"] == 1
     assert (tmp_path / "out/cells.tar.gz").stat().st_size < 16 * 2**20
     res = json.loads((tmp_path / "docs/results.json").read_text())

@@ -70,7 +70,7 @@ def test_results_hold_every_part(study):
     assert res["entropy_study"]["points"][1]["sft_data_entropy"] > 0.5
     assert set(res["frontier"]["points"]) == {"sft", "aat", "gem", "replay"}
     assert [p["temperature"] for p in res["frontier"]["points"]["gem"]] == [0.7, 1.3]
-    assert set(res["bar"]["checks"]) >= {"style_adherence_within_2_points", "fluency_nll_within_5_percent"}
+    assert set(res["bar"]["checks"]) >= {"style_adherence_within_2_points", "content_nll_within_5_percent"}
     md = (d / "docs" / "results.md").read_text()
     for heading in ("## 1. Scaling", "## 2. Ablations", "## 3. SFT data entropy", "## 4. Diversity-quality"):
         assert heading in md
