@@ -160,11 +160,15 @@ class Scorer:
         emb = self.embed(texts)
         labels = self.clf.predict(emb)
         conf = self.clf.confidence(emb)
-        content = [strip_style(sft, t) for t in shown]
-        content_nll = fluency_nll(content, self.ref_model, self.ref_tok)
         groups = defaultdict(list)
         for i, r in enumerate(rows):
             groups[(r["prompt_id"], r.get("seed", 0))].append(i)
+        k = cfg.content_nll_per_prompt
+        scored = sorted(i for idx in groups.values() for i in (idx[:k] if k else idx))
+        content_nll = [float("nan")] * len(rows)  # NaN: not scored, left out of every mean
+        got = fluency_nll([strip_style(sft, shown[i]) for i in scored], self.ref_model, self.ref_tok)
+        for i, x in zip(scored, got):
+            content_nll[i] = x
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             figs = registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx], conf[idx])

@@ -303,6 +303,9 @@ class EvaluateConfig(Section):
     embedder: str = f("minilm", "'minilm' (packaged all-MiniLM-L6-v2) or a sentence-transformers dir")
     reference_lm: str = f("smollm2", "'smollm2' (packaged) or a local causal LM dir, for fluency NLL")
     fluency_max_per_variant: int = f(128, "responses per variant scored for fluency (0 = all)", min=0)
+    content_nll_per_prompt: int = f(
+        0, "responses per prompt and sampling seed scored for content NLL (0 = all; fewer: cheaper, noisier)", min=0
+    )
     classifier_docs_per_category: int = f(
         120, "corpus docs per category to train the attribute classifier", min=2
     )
