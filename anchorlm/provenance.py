@@ -74,36 +74,40 @@ def describe(m: dict) -> str:
     return f"CPU {m.get('cpu')} ({m.get('cpu_family_model')}), {m.get('cores')} cores, bf16 units: {units}"
 
 
+# What a cached study cell's numbers cannot depend on: the recipes (each cell's identity holds the
+# config that made it) and the server (no study imports it).
+NOT_COMPUTING = ("anchorlm/configs/", "anchorlm/serve/")
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """anchorlm's version and, when it runs from a git checkout, the commit, the git tree of the
-    package's committed files, and whether the package's files differed from it (dirty: the numbers may come from uncommitted code, named by a digest of
-    the diff)."""
+    """anchorlm's version and, when it runs from a git checkout: the commit; whether the package's
+    files differed from it (dirty: the numbers may come from uncommitted code, named by a digest of
+    the diff); and `package_tree`, a digest of the committed files that compute (the package but
+    NOT_COMPUTING), with `package_diff` for uncommitted changes to them."""
     out: dict = {"anchorlm": versions().get("anchorlm")}
     if not (REPO / ".git").exists():  # an installed copy: no checkout of its own to name
         return out
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=30)
+
     try:
-        git = ["git", "-C", str(REPO)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if commit.returncode == 0:
-            status = subprocess.run(
-                [*git, "status", "--porcelain", "--untracked-files=no", "--", "anchorlm"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-            out["git_commit"] = commit.stdout.strip()
-            tree = subprocess.run(
-                [*git, "rev-parse", "HEAD:anchorlm"], capture_output=True, text=True, timeout=10
-            )
-            if tree.returncode == 0:  # the package's committed files: commits of docs or tests leave it
-                out["package_tree"] = tree.stdout.strip()
-            out["git_dirty"] = bool(status.stdout.strip())
-            if out["git_dirty"]:  # which uncommitted changes: two dirty trees are not the same code
-                diff = subprocess.run(
-                    [*git, "diff", "HEAD", "--", "anchorlm"], capture_output=True, timeout=30
-                )
-                out["git_diff"] = hashlib.sha256(diff.stdout).hexdigest()[:12]
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode != 0:
+            return out
+        out["git_commit"] = commit.stdout.decode().strip()
+        diff = git("diff", "HEAD", "--", "anchorlm").stdout
+        out["git_dirty"] = bool(diff.strip())
+        if out["git_dirty"]:  # which uncommitted changes: two dirty trees are not the same code
+            out["git_diff"] = hashlib.sha256(diff).hexdigest()[:12]
+        files = [line for line in git("ls-tree", "-r", "HEAD", "--", "anchorlm").stdout.decode().splitlines()
+                 if not line.split("\t", 1)[-1].startswith(NOT_COMPUTING)]  # fmt: skip
+        out["package_tree"] = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+        skip = [f":(exclude){p.rstrip('/')}" for p in NOT_COMPUTING]
+        computing = git("diff", "HEAD", "--", "anchorlm", *skip).stdout
+        if computing.strip():
+            out["package_diff"] = hashlib.sha256(computing).hexdigest()[:12]
     except (OSError, subprocess.SubprocessError):
         pass
     return out

@@ -26,12 +26,13 @@ CODE_PACKAGES = ("torch", "transformers", "peft")
 
 
 def code_identity() -> dict:
-    """What must match for a cached cell to count as made by this code: the package's files (their
-    git tree, and the digest of uncommitted changes to them), not the commit, so that a study resumed
-    after a commit of docs or tests reuses its cells; and the libraries that compute."""
-    v, code = versions(), dict(code_version())
+    """What must match for a cached cell to count as made by this code: the package's computing
+    files (provenance.code_version's `package_tree` and `package_diff`), not the commit, so that a
+    study resumed after a commit of docs, tests, recipes or the server keeps its cells; and the
+    libraries that compute. An installed copy without a checkout is named by its version."""
+    v, code = versions(), code_version()
     if "package_tree" in code:
-        code.pop("git_commit", None)
+        code = {k: code[k] for k in ("anchorlm", "package_tree", "package_diff") if k in code}
     return {**code, **{p: v.get(p) for p in CODE_PACKAGES}}
 
 
