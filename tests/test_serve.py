@@ -195,6 +195,14 @@ def test_concurrent_clients_get_their_own_answers(served):
         ({**CHAT, "n": "2"}, 400, "n"),
         ({**CHAT, "anchor": "not a tag"}, 400, "anchor"),
         ({**CHAT, "anchors": ["topic:a"], "n": 2}, 400, "anchors"),
+        ({**CHAT, "anchors": ["topic:a"], "n": 1, "anchor_strategy": "distinct"}, 400, "anchor_strategy"),
+        (
+            {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url", "text": "x"}]}]},
+            400,
+            "messages.0.content.0.type",
+        ),
+        ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({**CHAT, "temperature": 2.5}, 400, "temperature"),
     ],
 )
 def test_bad_requests_get_openai_errors(served, body, status, param):
@@ -217,8 +225,11 @@ def test_an_api_key_is_required_when_set(smoke_run):
         assert s.post("/chat/completions", CHAT)[0] == 401
         assert s.post("/chat/completions", CHAT, key="wrong")[0] == 401
         assert s.post("/chat/completions", CHAT, key="sekret")[0] == 200
+        assert (
+            s.post("/chat/completions", CHAT, key="s\u00e9kret")[0] == 401
+        )  # a non-ASCII key: refused, no 500
         code, out = s.post("/chat/completions", {**CHAT, "n": 3}, key="sekret")  # the queue holds 2 choices
-        assert code == 429 and out["error"]["type"] == "rate_limit_error"
+        assert code == 400 and out["error"]["param"] == "n"  # it could never be queued: not "retry later"
     finally:
         s.stop()
 
@@ -295,3 +306,109 @@ def test_a_failing_decode_step_fails_its_requests_and_the_loop_goes_on(smoke_run
     assert kind == "error" and "NoneType" in message
     w.model = model
     assert ask(None)[0] == "done" and ask(["e"])[0] == "done"  # stop sequences given or not
+
+
+def test_stop_sequences_cut_the_text_and_never_reach_the_stream(served):
+    """The same seed with a stop taken from the unstopped text: the text ends where the stop first
+    begins, finish_reason is "stop", and the stream sends exactly that text (no part of the stop)."""
+    body = {**CHAT, "max_tokens": 40, "seed": 11}
+    whole = served.post("/chat/completions", body)[1]["choices"][0]["message"]["content"]
+    assert len(whole) >= 8, whole
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 3]
+    code, out = served.post("/chat/completions", {**body, "stop": [stop]})
+    assert code == 200 and out["choices"][0]["finish_reason"] == "stop"
+    assert out["choices"][0]["message"]["content"] == whole[: whole.find(stop)]
+    streamed = "".join(
+        c.delta.content or ""
+        for chunk in served.client().chat.completions.create(
+            model="m", messages=CHAT["messages"], max_tokens=40, seed=11, stop=[stop], stream=True
+        )  # fmt: skip
+        for c in chunk.choices
+    )
+    assert streamed == whole[: whole.find(stop)]
+
+
+def test_temperature_zero_is_greedy_and_a_tiny_one_too(served):
+    got = [
+        served.post("/chat/completions", {**CHAT, "max_tokens": 16, "seed": seed, "temperature": t})[1]
+        for seed, t in ((1, 0), (2, 0), (3, 1e-30))
+    ]
+    texts = [g["choices"][0]["message"]["content"] for g in got]
+    assert texts[0] == texts[1] == texts[2]
+
+
+def test_text_completion_stream_with_usage(served):
+    c = served.client()
+    whole = c.completions.create(model="m", prompt="Say something.", n=2, max_tokens=10, seed=4)
+    texts, usage = {0: "", 1: ""}, None
+    for chunk in c.completions.create(model="m", prompt="Say something.", n=2, max_tokens=10, seed=4, stream=True,
+                                      stream_options={"include_usage": True}):  # fmt: skip
+        for x in chunk.choices:
+            texts[x.index] += x.text
+        usage = chunk.usage or usage
+    assert texts == {x.index: x.text for x in whole.choices}
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens > 0
+
+
+def test_text_that_is_not_text_and_parts_of_text(served):
+    bad = b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}'
+    code, out = served.post("/chat/completions", bad, raw=True)
+    assert code == 400 and out["error"]["type"] == "invalid_request_error"
+    deep = b'{"model": "m", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert served.post("/completions", deep, raw=True)[0] == 400
+    parts = [{"type": "text", "text": "Say "}, {"type": "text", "text": "something."}]
+    code, out = served.post(
+        "/chat/completions", {**CHAT, "seed": 9, "messages": [{"role": "user", "content": parts}]}
+    )
+    assert code == 200  # one user message: the smoke model has no chat template
+    same = served.post("/chat/completions", {**CHAT, "seed": 9, "messages": [{"role": "user", "content": "Say something.",
+                                                                             "refusal": None, "tool_calls": None}]})  # fmt: skip
+    assert same[0] == 200 and same[1]["choices"][0]["message"] == out["choices"][0]["message"]
+
+
+def test_held_back_text():
+    from anchorlm.serve.worker import held_back
+
+    assert held_back("abc\ufffd", []) == 1
+    assert held_back("hello EN", ["END"]) == 2
+    assert held_back("hello E", ["END", "xx"]) == 1
+    assert held_back("hello", ["END"]) == 0
+
+
+def test_the_queue_is_bounded_and_a_cancelled_waiting_choice_is_answered(smoke_run):
+    """max_batch 1, max_queue 1: while one choice decodes, one waits and a third is refused; the
+    waiting one cancelled is answered 'cancelled' without decoding, and the queue empties."""
+    from anchorlm.format import encode_prompt
+    from anchorlm.models import load_model
+    from anchorlm.serve.worker import Choice, QueueFull, Worker
+
+    model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
+    w = Worker(model, tok, max_batch=1, max_queue=1)
+    events = {k: [] for k in "abc"}
+    started, done = threading.Event(), {k: threading.Event() for k in "abc"}
+    gate = threading.Event()
+
+    def on(k):
+        def emit(kind, value):
+            events[k].append((kind, value))
+            if k == "a" and kind in ("anchor", "delta"):
+                started.set()
+                gate.wait(30)  # the decode loop holds here until b is cancelled
+            if kind == "done":
+                done[k].set()
+
+        return emit
+
+    prompt = encode_prompt(tok, "Say something.")
+    mk = [Choice(prompt, key=i, temperature=1.0, top_p=1.0, max_tokens=30, stops=[], emit=on(k), anchored=True)
+          for i, k in enumerate("abc")]  # fmt: skip
+    w.submit([mk[0]])
+    assert started.wait(60)  # a decodes (and holds the loop)
+    w.submit([mk[1]])  # b waits: the batch holds 1 row
+    with pytest.raises(QueueFull):
+        w.submit([mk[2]])
+    mk[1].cancelled = True
+    gate.set()
+    assert done["a"].wait(60) and done["b"].wait(60)
+    assert events["b"] == [("done", "cancelled")]
+    assert w.waiting == 0

@@ -24,16 +24,19 @@ import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from anchorlm.engine import row_key
 from anchorlm.format import encode_chat, encode_prompt
 from anchorlm.models import load_model
 from anchorlm.precision import dtype
 from anchorlm.serve.protocol import ChatRequest, CompletionRequest, ServeError, parse
-from anchorlm.serve.worker import Choice, QueueFull, Worker, anchor_ids
+from anchorlm.serve.worker import Choice, QueueFull, Worker, WorkerDown, anchor_ids
 
 DEFAULT_MAX_TOKENS = 256
+MAX_BODY = 8 * 2**20  # bytes of a request body at most
+GREEDY_BELOW = 1e-4  # a temperature this low is drawn as 0 (the most likely token): 1/T would overflow
+ANNOTATION_ROOM = 24  # annotation tokens a choice may draw after its given start
 
 
 def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
@@ -77,17 +80,21 @@ def create_app(
     def check_key(request: Request) -> None:
         if api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given, f"Bearer {api_key}"):
+        given = request.headers.get("authorization", "").encode("latin-1", "replace")  # headers are bytes
+        if not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
             raise ServeError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
                              kind="authentication_error", code="invalid_api_key")  # fmt: skip
 
     async def body(request: Request, cls):
         check_key(request)
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise ServeError(413, f"the body has {len(raw)} bytes; this server takes {MAX_BODY} at most")
         try:
-            data = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ServeError(400, f"the body is not JSON: {e}") from None
+            data = json.loads(raw or b"null")
+            json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") is not text
+        except (ValueError, RecursionError) as e:  # JSON, UTF-8 and surrogate errors are ValueErrors
+            raise ServeError(400, f"the body is not JSON of valid text: {str(e)[:200]}") from None
         req = parse(cls, data)
         if req.model != name:
             raise ServeError(404, f"model {req.model!r} is not served here; this server serves {name!r}",
@@ -106,7 +113,7 @@ def create_app(
     async def chat(request: Request):
         req = await body(request, ChatRequest)
         try:
-            prompt = encode_chat(tok, [m.model_dump(exclude_none=True) for m in req.messages])
+            prompt = encode_chat(tok, [{"role": m.role, "content": m.text()} for m in req.messages])
         except ValueError as e:
             raise ServeError(400, str(e), "messages") from None
         return await complete(request, req, prompt, "chat.completion")
@@ -117,7 +124,9 @@ def create_app(
         return await complete(request, req, encode_prompt(tok, req.prompt), "text_completion")
 
     async def complete(request: Request, req, prompt: list[int], kind: str):
-        room = context - len(prompt) - (24 if worker.anchored else 0)
+        given = max((len(anchor_ids(tok, a)) for a in (req.anchors or [req.anchor])), default=0)
+        # an anchored choice also holds <|ann|>, its annotation (given start and drawn) and <|/ann|>
+        room = context - len(prompt) - (given + ANNOTATION_ROOM + 2 if worker.anchored else 0)
         if room < 1:
             raise ServeError(400, f"the prompt has {len(prompt)} tokens; the model's context holds {context}",
                              "messages" if kind.startswith("chat") else "prompt", code="context_length_exceeded")  # fmt: skip
@@ -125,10 +134,15 @@ def create_app(
         if limit is not None and limit > room:
             raise ServeError(400, f"max_tokens {limit} is past the model's context ({room} tokens after the prompt)",
                              "max_tokens", code="context_length_exceeded")  # fmt: skip
+        if req.n > worker.max_queue:
+            raise ServeError(
+                400, f"n = {req.n} is more than this server queues ({worker.max_queue} choices)", "n"
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little")
         starts = req.anchors or [req.anchor] * req.n
+        temperature = 0.0 if req.temperature < GREEDY_BELOW else req.temperature
         choices = []
         for i in range(req.n):
 
@@ -137,21 +151,25 @@ def create_app(
 
             start = anchor_ids(tok, starts[i]) if worker.anchored else []
             choices.append(Choice(
-                prompt=prompt, key=_key(seed, i), temperature=req.temperature, top_p=req.top_p,
+                prompt=prompt, key=_key(seed, i), temperature=temperature, top_p=req.top_p,
                 max_tokens=limit or min(DEFAULT_MAX_TOKENS, room), stops=req.stop or [], emit=emit,
-                anchor_start=start, anchored=worker.anchored, max_annotation=len(start) + 24,
+                anchor_start=start, anchored=worker.anchored, max_annotation=len(start) + ANNOTATION_ROOM,
             ))  # fmt: skip
         distinct = req.anchor_pool if worker.anchored and req.anchor_strategy == "distinct" else 0
         try:
             worker.submit(choices, distinct)
         except QueueFull as e:
             raise ServeError(429, f"the server is busy: {e}; retry later", kind="rate_limit_error") from None
+        except WorkerDown as e:
+            raise ServeError(503, str(e), kind="server_error") from None
         rid = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
         meta = {"id": rid, "created": int(time.time()), "model": name}
         if req.stream:
             return StreamingResponse(_stream(request, req, choices, events, meta, kind, len(prompt)),
                                      media_type="text/event-stream")  # fmt: skip
         done = await _collect(request, choices, events)
+        if done is None:  # the client has gone: nobody reads an answer
+            return Response(status_code=499)
         return _response(req, choices, done, meta, kind, len(prompt))
 
     return app
@@ -161,29 +179,34 @@ def _key(seed: int, i: int) -> int:
     return row_key("serve", seed, i)
 
 
-async def _collect(request: Request, choices: list[Choice], events: asyncio.Queue) -> dict:
-    """Wait for every choice to finish; a client that leaves cancels them."""
+async def _collect(request: Request, choices: list[Choice], events: asyncio.Queue) -> dict | None:
+    """Wait for every choice to finish; a client that leaves (checked twice a second, whether or
+    not text is flowing) cancels them, and None comes back."""
     done, anchors = {}, {}
+    loop = asyncio.get_running_loop()
+    check = loop.time() + 0.5
     while len(done) < len(choices):
         try:
             i, kind, value = await asyncio.wait_for(events.get(), timeout=0.5)
         except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                for c in choices:
-                    c.cancelled = True
-                raise asyncio.CancelledError() from None
-            continue
+            kind = None
         if kind == "anchor":
             anchors[i] = value
         elif kind == "error":
             raise ServeError(500, f"the decode loop failed: {value}", kind="server_error")
         elif kind == "done":
             done[i] = value
+        if loop.time() >= check:
+            check = loop.time() + 0.5
+            if await request.is_disconnected():
+                for c in choices:
+                    c.cancelled = True
+                return None
     return {"reasons": done, "anchors": anchors}
 
 
 def _usage(choices: list[Choice], prompt_tokens: int) -> dict:
-    completion = sum(len(c.response) + max(0, len(c.annotation) - len(c.anchor_start)) for c in choices)
+    completion = sum(len(c.response) + max(0, len(c.annotation) - c.given) for c in choices)  # drawn tokens
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
@@ -226,15 +249,19 @@ async def _stream(request, req, choices, events, meta, kind, prompt_tokens):
         return f"data: {json.dumps({**meta, 'object': obj, 'choices': [ch]})}\n\n"
 
     started = set()
+    loop = asyncio.get_running_loop()
+    check = loop.time() + 0.5
     try:
         while left:
             try:
                 i, what, value = await asyncio.wait_for(events.get(), timeout=0.5)
             except asyncio.TimeoutError:
+                what = None
+            if loop.time() >= check:
+                check = loop.time() + 0.5
                 if await request.is_disconnected():
-                    for c in choices:
-                        c.cancelled = True
                     return
+            if what is None:
                 continue
             if i not in started and kind == "chat.completion":
                 started.add(i)
@@ -253,7 +280,7 @@ async def _stream(request, req, choices, events, meta, kind, prompt_tokens):
         if req.stream_options and req.stream_options.include_usage:
             yield f"data: {json.dumps({**meta, 'object': obj, 'choices': [], 'usage': _usage(choices, prompt_tokens)})}\n\n"
         yield "data: [DONE]\n\n"
-    except asyncio.CancelledError:
-        for c in choices:
-            c.cancelled = True
-        raise
+    finally:  # closed, cancelled or gone: what has not finished stops
+        if left:
+            for c in choices:
+                c.cancelled = True

@@ -37,11 +37,28 @@ class ServeError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
 class Message(BaseModel):
+    """A chat message: text content, or a list of text parts (joined). The fields the `openai`
+    client writes when a caller sends back an assistant message it received are taken when null."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[TextPart]
     name: str | None = None
+    refusal: None = None
+    tool_calls: None = None
+    function_call: None = None
+    audio: None = None
+    annotations: None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class StreamOptions(BaseModel):
@@ -110,8 +127,10 @@ def parse(cls, data) -> Sampling:
     try:
         req = cls.model_validate(data)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        err = max(e.errors(include_url=False), key=lambda x: len(x["loc"]))  # a union's most specific
+        tags = ("str", "int", "float", "bool", "none")  # the union member a branch's error names
+        param = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and (p in tags or "[" in p)))
+        param = param or None
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {param!r}"
@@ -120,6 +139,11 @@ def parse(cls, data) -> Sampling:
         raise ServeError(
             400, f"anchors lists {len(req.anchors)} annotation starts for n = {req.n} choices", "anchors"
         )
+    if req.anchors is not None and req.anchor_strategy == "distinct":
+        raise ServeError(
+            400, "anchors fixes each choice's annotation; anchor_strategy 'distinct' chooses them: give one",
+            "anchor_strategy",
+        )  # fmt: skip
     if req.anchor and req.anchors:
         raise ServeError(
             400, "give either anchor (every choice) or anchors (one per choice), not both", "anchor"

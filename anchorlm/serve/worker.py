@@ -1,16 +1,21 @@
 """The server's decode loop: one thread owns the model and decodes every choice of every request in
 shared batches (anchorlm.engine's batch, its per-row random streams and its draw).
 
-A request's choices join the running batch at the next step when their prompts fit into its cache
-(`engine._Batch.can_join`), else they start the next batch as soon as the running one empties: no
-request waits for another request to finish while there is room. The queue of choices not yet
-decoding is bounded: past `max_queue` a request is refused at once (the app answers 429). A choice
-whose client has gone is cancelled and leaves the batch at the next step.
+Each choice is a row of its own. Choices join the running batch at the next step when their prompts
+fit into its cache (`engine._Batch.can_join`) and the batch has fewer than `max_batch` rows (as many
+as there is room for; a request's other choices follow), else they start the next batch as soon as
+the running one empties: no request waits for another request to finish while there is room. The
+queue of choices not yet decoding is bounded: past `max_queue` a request is refused at once (the app
+answers 429). A choice whose client has gone is cancelled: it draws nothing more from the next step
+on, and its row leaves the batch at the next compaction.
 
-Each choice is a row with its own settings (temperature, top-p, token cap, stop sequences), its
-own random stream (named by the request's seed and the choice's index, so the same seed gives the
-same choices, in any batch) and, for an anchored model, an annotation phase: the row writes its own
-annotation (or completes a given start) until `<|/ann|>`, then its response.
+Each choice has its own settings (temperature, top-p, token cap, stop sequences), its own random
+stream (named by the request's seed and the choice's index, so the same seed gives the same choices
+in any batch, up to the floating-point differences of another batch shape) and, for an anchored
+model, an annotation phase: the row writes its own annotation (or completes a given start) until
+`<|/ann|>`, then its response. Text goes out as deltas that are never taken back: a character not
+yet whole and the start of a stop sequence wait until they are decided. A step that raises fails
+the requests in flight with an error event, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -48,10 +53,38 @@ class Choice:
     annotation: list[int] = field(default_factory=list)
     response: list[int] = field(default_factory=list)
     text: str = ""  # the response's text so far
+    sent: str = ""  # the part of it already sent as deltas
+    given: int = -1  # tokens of annotation start the request gave (the rest were drawn: usage)
+    queued: bool = False  # counted in the worker's queue
     cancelled: bool = False
+
+    def __post_init__(self):
+        if self.given < 0:
+            self.given = len(self.anchor_start)
+
+    def send(self, kind: str, value) -> None:
+        """An event to the request; a request whose loop has gone takes nothing, and the decode
+        loop goes on."""
+        try:
+            self.emit(kind, value)
+        except Exception:
+            self.cancelled = True
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of `text` may still change: a character not yet whole (U+FFFD
+    from a token that ends mid-character) or the start of a stop sequence."""
+    n = len(text) - len(text.rstrip("\ufffd"))
+    body = text[: len(text) - n]
+    part = max((k for s in stops for k in range(1, len(s)) if body.endswith(s[:k])), default=0)
+    return n + part
 
 
 class QueueFull(Exception):
+    pass
+
+
+class WorkerDown(Exception):
     pass
 
 
@@ -73,10 +106,14 @@ class Worker:
     def submit(self, choices: list[Choice], distinct_pool: int = 0) -> None:
         """Queue a request's choices (all or none: QueueFull past `max_queue`). With `distinct_pool`
         k, the choices' annotations are chosen first from k x n drawn for the request."""
+        if not self.thread.is_alive():
+            raise WorkerDown("the decode loop has stopped; restart the server")
         with self.lock:
             if self.waiting + len(choices) > self.max_queue:
                 raise QueueFull(f"{self.waiting} choices are waiting; the queue holds {self.max_queue}")
             self.waiting += len(choices)
+            for c in choices:
+                c.queued = True
         self.pending.put((choices, distinct_pool))
 
     # ---- the loop ------------------------------------------------------------------------------------
@@ -101,45 +138,52 @@ class Worker:
                 else:
                     batch.compact(alive, 0.25)
             except Exception as e:  # a bug must fail the requests in flight, not hang them and the next
-                traceback.print_exc()
+                try:
+                    traceback.print_exc()
+                except Exception:
+                    pass
                 self._fail(rows, backlog, f"{type(e).__name__}: {e}")
                 batch, rows, backlog = None, {}, []
 
     def _fail(self, rows, backlog, message: str) -> None:
         for c, phase, _ in rows.values():
             if phase != DONE:
-                c.emit("error", message)
+                c.send("error", message)
         for choices, _ in backlog:
             for c in choices:
-                c.emit("error", message)
-            self._dequeue(len(choices))
+                self._leave(c)
+                c.send("error", message)
 
     def _admit(self, batch, rows, backlog):
-        """Start a batch with what waits, or join what fits into the running one."""
+        """Start a batch with what waits, or join what fits into the running one: a request's
+        choices are rows of their own, so as many as there is room for go in now, the rest later."""
         keep = []
         for choices, pool in backlog:
-            if pool:
-                self._choose_anchors(choices, pool)
-            live = [c for c in choices if not c.cancelled]
+            live = []
             for c in choices:
-                if c.cancelled:
-                    c.emit("done", "cancelled")
-            if not live:
-                self._dequeue(len(choices))
-                continue
-            seqs = [self._start(c) for c in live]
-            steps = max(c.max_tokens + (c.max_annotation + 1 if c.anchored else 0) for c in live) + 1
-            if batch is None:
-                batch = engine._Batch(
-                    self.model, seqs, len(seqs), self.tok.pad_token_id, max(steps, self.window)
-                )
-                ids = list(range(len(seqs)))
-            elif len(batch.rows) + len(seqs) <= self.max_batch and batch.can_join(seqs, steps):
-                ids = batch.join(self.model, seqs, self.tok.pad_token_id)
-            else:
-                keep.append((live, 0))
-                continue
-            for i, c in zip(ids, live):
+                if c.cancelled:  # cancelled while waiting: answered here, never decoded
+                    self._leave(c)
+                    c.send("done", "cancelled")
+                else:
+                    live.append(c)
+            if pool and live:
+                self._choose_anchors(live, pool)
+            room = self.max_batch - (len(batch.rows) if batch is not None else 0)
+            take, rest = live[: max(room, 0)], live[max(room, 0) :]
+            if take:
+                seqs = [self._start(c) for c in take]
+                steps = max(c.max_tokens + (c.max_annotation + 1 if c.anchored else 0) for c in take) + 1
+                if batch is None:
+                    batch = engine._Batch(
+                        self.model, seqs, len(seqs), self.tok.pad_token_id, max(steps, self.window)
+                    )
+                    ids = list(range(len(seqs)))
+                elif batch.can_join(seqs, steps):
+                    ids = batch.join(self.model, seqs, self.tok.pad_token_id)
+                else:
+                    take, rest = [], live
+            for i, c in zip(ids if take else [], take):
+                self._leave(c)
                 c.annotation = list(c.anchor_start)
                 phase = (
                     RESPONSE
@@ -149,25 +193,33 @@ class Worker:
                     else ANNOTATION
                 )
                 rows[i] = [c, phase, 0]  # choice, phase, draws used
-            self._dequeue(len(choices))
+            if rest:
+                keep.append((rest, 0))
         return batch, rows, keep
 
-    def _dequeue(self, n: int) -> None:
+    def _leave(self, c: Choice) -> None:
+        """A choice leaves the queue (admitted, cancelled or failed): counted once."""
         with self.lock:
-            self.waiting = max(0, self.waiting - n)
+            if c.queued:
+                c.queued = False
+                self.waiting -= 1
 
     def _start(self, c: Choice) -> list[int]:
         return c.prompt + ([self.open_id] + c.anchor_start if c.anchored else [])
 
     def _choose_anchors(self, choices: list[Choice], pool: int) -> None:
-        """Distinct annotations for a request's choices: k x n drawn, n chosen to cover them."""
+        """Distinct annotations for a request's choices: k x n drawn (in batches of at most
+        max_batch rows), n chosen to cover them."""
         n = len(choices)
         c0 = choices[0]
-        s = engine.Settings(temperature=c0.temperature, top_p=c0.top_p, max_new_tokens=c0.max_annotation,
+        s = engine.Settings(temperature=c0.temperature, top_p=c0.top_p,
+                            max_new_tokens=c0.max_annotation - len(c0.anchor_start),
                             stop=(self.close_id, self.eos))  # fmt: skip
-        seqs = [self._start(c0)] * (pool * n)
-        outs = engine.generate(self.model, seqs, [row_key("pool", c0.key, j) for j in range(pool * n)], s,
-                               self.tok.pad_token_id)  # fmt: skip
+        keys = [row_key("pool", c0.key, j) for j in range(pool * n)]
+        outs = []
+        for a in range(0, len(keys), self.max_batch):
+            part = keys[a : a + self.max_batch]
+            outs += engine.generate(self.model, [self._start(c0)] * len(part), part, s, self.tok.pad_token_id)
         drafts = [(c0.anchor_start + o.response, o.stop == self.close_id) for o in outs]
         texts = [self.tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in drafts]
         for c, i in zip(choices, choose_anchors(texts, n, random.Random(c0.key))):
@@ -183,7 +235,7 @@ class Worker:
                 continue
             if c.cancelled:
                 rows[r][1] = DONE
-                c.emit("done", "cancelled")
+                c.send("done", "cancelled")
                 continue
             if phase == CUT:
                 self._close(batch, rows, r)
@@ -219,33 +271,39 @@ class Worker:
             self._finish(rows, r, "stop")
             return
         c.response.append(t)
-        c.text, before = clean_text(self.tok, c.response), c.text
+        c.text = clean_text(self.tok, c.response)
         hit = min((c.text.find(s) for s in c.stops or () if s in c.text), default=-1)
         if hit >= 0:
             c.text = c.text[:hit]
-            if len(c.text) > len(before):
-                c.emit("delta", c.text[len(before) :])
             self._finish(rows, r, "stop")
             return
-        if c.text.startswith(before) and len(c.text) > len(before):
-            c.emit("delta", c.text[len(before) :])
         if len(c.response) >= c.max_tokens:
             self._finish(rows, r, "length")
-        else:
-            batch.feed(r, t)
+            return
+        self._flush(c, len(c.text) - held_back(c.text, c.stops or []))
+        batch.feed(r, t)
+
+    def _flush(self, c: Choice, upto: int) -> None:
+        """Send the text not sent yet, up to `upto` characters; text already sent is never taken
+        back (a text that no longer starts with it waits for the finish)."""
+        if c.text.startswith(c.sent) and upto > len(c.sent):
+            c.send("delta", c.text[len(c.sent) : upto])
+            c.sent = c.text[:upto]
 
     def _close(self, batch, rows, r: int, closed: bool | None = None) -> None:
         c = rows[r][0]
         raw = self.tok.decode(c.annotation, skip_special_tokens=False).strip()
         tags = parse_tags(raw)
         ok = bool(tags) and bool(closed if closed is not None else c.closed)
-        c.emit("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
+        c.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
         batch.feed(r, self.close_id)
         rows[r][1] = RESPONSE
 
     def _finish(self, rows, r: int, reason: str) -> None:
         rows[r][1] = DONE
-        rows[r][0].emit("done", reason)
+        c = rows[r][0]
+        self._flush(c, len(c.text))
+        c.send("done", reason)
 
 
 def anchor_ids(tok, tags: str | None) -> list[int]:
