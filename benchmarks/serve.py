@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anchorlm.config import SampleConfig  # noqa: E402
+from anchorlm.format import ANN_OPEN  # noqa: E402
+from anchorlm.models import load_tokenizer  # noqa: E402
 from anchorlm.provenance import describe, machine  # noqa: E402
 from anchorlm.sample import sample  # noqa: E402
 
@@ -135,9 +137,7 @@ def main() -> None:
 
     # offline first, alone: the same prompts, batch 16, the same caps
     cfg = SampleConfig(n_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=MAX_TOKENS, batch_size=CLIENTS)
-    anchored = (
-        "<|ann|>" in (model / "tokenizer.json").read_text() if (model / "tokenizer.json").exists() else False
-    )
+    anchored = ANN_OPEN in load_tokenizer(str(model), tokens="none").get_vocab()  # as the server decides
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         rows = sample(cfg, model, [{"id": str(i), "prompt": p} for i, p in enumerate(texts)], Path(tmp) / "s.jsonl",

@@ -243,6 +243,9 @@ def test_a_model_without_annotation_tokens_is_served_plainly(tmp_path):
             model="m", messages=CHAT["messages"], n=2, max_tokens=6, seed=0
         )
         assert len(r.choices) == 2 and all("anchor" not in (c.model_extra or {}) for c in r.choices)
+        fixed = s.client().chat.completions.create(model="m", messages=CHAT["messages"], max_tokens=6, seed=0,
+                                                   extra_body={"anchor": "topic:food"})  # fmt: skip
+        assert fixed.choices[0].message.content == r.choices[0].message.content  # no annotation to fix
     finally:
         s.stop()
 

@@ -124,9 +124,10 @@ def create_app(
         return await complete(request, req, encode_prompt(tok, req.prompt), "text_completion")
 
     async def complete(request: Request, req, prompt: list[int], kind: str):
-        given = max((len(anchor_ids(tok, a)) for a in (req.anchors or [req.anchor])), default=0)
+        # each choice's given annotation start, tokenised once (a model without annotation tokens has none)
+        starts = [anchor_ids(tok, a) if worker.anchored else [] for a in req.anchors or [req.anchor] * req.n]
         # an anchored choice also holds <|ann|>, its annotation (given start and drawn) and <|/ann|>
-        room = context - len(prompt) - (given + ANNOTATION_ROOM + 2 if worker.anchored else 0)
+        room = context - len(prompt) - (max(map(len, starts)) + ANNOTATION_ROOM + 2 if worker.anchored else 0)
         if room < 1:
             raise ServeError(400, f"the prompt has {len(prompt)} tokens; the model's context holds {context}",
                              "messages" if kind.startswith("chat") else "prompt", code="context_length_exceeded")  # fmt: skip
@@ -141,7 +142,6 @@ def create_app(
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little")
-        starts = req.anchors or [req.anchor] * req.n
         temperature = 0.0 if req.temperature < GREEDY_BELOW else req.temperature
         choices = []
         for i in range(req.n):
@@ -149,7 +149,7 @@ def create_app(
             def emit(kind_, value, i=i):
                 loop.call_soon_threadsafe(events.put_nowait, (i, kind_, value))
 
-            start = anchor_ids(tok, starts[i]) if worker.anchored else []
+            start = starts[i]
             choices.append(Choice(
                 prompt=prompt, key=_key(seed, i), temperature=temperature, top_p=req.top_p,
                 max_tokens=limit or min(DEFAULT_MAX_TOKENS, room), stops=req.stop or [], emit=emit,

@@ -170,6 +170,7 @@ class Worker:
                 self._choose_anchors(live, pool)
             room = self.max_batch - (len(batch.rows) if batch is not None else 0)
             take, rest = live[: max(room, 0)], live[max(room, 0) :]
+            ids: list[int] = []  # the rows the taken choices became
             if take:
                 seqs = [self._start(c) for c in take]
                 steps = max(c.max_tokens + (c.max_annotation + 1 if c.anchored else 0) for c in take) + 1
@@ -181,8 +182,8 @@ class Worker:
                 elif batch.can_join(seqs, steps):
                     ids = batch.join(self.model, seqs, self.tok.pad_token_id)
                 else:
-                    take, rest = [], live
-            for i, c in zip(ids if take else [], take):
+                    rest = live
+            for i, c in zip(ids, take):
                 self._leave(c)
                 c.annotation = list(c.anchor_start)
                 phase = (
