@@ -182,3 +182,14 @@ def claim_dir(path: str | Path, what: str, reuse: bool = False) -> Path:
     if not marker.exists():
         marker.write_text(json.dumps({"made_by": "anchorlm", "for": what}) + "\n")
     return path
+
+
+def differences(old, new, where: str = "") -> list[str]:
+    """'key: old -> new' for each leaf that differs between two nested mappings (what a refused
+    run or cell names)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]

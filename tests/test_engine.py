@@ -183,3 +183,13 @@ def test_top_p_from_candidates_equals_the_whole_vocabulary_sorted(monkeypatch, t
     u = uniforms(np.arange(64, dtype=np.uint64), np.zeros(64, dtype=np.int64))
     got = draw(logits, 1.0, top_p, u).tolist()
     assert got == _full_sort_draw(logits, 1.0, top_p, u)
+
+
+def test_a_tiny_temperature_draws_the_most_likely_token_not_nan():
+    """At T = 1e-30 logits / T overflows; the draw divides the logits less their row's maximum, so
+    it gives the argmax (top_p < 1 and = 1 alike) and never a NaN's arbitrary token."""
+    torch.manual_seed(2)
+    logits = torch.randn(64, 50) * 3
+    u = uniforms(np.full(64, 7, dtype=np.uint64), np.arange(64))
+    for top_p in (0.9, 1.0):
+        assert torch.equal(draw(logits, 1e-30, top_p, u), logits.argmax(-1))

@@ -164,3 +164,43 @@ def test_results_read_back_as_types_and_render_the_same(study):
     assert typed.ablations.variants["sft"].anchoring is None and typed.summary is typed.sizes["b"].summary
     md = (d / "docs" / "results.md").read_text()
     assert render(typed, res["device"]) == md
+
+
+def test_kept_scores_need_neither_samples_nor_models(study, tmp_path):
+    """A study carried to another machine with only its ledger and scores (every model and samples
+    file deleted) makes no cell again and gives the same numbers: a score is made from samples, and
+    samples from a model, only where the score is not there."""
+    import shutil
+
+    d, first = study
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    gone = [p for p in (run / "models").rglob("*") if p.is_file() and not p.name.endswith(".json")]
+    assert any(p.suffix == ".jsonl" for p in gone) and any(p.suffix == ".safetensors" for p in gone)
+    for p in gone:
+        p.unlink()
+    again, _ = _run(run, tmp_path / "docs")
+    assert again["compute"]["cells_run_this_invocation"] == 0
+    for k in ("sizes", "ablations", "entropy_study", "frontier", "bar"):
+        assert again[k] == first[k]
+
+
+def test_kept_cells_carry_a_study_to_a_fresh_checkout(study, tmp_path):
+    """scripts/study_cells.py: `save` keeps the ledger, scores and samples in docs; `restore` into a
+    fresh cell directory, and the study remakes only its shared data (annotation, tokenizer, blocks,
+    SFT data), no model, samples or score, and gives the same numbers."""
+    d, first = study
+    script = [sys.executable, str(ROOT / "scripts" / "study_cells.py")]
+    cfg = ["--config", str(ASSETS / "reproduce-tiny.yaml"), "--set", f"docs_dir={tmp_path / 'docs'}"]
+    for step, out in (("save", d / "run"), ("restore", tmp_path / "fresh")):
+        proc = subprocess.run(
+            script + [step, *cfg, "--set", f"out_dir={out}"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list((tmp_path / "docs" / "results-samples").rglob("*.jsonl.gz"))
+    assert not list((tmp_path / "fresh").rglob("*.safetensors"))
+    again, stdout = _run(tmp_path / "fresh", tmp_path / "docs2")
+    made = again["compute"]["invocations_that_ran_cells"][-1]["minutes_by_stage"]
+    assert set(made) <= {"annotate", "tokenizer", "tokenize", "sft-data", "prepare"}, made
+    for k in ("sizes", "ablations", "entropy_study", "frontier", "bar"):
+        assert again[k] == first[k]

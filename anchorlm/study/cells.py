@@ -79,8 +79,14 @@ class Cells:
         self.cells_run = 0
         self.used: set[Path] = set()  # the manifests of every model and samples cell read or made
 
-    def _cell(self, kind: str, what: str, path: Path, identity: dict, done, make) -> None:
+    def _cell(self, kind: str, what: str, path: Path, identity: dict, done, make, needs=None) -> None:
+        """Make a cell unless it is there; `needs` first makes the inputs it reads (and is not
+        called when the cell is there: a study whose scores are kept needs neither its samples nor
+        its models on disk)."""
+
         def timed():
+            if needs is not None:
+                needs()
             self.cells_run += 1
             log(f"{kind}: {what}")
             t0 = time.time()
@@ -177,10 +183,10 @@ class Cells:
         return self.out / "models" / f"{size}-s{seed}" / f"{name}-{digest(identity)}"
 
     def train_pretrained(
-        self, size: str, seed: int | None, data: str, overrides: dict | None = None
+        self, size: str, seed: int | None, data: str, overrides: dict | None = None, make: bool = True
     ) -> tuple[Path, dict]:
         """The model pretrained on `data` at `size` (its path and identity), trained unless its cell is
-        there."""
+        there (or unless `make` is False: its path and identity only)."""
         p = self.base.pretrain
         model = (
             p.model if self.layout == "flat" else replace(self.sizes[size], max_position_embeddings=p.seq_len)
@@ -201,6 +207,8 @@ class Cells:
         d = self._name(size, seed, data if self.layout == "cells" else flat, identity)
         self.used.add(d / "manifest.json")
         tok = None if self.lm else self.out / "tokenizer"
+        if not make:
+            return d, identity
         self._cell("pretrain", f"{size} seed {pcfg.seed} {data} ({pcfg.token_budget:,} tokens)", d, identity,
                    lambda: is_done(d), lambda: pretrain(pcfg, tokens, tok, d))  # fmt: skip
         return d, identity
@@ -212,11 +220,13 @@ class Cells:
         v: Variant,
         categories: tuple | None = None,
         epochs: float | None = None,
+        make: bool = True,
     ) -> tuple[Path, dict]:
         """The model a variant samples (its path and identity): its pretrained model, post-trained
-        as it says (`epochs` instead of the recipe's), each trained unless its cell is there."""
+        as it says (`epochs` instead of the recipe's), each trained unless its cell is there (or
+        unless `make` is False)."""
         own = self.variants[v.model_name]
-        init, init_id = self.train_pretrained(size, seed, own.data, own.pretrain)
+        init, init_id = self.train_pretrained(size, seed, own.data, own.pretrain, make)
         if own.posttrain is None:
             return init, init_id
         examples, sft_id = self.make_sft_set(categories)
@@ -225,6 +235,8 @@ class Cells:
         identity = {"posttrain": changes(pcfg), "init": digest(init_id), "sft": sft_id}
         d = self._name(size, seed, own.name, identity)
         self.used.add(d / "manifest.json")
+        if not make:
+            return d, identity
         replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
         self._cell("posttrain", f"{size} seed {pcfg.seed} {own.name}" + (f" ({epochs:g} epochs)" if epochs else ""),
                    d, identity, lambda: is_done(d), lambda: posttrain(pcfg, init, examples, d, replay=replay))  # fmt: skip
@@ -241,10 +253,12 @@ class Cells:
             self._prompt_sets[name] = read_prompts(name)
         return self._prompt_sets[name]
 
-    def draw_samples(self, job: Job, forced: bool = False) -> Path:
-        """The samples of a job's variant (with `forced`: its forced-plan samples)."""
+    def draw_samples(self, job: Job, forced: bool = False, make: bool = True) -> Path:
+        """The samples of a job's variant (with `forced`: its forced-plan samples), drawn unless
+        they are there (or unless `make` is False: the path only); the model is trained only to
+        draw them."""
         v = self.variants[job.name]
-        model, model_id = self.train_variant(job.size, job.seed, v, job.categories, job.epochs)
+        model, model_id = self.train_variant(job.size, job.seed, v, job.categories, job.epochs, make=False)
         overrides = dict(v.sample)
         if job.temperature is not None:
             overrides["temperature"] = job.temperature
@@ -277,23 +291,25 @@ class Cells:
             f"({'anchored ' + scfg.anchors if v.anchored else 'plain'}, T={scfg.temperature}"
             f"{', forced topics' if forced else ''}{f', {set_name}' if set_name else ''})"
         )
-        self._cell("sample", what, path, identity, path.exists,
-                   lambda: sample(scfg, model, prompts, path, v.anchored, plans))  # fmt: skip
         self.ids[str(path.relative_to(self.out))] = identity
+        if make:
+            self._cell("sample", what, path, identity, path.exists,
+                       lambda: sample(scfg, model, prompts, path, v.anchored, plans),
+                       needs=lambda: self.train_variant(job.size, job.seed, v, job.categories, job.epochs))  # fmt: skip
         return path
 
-    def draw_job(self, job: Job) -> tuple[Path, Path | None]:
+    def draw_job(self, job: Job, make: bool = True) -> tuple[Path, Path | None]:
         """A job's samples, and with `fidelity` an anchored variant's forced-plan samples too."""
-        free = self.draw_samples(job)
+        free = self.draw_samples(job, make=make)
         v = self.variants[job.name]
         given = (
             v.sample.get("anchors") == "given"
         )  # its plans are given: forcing one tests the same model's aat
         if not (job.fidelity and v.anchored and not given and self.base.sample.forced_topics):
             return free, None
-        return free, self.draw_samples(job, forced=True)
+        return free, self.draw_samples(job, forced=True, make=make)
 
-    def score_samples(self, samples: Path, forced: bool = False) -> dict:
+    def score_samples(self, samples: Path, forced: bool = False, needs=None) -> dict:
         ev = self.base.evaluate
         kind = "forced" if forced else "scores"
         identity = {"evaluate": changes(ev), "samples": digest(self.ids[str(samples.relative_to(self.out))])}
@@ -308,15 +324,17 @@ class Cells:
             figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
             write_json(path, figures)
 
-        self._cell("evaluate", str(samples.relative_to(self.out)), path, identity, path.exists, score)
+        self._cell("evaluate", str(samples.relative_to(self.out)), path, identity, path.exists, score, needs)
         return json.loads(path.read_text())
 
     def score_job(self, job: Job) -> dict:
-        """Scores of a job's samples: diversity, quality, and anchor fidelity."""
-        free, forced = self.draw_job(job)
-        figures = self.score_samples(free)
+        """Scores of a job's samples: diversity, quality, and anchor fidelity; the samples (and their
+        model) are made only where a score is not there."""
+        free, forced = self.draw_job(job, make=False)
+        figures = self.score_samples(free, needs=lambda: self.draw_samples(job))
         if forced is not None:
-            figures["anchoring"] = {**figures.get("anchoring", {}), **self.score_samples(forced, forced=True)}
+            more = self.score_samples(forced, forced=True, needs=lambda: self.draw_samples(job, forced=True))
+            figures["anchoring"] = {**figures.get("anchoring", {}), **more}
         return figures
 
     def classifier_figures(self) -> dict:

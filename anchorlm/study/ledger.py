@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from anchorlm.io import write_json
+from anchorlm.io import differences, write_json
 from anchorlm.provenance import code_version, versions
 
 LEDGER = "cells.json"
@@ -38,16 +38,6 @@ def code_identity() -> dict:
 
 def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def differences(old, new, where: str = "") -> list[str]:
-    """'key: old -> new' for each leaf that differs between two nested mappings."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
-        return out
-    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 class Ledger:

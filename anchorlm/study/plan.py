@@ -286,13 +286,10 @@ def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
     return out
 
 
-PARTS = (
+PARTS = (  # in the order they run: the headline on every prompt set first, the mechanism next
     Part("scaling", "sizes", lambda cfg: True, _scaling_jobs, _scaling),
-    Part("ablations", "ablations", lambda cfg: True, _ablation_jobs, _ablations),
-    Part("entropy", "entropy_study", lambda cfg: bool(cfg.entropy_counts), _entropy_jobs, _entropy),
-    Part("frontier", "frontier", lambda cfg: bool(cfg.temperatures), _frontier_jobs, _frontier),
     Part("prompt_sets", "prompt_sets", lambda cfg: bool(cfg.prompt_sets), _set_jobs, _sets),
-    Part("dose", "dose", lambda cfg: bool(cfg.dose_epochs), _dose_jobs, _dose),
+    Part("ablations", "ablations", lambda cfg: True, _ablation_jobs, _ablations),
     Part(
         "plan_following",
         "plan_following",
@@ -300,6 +297,9 @@ PARTS = (
         _following_jobs,
         _following,
     ),  # fmt: skip
+    Part("dose", "dose", lambda cfg: bool(cfg.dose_epochs), _dose_jobs, _dose),
+    Part("entropy", "entropy_study", lambda cfg: bool(cfg.entropy_counts), _entropy_jobs, _entropy),
+    Part("frontier", "frontier", lambda cfg: bool(cfg.temperatures), _frontier_jobs, _frontier),
 )
 
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from anchorlm.config import TrainConfig, report_names
-from anchorlm.io import lock_dir, write_json
+from anchorlm.io import differences, lock_dir, write_json
 from anchorlm.precision import hidden_size, resolve
 
 
@@ -160,7 +160,7 @@ def claim_run(out: str | Path, section: str, config: dict, inputs: dict) -> dict
     want = json.loads(json.dumps(want, default=str))
     path, manifest = out / RUN, out / "manifest.json"
     if path.exists():
-        changed = _differences(json.loads(path.read_text()), want)
+        changed = differences(json.loads(path.read_text()), want)
         if changed:
             raise ValueError(
                 f"{out} holds a {section} run of another config or other inputs ({'; '.join(changed[:4])}); "
@@ -179,16 +179,6 @@ def claim_run(out: str | Path, section: str, config: dict, inputs: dict) -> dict
     if is_main_process():
         write_json(path, want)
     return None
-
-
-def _differences(old, new, where: str = "") -> list[str]:
-    """'key: old -> new' for each leaf that differs between two nested mappings."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))
-        return out
-    return [] if old == new else [f"{where}: {old!r} -> {new!r}"]
 
 
 COMPLETE = "anchorlm-complete"  # written into a checkpoint once the Trainer has saved all of it
