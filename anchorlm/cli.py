@@ -12,7 +12,7 @@
     anchorlm evaluate --samples base=A.jsonl sft=B.jsonl aat=C.jsonl --out results.json
     anchorlm report --results results.json --out DIR
     anchorlm reproduce --config reproduce [--out runs/reproduce] [--docs docs]
-    anchorlm serve --model DIR|smollm2 [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    anchorlm serve --model DIR|smollm2 [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--backend vllm]
     anchorlm noveltybench --base-url URL --model NAME --out generations.jsonl
 
 Every subcommand takes `--config FILE` (a YAML recipe) and `--set section.field=value` overrides.
@@ -144,6 +144,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="the model id clients ask for (default: the model's directory name)")
     s.add_argument("--max-batch", type=int, default=64, help="rows decoded at once, over all requests")
     s.add_argument("--max-queue", type=int, default=256, help="choices waiting at most; past it: 429")
+    s.add_argument("--backend", choices=["anchorlm", "vllm"], default="anchorlm",
+                   help="anchorlm's decode loop, or vLLM's engine where vLLM is installed")  # fmt: skip
+    s.add_argument("--vllm-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a vLLM engine argument, with --backend vllm (dtype=float32, enforce_eager=true)")  # fmt: skip
     s = cmd("noveltybench", "sample NoveltyBench's prompts from an OpenAI-compatible endpoint")
     s.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
     s.add_argument("--model", required=True, help="the model id the endpoint serves")
@@ -206,7 +210,7 @@ def _run(args, cfg) -> int | None:
         from anchorlm.serve.app import serve  # fastapi and uvicorn: the `serve` extra
 
         serve(args.model, args.host, args.port, args.api_key, args.name, cfg.sample.precision,
-              args.max_batch, args.max_queue)  # fmt: skip
+              args.max_batch, args.max_queue, args.backend, args.vllm_arg)  # fmt: skip
     elif c == "noveltybench":
         from anchorlm.serve.client import noveltybench  # the openai package: the `serve` extra
 
