@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, model, *extra):
+    def __init__(self, model, *extra, start_timeout=120):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc = subprocess.Popen(
@@ -36,7 +36,7 @@ class Server:
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )  # fmt: skip
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.proc.stdout.read())
@@ -415,3 +415,27 @@ def test_the_queue_is_bounded_and_a_cancelled_waiting_choice_is_answered(smoke_r
     assert done["a"].wait(60) and done["b"].wait(60)
     assert events["b"] == [("done", "cancelled")]
     assert w.waiting == 0
+
+
+def test_the_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
+    """`--backend vllm` where vLLM is not installed: exit 2 naming what to install, no traceback;
+    `--vllm-arg` without it is refused too (tests/test_vllm.py serves with vLLM where it is)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: tests/test_vllm.py serves with it")
+    for extra in (["--backend", "vllm"], ["--vllm-arg", "dtype=float32"]):
+        proc = subprocess.run([sys.executable, "-m", "anchorlm.cli", "serve", "--model", "smollm2", *extra],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "vllm" in proc.stderr.lower(), proc.stderr
+
+
+def test_vllm_engine_arguments_are_read_as_yaml():
+    from anchorlm.serve.vllm_worker import engine_args
+
+    assert engine_args(["dtype=float32", "enforce_eager=true", "gpu_memory_utilization=0.5"]) == {
+        "dtype": "float32", "enforce_eager": True, "gpu_memory_utilization": 0.5,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        engine_args(["dtype"])

@@ -143,3 +143,86 @@ def test_llm_annotator_vllm_gives_the_transformers_answers():
         out[backend] = (a.annotate(docs), a.failures)
     assert out["vllm"] == out["transformers"]
     assert sum(bool(t) for t in out["vllm"][0]) >= 2
+
+
+# ---- `anchorlm serve --backend vllm` against `anchorlm serve` on the same model ---------------------
+VLLM_SERVE = ("--backend", "vllm", "--vllm-arg", "dtype=float32", "--vllm-arg", "enforce_eager=true")
+
+
+@pytest.fixture(scope="module")
+def servers(anchored_dir):
+    from test_serve import Server
+
+    ours = Server(anchored_dir, "--set", "sample.precision=fp32")
+    try:
+        theirs = Server(anchored_dir, *VLLM_SERVE, start_timeout=600)
+    except Exception:
+        ours.stop()
+        raise
+    yield ours, theirs
+    ours.stop()
+    theirs.stop()
+
+
+MESSAGES = [{"role": "user", "content": "Suggest something to cook tonight."}]
+
+
+def _chat(server, **kw):
+    return server.client().chat.completions.create(model="m", messages=MESSAGES, **kw)
+
+
+def test_vllm_serves_the_greedy_choices_and_anchors_of_anchorlm(servers):
+    """Greedy (temperature 0), with and without a given anchor: the same response text and the
+    same annotation from both backends; the annotation never inside the content."""
+    for extra in ({}, {"anchor": "topic:food"}):
+        a, b = (_chat(s, n=2, temperature=0, max_tokens=20, extra_body=extra) for s in servers)
+        for x, y in zip(a.choices, b.choices):
+            assert x.message.content == y.message.content
+            assert x.model_extra["anchor"]["text"] == y.model_extra["anchor"]["text"]
+            assert "<|ann|>" not in y.message.content
+        if extra:
+            assert all(c.model_extra["anchor"]["text"].startswith("topic:food") for c in b.choices)
+        assert b.usage.completion_tokens == a.usage.completion_tokens
+
+
+def test_vllm_choices_have_their_own_streams_and_the_seed_repeats_them(servers):
+    _, s = servers
+    one = _chat(s, n=4, temperature=1.0, max_tokens=16, seed=3)
+    two = _chat(s, n=4, temperature=1.0, max_tokens=16, seed=3)
+    texts = [c.message.content for c in one.choices]
+    assert texts == [c.message.content for c in two.choices]
+    assert len(set(texts)) > 1  # never copies of one choice
+    stream = _chat(s, n=4, temperature=1.0, max_tokens=16, seed=3, stream=True)
+    got = [""] * 4
+    for chunk in stream:
+        for c in chunk.choices:
+            got[c.index] += c.delta.content or ""
+    assert got == texts
+
+
+def test_vllm_distinct_anchors_and_stop_sequences(servers):
+    _, s = servers
+    r = _chat(s, n=3, temperature=1.0, max_tokens=12, seed=1,
+              extra_body={"anchor_strategy": "distinct", "anchor_pool": 4})  # fmt: skip
+    anchors = [c.model_extra["anchor"]["text"] for c in r.choices]
+    assert len(set(anchors)) == 3, anchors
+    full = _chat(s, temperature=0, max_tokens=20)
+    text = full.choices[0].message.content
+    word = text.split()[2]
+    cut = _chat(s, temperature=0, max_tokens=20, stop=[word])
+    assert cut.choices[0].message.content == text[: text.index(word)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_vllm_serves_a_model_without_annotation_tokens_plainly():
+    from test_serve import Server
+
+    from anchorlm.models import hf_dir
+
+    s = Server(hf_dir("smollm2"), *VLLM_SERVE, start_timeout=600)
+    try:
+        r = _chat(s, n=2, temperature=0, max_tokens=8)
+        assert all("anchor" not in (c.model_extra or {}) for c in r.choices)
+        assert r.choices[0].message.content and r.choices[0].message.content == r.choices[1].message.content
+    finally:
+        s.stop()

