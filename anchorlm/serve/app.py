@@ -16,6 +16,7 @@ annotations (anchorlm.serve.protocol). Choices decode in batches shared with oth
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -81,7 +82,15 @@ def create_app(model, tok, name: str, api_key: str | None = None, max_batch: int
     worker = worker or Worker(model, tok, max_batch=max_batch, max_queue=max_queue)
     context = worker.context
     created = int(time.time())
-    app = FastAPI(title="anchorlm serve", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        close = getattr(worker, "close", None)  # vLLM's engine processes end with the server
+        if close is not None:  # (here: uvicorn re-raises SIGTERM after shutdown, so no `finally` runs)
+            close()
+
+    app = FastAPI(title="anchorlm serve", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.worker = worker
 
     @app.exception_handler(ServeError)

@@ -20,6 +20,8 @@ import threading
 import traceback
 import uuid
 
+import psutil
+
 from anchorlm.format import ANN_CLOSE, ANN_OPEN, eos_id, parse_tags
 from anchorlm.sample import choose_anchors, clean_text
 from anchorlm.serve.worker import Choice, QueueFull, WorkerDown, held_back
@@ -59,6 +61,11 @@ class _Pool:
         self.drafts: list = [None] * size
 
 
+def _owners(what) -> list[Choice]:
+    """The choices a vLLM request serves: a choice's own, or a pool draw's (pool, j) whole request."""
+    return what[0].choices if isinstance(what, tuple) else [what]
+
+
 class VLLMWorker:
     def __init__(
         self, model_dir: str, tok, max_batch: int = 64, max_queue: int = 256, args: dict | None = None
@@ -68,10 +75,13 @@ class VLLMWorker:
         from vllm import EngineArgs, LLMEngine
 
         self.tok, self.max_batch, self.max_queue = tok, max_batch, max_queue
-        self.engine = LLMEngine.from_engine_args(
-            EngineArgs(model=model_dir, tokenizer=model_dir, max_num_seqs=max_batch, seed=0, **(args or {}))
-        )
-        self.context = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048)
+        args = {"max_num_seqs": max_batch, "seed": 0, **(args or {})}  # --vllm-arg may set either
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self.engine = LLMEngine.from_engine_args(EngineArgs(model=model_dir, tokenizer=model_dir, **args))
+        self.procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]  # vLLM's
+        self.max_batch = int(args["max_num_seqs"])
+        context = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", 2048)
+        self.context = int(getattr(self.engine.model_config, "max_model_len", None) or context)  # vLLM's own
         t = tok.convert_tokens_to_ids
         self.anchored = ANN_OPEN in tok.get_vocab()
         self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
@@ -96,6 +106,19 @@ class VLLMWorker:
             self.inflight += len(choices)
         self.pending.put((choices, distinct_pool))
 
+    def close(self) -> None:
+        """Stop vLLM's engine, and any of its processes still running after 10 s (on a CPU its
+        workers outlived the engine core's shutdown, 2.4 GB each)."""
+        core = getattr(self.engine, "engine_core", None)
+        shutdown = getattr(self.engine, "shutdown", None) or getattr(core, "shutdown", None)
+        try:
+            if shutdown is not None:
+                shutdown()
+        finally:
+            _, alive = psutil.wait_procs(self.procs, timeout=10)
+            for p in alive:
+                p.kill()
+
     # ---- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -104,7 +127,7 @@ class VLLMWorker:
                 while True:
                     choices, pool = self.pending.get(block=block)
                     block = False
-                    self._start_request(choices, pool)
+                    self._guarded(choices, self._start_request, choices, pool)
             except queue.Empty:
                 pass
             try:
@@ -119,13 +142,34 @@ class VLLMWorker:
                     pass
                 self._fail(f"{type(e).__name__}: {e}")
 
+    def _guarded(self, choices: list[Choice], work, *args) -> None:
+        """Run `work` for `choices`; if it raises (vLLM refusing a request, a dead engine), each of
+        them not answered yet gets the error, and their requests already in the engine are aborted."""
+        try:
+            work(*args)
+        except Exception as e:
+            try:
+                traceback.print_exc()
+            except Exception:
+                pass
+            mine = {id(c) for c in choices}
+            rids = [r for r, (what, _) in self.live.items() if any(id(c) in mine for c in _owners(what))]
+            for r in rids:
+                del self.live[r]
+            try:
+                self.engine.abort_request(rids)
+            except Exception:
+                pass
+            for c in choices:
+                if not c.answered:
+                    self._answer(c, "error", f"{type(e).__name__}: {e}")
+
     def _fail(self, message: str) -> None:
         rids, entries, self.live = list(self.live), list(self.live.values()), {}
         failed: set[int] = set()
         for what, _ in entries:
-            owner = what[0] if isinstance(what, tuple) else what  # a pool draw: (pool, j)
-            for c in owner.choices if isinstance(owner, _Pool) else [owner]:
-                if id(c) not in failed:
+            for c in _owners(what):
+                if id(c) not in failed and not c.answered:
                     failed.add(id(c))
                     self._answer(c, "error", message)
         try:
@@ -134,7 +178,10 @@ class VLLMWorker:
             pass
 
     def _answer(self, c: Choice, kind: str, value) -> None:
-        """A choice's last event (done or error); it leaves the count of choices in flight."""
+        """A choice's last event (done or error); it leaves the count of choices in flight, once."""
+        if c.answered:
+            return
+        c.answered = True
         with self.lock:
             self.inflight -= 1
         c.send(kind, value)
@@ -146,10 +193,11 @@ class VLLMWorker:
         from vllm.inputs import TokensPrompt
 
         rid = f"{phase}-{uuid.uuid4().hex}"
+        # ignore_eos: only our stop tokens end a request (vLLM adds the generation config's others)
         params = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_tokens=max(1, max_tokens),
-                                stop_token_ids=stop, skip_special_tokens=False, seed=seed)  # fmt: skip
-        self.live[rid] = (what, phase)
+                                stop_token_ids=stop, ignore_eos=True, detokenize=False, seed=seed)  # fmt: skip
         self.engine.add_request(rid, TokensPrompt(prompt_token_ids=prompt), params)
+        self.live[rid] = (what, phase)  # only once vLLM took it: step() waits while anything is live
         return rid
 
     def _start_request(self, choices: list[Choice], pool: int) -> None:
@@ -195,20 +243,34 @@ class VLLMWorker:
         c.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
 
     def _cancel(self) -> None:
-        gone = [r for r, (what, _) in self.live.items() if isinstance(what, Choice) and what.cancelled]
+        """Abort the requests of choices whose clients have gone (a distinct-anchor pool's draws when
+        all of its choices have)."""
+        gone = [
+            r for r, (what, _) in self.live.items()
+            if all(c.cancelled for c in _owners(what))
+        ]  # fmt: skip
         if gone:
             self.engine.abort_request(gone)
             for r in gone:
-                c, _ = self.live.pop(r)
-                self._answer(c, "done", "cancelled")
+                what, _ = self.live.pop(r)
+                for c in _owners(what):
+                    self._answer(c, "done", "cancelled")
 
     def _output(self, out) -> None:
         entry = self.live.get(out.request_id)
         if entry is None:
             return
         what, phase = entry
+        self._guarded(_owners(what), self._advance, out, what, phase)
+
+    def _advance(self, out, what, phase: str) -> None:
         o = out.outputs[0]
         ids = list(o.token_ids)
+        if out.finished and o.finish_reason not in ("stop", "length"):  # aborted or failed in vLLM
+            self.live.pop(out.request_id, None)
+            for c in _owners(what):
+                self._answer(c, "error", f"vLLM ended the request: {o.finish_reason}")
+            return
         if phase == "response":
             self._response(out.request_id, what, ids, out.finished, o.finish_reason)
             return

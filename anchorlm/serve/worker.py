@@ -57,6 +57,7 @@ class Choice:
     given: int = -1  # tokens of annotation start the request gave (the rest were drawn: usage)
     queued: bool = False  # counted in the worker's queue
     cancelled: bool = False
+    answered: bool = False  # its last event sent (the vLLM backend's count of choices in flight)
 
     def __post_init__(self):
         if self.given < 0:
