@@ -7,9 +7,11 @@ its later cells and its results read, small enough to commit:
     .venv/bin/python scripts/study_cells.py restore --config reproduce-smollm2
 
 `save` copies the ledger (cells.json), compute.json, every score and forced-plan score, the
-classifier's figures and every manifest into `<docs_dir>/<results_name>-cells/`, and gzips every
-samples file (with its manifest) into `<docs_dir>/<results_name>-samples/` (where the study itself
-keeps them). `restore` puts the ledger, scores and samples manifests back into the cell directory;
+classifier's figures and every manifest of a finished cell into `<docs_dir>/<results_name>-cells/`,
+and gzips every finished samples file (with its manifest) into `<docs_dir>/<results_name>-samples/`
+(where the study itself keeps them); it appends the session to `sessions.json` (when, where, which
+cells, their minutes: a killed study writes no compute.json) and compares every model trained again
+with the manifest kept from its first training (`retrained.json` where they differ). `restore` puts the ledger, scores and samples manifests back into the cell directory;
 the study then makes a score again only where it is missing, and the samples and models it needs for
 that (cells.Cells makes inputs only for a cell it makes). Models are never kept: a model whose
 samples are all scored is not needed again, and one that is gets retrained from its seed. Model
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import shutil
+import time
 from pathlib import Path
 
 from anchorlm.io import MARKER
@@ -38,27 +42,127 @@ def _kept(out: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
+def _finished(out: Path) -> set[str]:
+    """The cells the ledger records as finished (a cell killed after writing its file but before its
+    entry was finished would be refused next time as made by unknown code: it is not kept)."""
+    ledger = json.loads((out / "cells.json").read_text())
+    return {k for k, v in ledger.items() if v.get("finished")}
+
+
+def _cell_of(rel: Path) -> str:
+    """The ledger key of the cell a kept file belongs to (a samples manifest: its samples file)."""
+    if rel.name.endswith(".manifest.json"):
+        return str(rel.with_name(rel.name.removesuffix(".manifest.json") + ".jsonl"))
+    if rel.name == "manifest.json":
+        return str(rel.parent)
+    return str(rel)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)  # atomic: a killed save leaves the old file or the new one, never half of one
+
+
+def _gzip(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with (
+        open(src, "rb") as fi,
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fo,
+    ):
+        shutil.copyfileobj(fi, fo)  # mtime 0: the same samples give the same bytes (no change for git)
+    tmp.replace(dst)
+
+
 def save(out: Path, cells: Path, samples: Path) -> None:
-    n = 0
+    if (cells / "cells.json").exists():
+        kept = set(json.loads((cells / "cells.json").read_text()))
+        now = set(json.loads((out / "cells.json").read_text()))
+        if kept - now:
+            raise SystemExit(
+                f"{cells} records {len(kept - now)} cells that {out} does not (was `restore` skipped?); "
+                "saving would drop them: restore into a fresh directory first"
+            )
+    done = _finished(out)
+    retrained = _compare_models(out, cells)
+    n = skipped = 0
     for p in _kept(out):
-        dst = cells / p.relative_to(out)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, dst)
-        n += 1
+        rel = p.relative_to(out)
+        if rel.parts[0] == "models" and _cell_of(rel) not in done:
+            skipped += 1
+            continue
+        if p.name != "cells.json":
+            _copy(p, cells / rel)
+            n += 1
     k = 0
     for p in sorted(out.glob("models/**/samples/*.jsonl")):
-        dst = samples / p.relative_to(out)
-        gz = dst.with_name(dst.name + ".gz")
-        if gz.exists() and gz.stat().st_mtime >= p.stat().st_mtime:
+        rel = p.relative_to(out)
+        if str(rel) not in done:
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "rb") as fi, gzip.open(gz, "wb", compresslevel=9) as fo:
-            shutil.copyfileobj(fi, fo)
+        _gzip(p, samples / rel.with_name(rel.name + ".gz"))
         side = p.with_name(p.stem + ".manifest.json")
         if side.exists():
-            shutil.copyfile(side, dst.with_name(side.name))
+            _copy(side, samples / rel.with_name(side.name))
         k += 1
-    print(f"kept {n} files in {cells} and {k} new samples files in {samples}")
+    _copy(out / "cells.json", cells / "cells.json")  # the ledger last: it names only what is kept
+    _log_session(out, cells, retrained)
+    print(
+        f"kept {n} files in {cells} ({skipped} of unfinished cells left out) and {k} samples files in {samples}"
+    )
+    if retrained:
+        print(f"WARNING: {len(retrained)} models were trained again and differ from the kept record: "
+              f"see {cells / 'retrained.json'}")  # fmt: skip
+
+
+def _compare_models(out: Path, cells: Path) -> list[dict]:
+    """Models trained again in this session (their weights are never kept) against the manifest
+    kept from the first time: the same seed and code should give the same final loss and precision;
+    where they do not, the scores drawn from the two trainings come from different weights."""
+    found = []
+    for m in sorted(out.glob("models/*/*/manifest.json")):
+        old = cells / m.relative_to(out)
+        if not old.exists():
+            continue
+        a, b = (json.loads(x.read_text())["counts"] for x in (old, m))
+        if a.get("final_loss") != b.get("final_loss") or a.get("precision") != b.get("precision"):
+            found.append({"model": str(m.parent.relative_to(out)), "kept": a, "now": b})
+    if found:
+        path = cells / "retrained.json"
+        before = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(before + found, indent=1) + "\n")
+    return found
+
+
+def _log_session(out: Path, cells: Path, retrained: list) -> None:
+    """One line per save in sessions.json: when, on what machine, which cells finished since the
+    last save, and their minutes by stage from the ledger (a killed study writes no compute.json)."""
+    from anchorlm.provenance import describe, machine
+
+    path = cells / "sessions.json"
+    log = json.loads(path.read_text()) if path.exists() else []
+    seen = {c for s in log for c in s.get("cells", [])}
+    ledger = json.loads((out / "cells.json").read_text())
+    new = sorted(k for k, v in ledger.items() if v.get("finished") and k not in seen)
+    minutes: dict = {}
+    for k in new:
+        v = ledger[k]
+        t0, t1 = (time.mktime(time.strptime(v[x], "%Y-%m-%dT%H:%M:%S")) for x in ("started", "finished"))
+        kind = (
+            "score"
+            if k.endswith(".json")
+            else "sample"
+            if k.endswith(".jsonl")
+            else "model"
+            if k.startswith("models")
+            else "data"
+        )
+        minutes[kind] = round(minutes.get(kind, 0) + (t1 - t0) / 60, 1)
+    log.append({"saved": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": describe(machine()), "cells": new,
+                "minutes_by_kind": minutes, "models_retrained_differently": len(retrained)})  # fmt: skip
+    path.write_text(json.dumps(log, indent=1) + "\n")
 
 
 def restore(out: Path, cells: Path) -> None:
@@ -69,13 +173,12 @@ def restore(out: Path, cells: Path) -> None:
     n = 0
     for p in _kept(cells):
         rel = p.relative_to(cells)
-        if p.name == "manifest.json":
-            continue  # a model's: kept for the record only
-        dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(p, dst)
+        if p.name in ("manifest.json", "cells.json"):
+            continue  # a model's: kept for the record only; the ledger: last, below
+        _copy(p, out / rel)
         n += 1
-    print(f"restored {n} files into {out}")
+    _copy(cells / "cells.json", out / "cells.json")  # last: an interrupted restore can be run again
+    print(f"restored {n} files and the ledger into {out}")
 
 
 def main() -> None:

@@ -198,9 +198,40 @@ def test_kept_cells_carry_a_study_to_a_fresh_checkout(study, tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert list((tmp_path / "docs" / "results-samples").rglob("*.jsonl.gz"))
+    sessions = json.loads((tmp_path / "docs" / "results-cells" / "sessions.json").read_text())
+    assert len(sessions) == 1 and sessions[0]["cells"] and sessions[0]["models_retrained_differently"] == 0
     assert not list((tmp_path / "fresh").rglob("*.safetensors"))
     again, stdout = _run(tmp_path / "fresh", tmp_path / "docs2")
     made = again["compute"]["invocations_that_ran_cells"][-1]["minutes_by_stage"]
     assert set(made) <= {"annotate", "tokenizer", "tokenize", "sft-data", "prepare"}, made
     for k in ("sizes", "ablations", "entropy_study", "frontier", "bar"):
         assert again[k] == first[k]
+
+
+def test_save_keeps_no_unfinished_cell_and_refuses_to_drop_kept_ones(study, tmp_path):
+    """A cell killed after writing its file but before the ledger finished it is not kept (the next
+    session would refuse it); a save over kept cells from a directory that lacks them is refused."""
+    import shutil
+
+    d, _ = study
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    ledger = json.loads((run / "cells.json").read_text())
+    victim = next(k for k in ledger if k.endswith(".json") and "scores" in k)
+    del ledger[victim]["finished"]
+    (run / "cells.json").write_text(json.dumps(ledger))
+    script = [sys.executable, str(ROOT / "scripts" / "study_cells.py"), "save"]
+    cfg = ["--config", str(ASSETS / "reproduce-tiny.yaml"), "--set", f"docs_dir={tmp_path / 'docs'}"]
+    proc = subprocess.run(
+        script + [*cfg, "--set", f"out_dir={run}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = tmp_path / "docs" / "results-cells"
+    assert not (kept / victim).exists() and (kept / "cells.json").exists()
+    empty = tmp_path / "other"
+    empty.mkdir()
+    (empty / "cells.json").write_text("{}")
+    proc = subprocess.run(
+        script + [*cfg, "--set", f"out_dir={empty}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "restore" in proc.stderr
