@@ -29,9 +29,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from anchorlm.engine import row_key
 from anchorlm.format import encode_chat, encode_prompt
-from anchorlm.models import load_model
+from anchorlm.models import hf_dir, load_model, load_tokenizer
 from anchorlm.precision import dtype
 from anchorlm.serve.protocol import ChatRequest, CompletionRequest, ServeError, parse
+from anchorlm.serve.vllm_worker import VLLMWorker, engine_args, require_vllm
 from anchorlm.serve.worker import Choice, QueueFull, Worker, WorkerDown, anchor_ids
 
 DEFAULT_MAX_TOKENS = 256
@@ -49,9 +50,6 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
 
     name = name or Path(str(model_spec)).name.removesuffix(".gguf")
     if backend == "vllm":
-        from anchorlm.models import hf_dir, load_tokenizer
-        from anchorlm.serve.vllm_worker import VLLMWorker, engine_args, require_vllm
-
         require_vllm()
         args = engine_args(list(vllm_args))
         model_dir = hf_dir(str(model_spec))  # vLLM reads no GGUF: a GGUF model is dequantised once
