@@ -22,9 +22,9 @@ import uuid
 
 import psutil
 
-from anchorlm.format import ANN_CLOSE, ANN_OPEN, eos_id, parse_tags
-from anchorlm.sample import choose_anchors, clean_text
-from anchorlm.serve.worker import Choice, QueueFull, WorkerDown, held_back
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, eos_id
+from anchorlm.sample import choose_anchors
+from anchorlm.serve.worker import Choice, QueueFull, WorkerDown
 
 
 def engine_args(pairs: list[str]) -> dict:
@@ -229,18 +229,12 @@ class VLLMWorker:
                       [self.close_id, self.eos], c, _seed("ann", c.key))  # fmt: skip
             return
         if c.anchored:
-            self._close(c, None)
+            c.announce_anchor(self.tok, None)
         self._respond(c)
 
     def _respond(self, c: Choice) -> None:
         prompt = self._head(c, c.annotation) + ([self.close_id] if c.anchored else [])
         self._add(c, "response", prompt, c.max_tokens, [self.eos], c, _seed("resp", c.key))
-
-    def _close(self, c: Choice, closed: bool | None) -> None:
-        raw = self.tok.decode(c.annotation, skip_special_tokens=False).strip()
-        tags = parse_tags(raw)
-        ok = bool(tags) and bool(closed if closed is not None else c.closed)
-        c.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
 
     def _cancel(self) -> None:
         """Abort the requests of choices whose clients have gone (a distinct-anchor pool's draws when
@@ -290,7 +284,7 @@ class VLLMWorker:
                 self._chosen(p)
             return
         what.annotation += drawn
-        self._close(what, stop == self.close_id)
+        what.announce_anchor(self.tok, stop == self.close_id)
         if what.cancelled:
             self._answer(what, "done", "cancelled")
             return
@@ -309,25 +303,16 @@ class VLLMWorker:
 
     def _response(self, rid: str, c: Choice, ids: list[int], finished: bool, reason: str | None) -> None:
         eos = self.eos in ids
-        c.response = ids[: ids.index(self.eos)] if eos else ids
-        c.text = clean_text(self.tok, c.response)
-        hit = min((c.text.find(s) for s in c.stops or () if s in c.text), default=-1)
-        if hit >= 0:
-            c.text = c.text[:hit]
+        if c.take_response(self.tok, ids[: ids.index(self.eos)] if eos else ids):
             if not finished:
                 self.engine.abort_request([rid])
             self._finish(rid, c, "stop")
         elif finished or eos:
             self._finish(rid, c, "stop" if eos or reason == "stop" else "length")
         else:
-            upto = len(c.text) - held_back(c.text, c.stops or [])
-            if c.text.startswith(c.sent) and upto > len(c.sent):
-                c.send("delta", c.text[len(c.sent) : upto])
-                c.sent = c.text[:upto]
+            c.flush()
 
     def _finish(self, rid: str, c: Choice, reason: str) -> None:
         self.live.pop(rid, None)
-        if c.text.startswith(c.sent) and len(c.text) > len(c.sent):
-            c.send("delta", c.text[len(c.sent) :])
-            c.sent = c.text
+        c.flush(final=True)
         self._answer(c, "done", reason)

@@ -63,6 +63,31 @@ class Choice:
         if self.given < 0:
             self.given = len(self.anchor_start)
 
+    def take_response(self, tok, ids: list[int]) -> bool:
+        """The response so far: its text, cut at the first stop sequence; True when one was hit."""
+        self.response = ids
+        self.text = clean_text(tok, ids)
+        hit = min((self.text.find(s) for s in self.stops or () if s in self.text), default=-1)
+        if hit >= 0:
+            self.text = self.text[:hit]
+        return hit >= 0
+
+    def flush(self, final: bool = False) -> None:
+        """Send the text not sent yet, less what may still change unless `final`; text already sent
+        is never taken back (a text that no longer starts with it waits for the finish)."""
+        upto = len(self.text) if final else len(self.text) - held_back(self.text, self.stops or [])
+        if self.text.startswith(self.sent) and upto > len(self.sent):
+            self.send("delta", self.text[len(self.sent) : upto])
+            self.sent = self.text[:upto]
+
+    def announce_anchor(self, tok, closed: bool | None) -> None:
+        """The 'anchor' event: the annotation's text, tags and whether it was closed and well-formed
+        (`closed` None: as recorded when a distinct annotation was chosen)."""
+        raw = tok.decode(self.annotation, skip_special_tokens=False).strip()
+        tags = parse_tags(raw)
+        ok = bool(tags) and bool(closed if closed is not None else self.closed)
+        self.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(self.annotation)})
+
     def send(self, kind: str, value) -> None:
         """An event to the request; a request whose loop has gone takes nothing, and the decode
         loop goes on."""
@@ -273,39 +298,24 @@ class Worker:
         if t == self.eos:
             self._finish(rows, r, "stop")
             return
-        c.response.append(t)
-        c.text = clean_text(self.tok, c.response)
-        hit = min((c.text.find(s) for s in c.stops or () if s in c.text), default=-1)
-        if hit >= 0:
-            c.text = c.text[:hit]
+        if c.take_response(self.tok, c.response + [t]):
             self._finish(rows, r, "stop")
             return
         if len(c.response) >= c.max_tokens:
             self._finish(rows, r, "length")
             return
-        self._flush(c, len(c.text) - held_back(c.text, c.stops or []))
+        c.flush()
         batch.feed(r, t)
 
-    def _flush(self, c: Choice, upto: int) -> None:
-        """Send the text not sent yet, up to `upto` characters; text already sent is never taken
-        back (a text that no longer starts with it waits for the finish)."""
-        if c.text.startswith(c.sent) and upto > len(c.sent):
-            c.send("delta", c.text[len(c.sent) : upto])
-            c.sent = c.text[:upto]
-
     def _close(self, batch, rows, r: int, closed: bool | None = None) -> None:
-        c = rows[r][0]
-        raw = self.tok.decode(c.annotation, skip_special_tokens=False).strip()
-        tags = parse_tags(raw)
-        ok = bool(tags) and bool(closed if closed is not None else c.closed)
-        c.send("anchor", {"text": raw, "tags": tags, "well_formed": ok, "tokens": len(c.annotation)})
+        rows[r][0].announce_anchor(self.tok, closed)
         batch.feed(r, self.close_id)
         rows[r][1] = RESPONSE
 
     def _finish(self, rows, r: int, reason: str) -> None:
         rows[r][1] = DONE
         c = rows[r][0]
-        self._flush(c, len(c.text))
+        c.flush(final=True)
         c.send("done", reason)
 
 
