@@ -26,10 +26,13 @@ from anchorlm.format import (
     strip_annotations,
 )
 from anchorlm.io import read_jsonl, write_jsonl
+from anchorlm.logs import log
 from anchorlm.manifest import write_manifest_file
 from anchorlm.models import anchor_tokens, hf_dir, load_model, load_tokenizer
 from anchorlm.precision import dtype
 from anchorlm.prompts import prompt_file
+
+CUT_WARN = 0.02  # share of annotations cut at the cap above which `sample` warns
 
 
 class VLLMGenerator:
@@ -267,7 +270,19 @@ def sample(
         {"samples": len(results), "prompts": len(prompts), "precision": precision},
     )
     write_jsonl(out_path, results)  # the file appears only when complete
+    _warn_cut(cfg, results)
     return results
+
+
+def _warn_cut(cfg: SampleConfig, rows: list[dict]) -> None:
+    """Say so when self-written annotations run into `sample.max_annotation_tokens`: they are then
+    counted as malformed, however well the model writes them (a cap below the longest annotation it
+    was trained on cuts that annotation every time)."""
+    cut = sum(bool(r.get("annotation_cut")) for r in rows)
+    if rows and cut / len(rows) > CUT_WARN:
+        log(f"warning: {cut} of {len(rows)} self-written annotations reached sample.max_annotation_tokens "
+            f"({cfg.max_annotation_tokens}) before their close and count as malformed; raise it above the "
+            "longest annotation in the model's training data")
 
 
 def sidecar(samples_path: str | Path) -> Path:
@@ -354,6 +369,8 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
                     tags = parse_tags(raw)
                     row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(closed and tags))
                     row["annotation_tokens"] = len(ids) - len(prefix[id(p)])  # drawn, not forced
+                    # the cap reached before the close: cut by sample.max_annotation_tokens, not malformed
+                    row["annotation_cut"] = not closed and row["annotation_tokens"] >= cfg.max_annotation_tokens
                     row["anchors"] = cfg.anchors
                     if p.get("annotation_prefix"):
                         row["annotation_prefix"] = list(p["annotation_prefix"])

@@ -21,6 +21,20 @@ def test_same_seed_same_samples_and_anchored_fields(smoke_run, tmp_path):
     assert [r["response"] for r in c] != [r["response"] for r in a]
 
 
+def test_annotations_cut_at_the_cap_are_marked_and_said(smoke_run, tmp_path, capsys):
+    """An annotation that reaches `max_annotation_tokens` unclosed is marked `annotation_cut` (and
+    is never well-formed), one closed before the cap never is, and `sample` warns about the cap."""
+    cfg = SampleConfig(n_samples=4, max_new_tokens=4, max_annotation_tokens=1, batch_size=8, seeds=[7])
+    rows = sample(cfg, smoke_run / "models/aat", PROMPTS, tmp_path / "cut.jsonl", anchored=True)
+    cut = [r for r in rows if r["annotation_cut"]]
+    assert cut and all(r["annotation_tokens"] == 1 and not r["annotation_ok"] for r in cut)
+    assert "reached sample.max_annotation_tokens (1)" in capsys.readouterr().out
+    roomy = sample(SampleConfig(**{**cfg.__dict__, "max_annotation_tokens": 48}), smoke_run / "models/aat",
+                   PROMPTS, tmp_path / "roomy.jsonl", anchored=True)  # fmt: skip
+    for r in roomy:  # closed before 48 tokens: never cut; cut: exactly at the cap
+        assert r["annotation_cut"] == (r["annotation_tokens"] >= 48)
+
+
 def test_plain_sampling_has_no_annotation(smoke_run, tmp_path):
     rows = sample(
         SampleConfig(n_samples=2, max_new_tokens=8),

@@ -151,11 +151,7 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, preci
 def test_rerun_with_another_config_is_refused(smoke_run, precision):
     proc = _demo_again(smoke_run, precision, "--set", "pretrain.lr=0.001")
     assert proc.returncode == 1
-    # refused at the first cell it reads: the samples (whose model's identity changed). Since the
-    # study's cells became lazy, the demo reads no model whose samples are there, so the message
-    # names the samples cell and the model's digest, not the changed field (to be restored once the
-    # SmolLM2 study, whose cells carry this code's digest, is finished)
-    assert "samples/base.jsonl holds a cell made from another config (model: " in proc.stderr
+    assert "models/base holds a cell made from another config (pretrain.lr: 0.005 -> 0.001" in proc.stderr
 
 
 def test_rerun_by_other_code_is_refused_unless_asked(smoke_run, precision):
@@ -169,5 +165,8 @@ def test_rerun_by_other_code_is_refused_unless_asked(smoke_run, precision):
     proc = subprocess.run([*cmd, "--reuse-cells"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = json.loads((smoke_run / "results.json").read_text())
-    assert "samples/aat.jsonl" in after["cells_from_other_code"]  # what was read; its model was not
+    assert (
+        "models/aat" in after["cells_from_other_code"]
+        and "samples/aat.jsonl" in after["cells_from_other_code"]
+    )
     assert after["variants"]["aat"]["diversity"] == before["variants"]["aat"]["diversity"]

@@ -110,6 +110,11 @@ QUALITY = (
     Metric("annotation_wellformed", "ann. ok", "quality", True,
            lambda q: float(np.mean([r["annotation_ok"] for r in q.rows])) if q.anchored else SKIP,
            description="share of self-written annotations closed and well-formed"),
+    Metric("annotation_cut", "ann. cut", "quality", False,
+           lambda q: float(np.mean([r["annotation_cut"] for r in q.rows]))
+           if q.anchored and "annotation_cut" in q.rows[0] else SKIP, column=False,
+           description="share of self-written annotations that reached sample.max_annotation_tokens before "
+                       "their close (counted as not well-formed)"),
 )  # fmt: skip
 
 METRICS = {m.name: m for m in (*DIVERSITY, *QUALITY)}

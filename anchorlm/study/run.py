@@ -150,14 +150,19 @@ def run_demo(cfg: StagesConfig, reuse_dir: bool = False, reuse_other_code: bool 
         cells.prepare()
         samples, forced = {}, {}
         for name in cfg.variants:
+            # the model first: a changed recipe is refused at the model it changes, naming the field
+            cells.train_variant(cells.focus, None, cells.variants[name])
             samples[name], f = cells.draw_job(Job(cells.focus, None, name, fidelity=True))
             if f is not None:
                 forced[name] = f
         log("evaluate")
+        t1 = time.time()
         results = evaluate(cfg.evaluate, cfg.sft_data, cfg.corpus, samples, cells.out / "eval" / "metrics.json",
                            forced=forced)  # fmt: skip
+        cells.timings["evaluate"] += time.time() - t1
         minutes = round((time.time() - t0) / 60, 2)
-        results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(cells.out)}
+        results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(cells.out),
+                               "minutes_by_stage": {k: round(v / 60, 2) for k, v in cells.timings.items()}}  # fmt: skip
         results["made_by"] = made_by(cells.out)
         if cells.ledger.other_code:
             results["cells_from_other_code"] = sorted(cells.ledger.other_code)
