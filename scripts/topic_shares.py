@@ -33,7 +33,7 @@ def variant_of(score: Path) -> tuple[str, int, str] | None:
     manifest = score.parent / (score.name.split(".scores-")[0] + ".manifest.json")
     cfg = json.loads(manifest.read_text())["config"] if manifest.exists() else {}
     name = model.name.rsplit("-", 1)[0]
-    if kind == "plain" and name != "base" and name not in ("plain", "sft") and "aat" in name:
+    if kind == "plain" and name.startswith("aat"):
         name += "_no_annotation"  # an anchored model sampled without its plan
     elif kind == "anchored" and cfg.get("anchors") == "given":
         name += "_sft_plans"

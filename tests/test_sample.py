@@ -31,8 +31,10 @@ def test_annotations_cut_at_the_cap_are_marked_and_said(smoke_run, tmp_path, cap
     assert "reached sample.max_annotation_tokens (1)" in capsys.readouterr().out
     roomy = sample(SampleConfig(**{**cfg.__dict__, "max_annotation_tokens": 48}), smoke_run / "models/aat",
                    PROMPTS, tmp_path / "roomy.jsonl", anchored=True)  # fmt: skip
-    for r in roomy:  # closed before 48 tokens: never cut; cut: exactly at the cap
-        assert r["annotation_cut"] == (r["annotation_tokens"] >= 48)
+    for short, long in zip(rows, roomy):  # the same rows, drawn from the same random streams
+        # cut at 1 token exactly where the model, given room, wrote a token before its close
+        assert short["annotation_cut"] == (long["annotation_tokens"] >= 1)
+        assert long["annotation_cut"] == (long["annotation_tokens"] >= 48)
 
 
 def test_plain_sampling_has_no_annotation(smoke_run, tmp_path):
