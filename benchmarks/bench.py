@@ -418,17 +418,20 @@ def markdown(r: dict) -> str:
         f"New tokens/s ({sm['full']['new_tokens']} new tokens a row, 4 prompts, no stop token; the median of "
         "3 interleaved runs) and the fraction of the matrix-product peak of the same run (2 FLOPs per "
         "parameter per token). A bare forward step: one token per row over the engine's preallocated cache "
-        "at the same batch and cache length, nothing drawn.",
+        "at the same batch and cache length, nothing drawn. Matrix products alone: every linear layer of "
+        "the model applied to the batch's rows, nothing else, as a fraction of the peak: what a whole step "
+        "could reach at that batch if everything but its matrix products cost nothing.",
         "",
-        "| precision | batch | engine tok/s | of peak | bare forward tok/s | engine / bare | transformers generate "
-        "tok/s | of peak |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| precision | batch | engine tok/s | of peak | bare forward tok/s | engine / bare | matrix products "
+        "alone, of peak | transformers generate tok/s | of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for prec, by in sm["full"]["by_precision"].items():
         for b, f in by.items():
             lines.append(
                 f"| {prec} | {b} | {f['tokens_per_s']:.0f} | {f['fraction_of_peak']:.2f} | "
                 f"{f['bare_forward_tokens_per_s']:.0f} | {f['over_bare_forward']:.2f} | "
+                f"{f.get('matmuls_alone_fraction_of_peak', float('nan')):.2f} | "
                 f"{f['transformers_generate_tokens_per_s']:.0f} | {f['transformers_generate_fraction_of_peak']:.2f} |"
             )
     vllm = sm.get("vllm_tokens_per_s")

@@ -11,6 +11,8 @@ For each precision (fp32; bf16 where the CPU has bf16 units, else emulated and s
   preallocated cache, nothing drawn): the engine's throughput over it;
 - transformers' `generate` on the same prompts, batch and length, and vLLM's CPU build where it
   is installed;
+- a decode step's matrix products alone (every linear layer on `batch` rows, nothing else) as a
+  fraction of the peak: the ceiling of a whole step at that batch;
 - where a decode step's time goes: matrix products, attention, the forward's other operations,
   the forward's Python (transformers' per-layer code), the draw (temperature, top-p), prefill, and
   the engine's own bookkeeping (`profile_shares` says how each is measured).
@@ -67,13 +69,14 @@ def bare_forward(model, tok, batch: int, steps: int = 12) -> float:
     for _ in range(NEW // 2):  # the engine's average step: half of the new tokens already in the cache
         b.step()
     layers = getattr(b.cache, "layers", [])
-    held = [x.cumulative_length.clone() for x in layers if hasattr(x, "cumulative_length")]
+    held = [(x.cumulative_length.clone(), getattr(x, "filled", 0)) for x in layers if hasattr(x, "cumulative_length")]
     t0, pos, n = b.t, b.pos.clone(), 0
     t = time.perf_counter()
     for _ in range(steps):
         b.t, b.pos = t0, pos.clone()
-        for x, h in zip(layers, held):
+        for x, (h, filled) in zip(layers, held):
             x.cumulative_length.copy_(h)
+            x.filled = filled
         b.step()
         n += batch
     return n / (time.perf_counter() - t)
@@ -215,6 +218,24 @@ def profile_shares(model, tok, batch: int) -> dict:
     return {k: round(v, 3) for k, v in shares.items()}
 
 
+def matmuls_alone(model, batch: int, calls: int = 5) -> float:
+    """GFLOP/s of a decode step's matrix products alone: every linear layer of the model (the
+    output head included) applied to `batch` rows in turn, in the model's dtype, nothing else. The
+    ceiling of a whole step at this batch: the products are most of its FLOPs, and at a small batch
+    each is a thin matrix that the BLAS runs below the peak measured on large square ones."""
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in linears}
+    flops = 2 * batch * sum(w.numel() for w in linears)
+    with torch.no_grad():
+        for w in linears:  # warm-up
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+        t = time.perf_counter()
+        for _ in range(calls):
+            for w in linears:
+                torch.nn.functional.linear(xs[w.shape[1]], w)
+    return flops * calls / (time.perf_counter() - t) / 1e9
+
+
 def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
     """The whole benchmark: {precision: {batch: figures}} plus the headline keys at batch 32."""
     model, tok = load_model("smollm2", tokens="turns")
@@ -243,6 +264,7 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
                 "transformers_generate_fraction_of_peak": round(
                     med["transformers_generate"] * flops_per_token / 1e9 / peaks[prec], 3
                 ),
+                "matmuls_alone_fraction_of_peak": round(matmuls_alone(model, batch) / peaks[prec], 3),
                 "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
                 "profile": profile_shares(model, tok, batch),
             }

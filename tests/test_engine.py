@@ -193,3 +193,25 @@ def test_a_tiny_temperature_draws_the_most_likely_token_not_nan():
     u = uniforms(np.full(64, 7, dtype=np.uint64), np.arange(64))
     for top_p in (0.9, 1.0):
         assert torch.equal(draw(logits, 1e-30, top_p, u), logits.argmax(-1))
+
+
+def test_attention_reads_only_the_cache_columns_written(monkeypatch):
+    """The preallocated cache hands attention the columns written so far (the prompt, then one more
+    each step), not its whole length: a step's attention costs what the tokens so far cost, and an
+    anchored call does not pay for its annotation cap on every token."""
+    from anchorlm.engine import _Batch
+
+    model = _llama()
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(k.shape[-2])
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    b = _Batch(model, [PROMPTS[0], PROMPTS[1]], 2, PAD, 40)
+    assert b.cache.layers[0].get_max_length() == 4 + 40  # preallocated for the whole call
+    for _ in range(3):
+        b.step()
+    layers = model.config.num_hidden_layers
+    assert seen == [4] * layers + [5] * layers + [6] * layers + [7] * layers
