@@ -25,11 +25,12 @@ to floating-point summation order).
 
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from anchorlm.kvcache import preallocated
 
 _MASK64 = (1 << 64) - 1
 ANNOTATION, CUT, RESPONSE, DONE = 0, 1, 2, 3
@@ -190,51 +191,6 @@ def _forward(model):
     return forward
 
 
-def _cache(model, length: int):
-    """A preallocated KV cache (written in place: no copy of the cache per token) where the model
-    supports one, else a growing one. Its full-attention layers attend over the columns written so
-    far, not the whole preallocation (see `_filled_layer`)."""
-    from transformers import DynamicCache, StaticCache
-    from transformers.cache_utils import StaticLayer
-
-    try:
-        cache = StaticCache(config=model.config, max_cache_len=length)
-    except (TypeError, ValueError, AttributeError, KeyError):
-        return DynamicCache()
-    for layer in cache.layers:
-        if type(layer) is StaticLayer:
-            layer.__class__ = _filled_layer()
-            layer.filled = 0
-    return cache
-
-
-@functools.cache
-def _filled_layer():
-    """transformers' StaticLayer hands attention its whole preallocated length every step (masked
-    beyond what is written): a step's attention then costs as much at the first token as at the
-    last, and an anchored call, whose cache is longer by the annotation's cap, pays for that cap on
-    every token. This layer writes in place the same way and returns only the written columns, the
-    attention mask sized to match, so attention costs what the tokens so far cost."""
-    from transformers.cache_utils import StaticLayer
-
-    class FilledStaticLayer(StaticLayer):
-        filled = 0
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            keys, values = super().update(key_states, value_states, *args, **kwargs)
-            self.filled += key_states.shape[-2]
-            return keys[:, :, : self.filled], values[:, :, : self.filled]
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.filled + query_length, 0
-
-        def crop(self, tokens_to_remove: int) -> None:
-            super().crop(tokens_to_remove)
-            self.filled -= abs(tokens_to_remove)
-
-    return FilledStaticLayer
-
-
 def generate(model, prompts: list[list[int]], keys: list[int], s: Settings, pad_id: int,
              counters: list[int] | None = None, uncond: list[list[int]] | None = None) -> list[Out]:  # fmt: skip
     """Sample every row: (annotation, then) response, as `Settings` say. `keys` name each row's
@@ -329,7 +285,7 @@ class _Batch:
         heads = [tuple(q[:-1]) for q in seqs]
         distinct = list(dict.fromkeys(heads))
         width = max(map(len, distinct))
-        self.cache = _cache(model, width + max_steps)
+        self.cache = preallocated(model, width + max_steps)
         # the attention mask of every step, preallocated: step t reads its first width + t + 1 columns
         self.mask = torch.zeros((len(seqs), width + max_steps), dtype=torch.long, device=device)
         self.width = self.t = width

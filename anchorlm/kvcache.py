@@ -1,0 +1,51 @@
+"""The engine's KV cache: preallocated once per call and written in place, its attention reading
+only the columns written so far."""
+
+from __future__ import annotations
+
+import functools
+
+
+def preallocated(model, length: int):
+    """A preallocated KV cache (written in place: no copy of the cache per token) where the model
+    supports one, else a growing one. Its full-attention layers attend over the columns written so
+    far, not the whole preallocation (see `filled_layer`)."""
+    from transformers import DynamicCache, StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    try:
+        cache = StaticCache(config=model.config, max_cache_len=length)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return DynamicCache()
+    for layer in cache.layers:
+        if type(layer) is StaticLayer:
+            layer.__class__ = filled_layer()
+            layer.filled = 0
+    return cache
+
+
+@functools.cache
+def filled_layer():
+    """transformers' StaticLayer hands attention its whole preallocated length every step (masked
+    beyond what is written): a step's attention then costs as much at the first token as at the
+    last, and an anchored call, whose cache is longer by the annotation's cap, pays for that cap on
+    every token. This layer writes in place the same way and returns only the written columns, the
+    attention mask sized to match, so attention costs what the tokens so far cost."""
+    from transformers.cache_utils import StaticLayer
+
+    class FilledStaticLayer(StaticLayer):
+        filled = 0
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            self.filled += key_states.shape[-2]
+            return keys[:, :, : self.filled], values[:, :, : self.filled]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.filled + query_length, 0
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            self.filled -= abs(tokens_to_remove)
+
+    return FilledStaticLayer
