@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ from anchorlm.provenance import machine as machine_of
 from anchorlm.sample import sample
 from anchorlm.study.config import load_study_config
 from anchorlm.tokenizer import train_tokenizer
+from anchorlm.train.allocator import keep_freed_memory
 from anchorlm.train.model import build_model
 from anchorlm.train.pretrain import collate_blocks
 
@@ -88,8 +91,8 @@ def flops_per_token(model, seq_len: int) -> float:
     return 6 * matmul + 12 * c.num_hidden_layers * c.hidden_size * seq_len
 
 
-def train_speed(model, batch: int, seq_len: int, precision: str, steps: int, vocab: int) -> dict:
-    """Tokens/s of forward + backward + AdamW step, as the Trainer runs them (bf16: autocast)."""
+def _train_step(model, batch: int, seq_len: int, precision: str, vocab: int):
+    """One forward + backward + AdamW step, as the Trainer runs it (bf16: autocast), as a function."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as the Trainer runs it (adamw_torch_fused)
     ids = torch.randint(0, vocab, (batch, seq_len))
@@ -102,8 +105,31 @@ def train_speed(model, batch: int, seq_len: int, precision: str, steps: int, voc
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sec = _timed(step, 0, min_calls=steps)
-    return {"batch": batch, "seq_len": seq_len, "tokens_per_s": round(batch * seq_len / sec, 1)}
+    return step
+
+
+def train_speed(
+    model, batch: int, seq_len: int, precision: str, steps: int, vocab: int, runs: int = 3
+) -> dict:
+    """Tokens/s of training steps: the median of `runs` runs of `steps` steps (after one warm-up
+    step; a shared machine drifts between minutes, one run carries it), with the page faults a step
+    takes (memory the allocator maps afresh: see anchorlm/train/allocator.py)."""
+    step = _train_step(model, batch, seq_len, precision, vocab)
+    step()
+    per_run, faults = [], []
+    for _ in range(runs):
+        f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_run.append(batch * seq_len * steps / (time.perf_counter() - t))
+        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
+    return {
+        "batch": batch,
+        "seq_len": seq_len,
+        "tokens_per_s": round(statistics.median(per_run), 1),
+        "runs": [round(x, 1) for x in per_run],
+        "page_faults_per_step": round(statistics.median(faults)),
+    }
 
 
 def _with_gflops(r: dict, fpt: float, peak: float) -> dict:
@@ -154,6 +180,7 @@ def main() -> None:
         "anchored_over_plain": _smollm2_anchored_over_plain(log),
         "full": full,
     }
+    res["peak_gflops_end"] = peaks()  # the machine's speed can change during a run: compared in the report
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -198,6 +225,13 @@ def _demo_data(tmp: Path):
 
 
 def _training(tok, cfg, pk: dict, log) -> dict:
+    """Training throughput by model and precision. SmolLM2 first with glibc's allocator as it comes
+    (nothing in this process has told it otherwise yet), then everything as the training loop runs
+    it, after `keep_freed_memory`."""
+    out: dict = {}
+    auto = resolve("auto", 576)
+    out["smollm2_glibc_defaults"] = {auto: _smollm2_training(auto, pk, log, "glibc's allocator defaults")}
+    keep_freed_memory()  # what anchorlm.train.loop does before training
 
     study = load_study_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
@@ -205,41 +239,43 @@ def _training(tok, cfg, pk: dict, log) -> dict:
         "tiny": cfg.pretrain.model,
         f"study_{largest['name']}": ModelConfig(**{k: v for k, v in largest.items() if k != "name"}),
     }
-
-    out: dict = {}
     for name, mc in tiny.items():
         set_seed(0)
         model = build_model(mc, tok)
         fpt = flops_per_token(model, cfg.pretrain.seq_len)
         out[name] = {}
         for prec in ("fp32", "bf16"):
-            steps = 2 if prec == "bf16" and not fast_bf16() else 6  # emulated bf16 is slow
+            steps = 1 if prec == "bf16" and not fast_bf16() else 3  # emulated bf16 is slow
             r = train_speed(model, cfg.pretrain.batch_size, cfg.pretrain.seq_len, prec, steps, len(tok))
             out[name][prec] = _with_gflops(r, fpt, pk[prec])
             log(
                 f"training {name:9s} {prec}  {r['tokens_per_s']:8,.0f} tok/s  {out[name][prec]['fraction_of_peak']:.2f} of peak"
             )
-
-    for name, lora in (("smollm2", False), ("smollm2_lora", True)):
-        model, stok = load_model("smollm2")
-        if lora:
-            from anchorlm.train.lora import apply_lora
-
-            model = apply_lora(model, stok, rank=16)
-        fpt = flops_per_token(model.get_base_model() if lora else model, 256)
-        if lora:  # no weight gradients for the frozen matrices: 4 of the 6 FLOPs per weight
-            fpt -= 2 * (sum(p.numel() for p in model.parameters() if not p.requires_grad))
-        out[name] = {}
-        for prec in ("fp32", "bf16") if not lora else ("fp32",):
-            slow = prec == "bf16" and not fast_bf16()
-            batch, seq = (1, 64) if slow else (4, 256)
-            r = train_speed(model, batch, seq, prec, 1 if slow else 2, len(stok))
-            out[name][prec] = _with_gflops(r, fpt, pk[prec])
-            log(
-                f"training {name:9s} {prec}  {r['tokens_per_s']:8,.0f} tok/s  {out[name][prec]['fraction_of_peak']:.2f} of peak (batch {batch}x{seq})"
-            )
-        del model
+    out["smollm2"] = {prec: _smollm2_training(prec, pk, log) for prec in ("fp32", "bf16")}
+    out["smollm2_lora"] = {"fp32": _smollm2_training("fp32", pk, log, lora=True)}
     return out
+
+
+def _smollm2_training(prec: str, pk: dict, log, note: str = "", lora: bool = False) -> dict:
+    """SmolLM2-135M trained at the batch its recipes use (8 x 256), full or LoRA rank 16; emulated
+    bf16 (no bf16 units) at 1 x 64 for one step."""
+    model, tok = load_model("smollm2")
+    if lora:
+        from anchorlm.train.lora import apply_lora
+
+        model = apply_lora(model, tok, rank=16)
+    fpt = flops_per_token(model.get_base_model() if lora else model, 256)
+    if lora:  # no weight gradients for the frozen matrices: 4 of the 6 FLOPs per weight
+        fpt -= 2 * (sum(p.numel() for p in model.parameters() if not p.requires_grad))
+    slow = prec == "bf16" and not fast_bf16()
+    batch, seq = (1, 64) if slow else (8, 256)
+    r = _with_gflops(
+        train_speed(model, batch, seq, prec, 1 if slow else 2, len(tok), 1 if slow else 3), fpt, pk[prec]
+    )
+    name = "smollm2_lora" if lora else "smollm2"
+    log(f"training {name:9s} {prec}  {r['tokens_per_s']:8,.0f} tok/s  {r['fraction_of_peak']:.2f} of peak "
+        f"(batch {batch}x{seq}, {r['page_faults_per_step']:,} page faults a step{', ' + note if note else ''})")  # fmt: skip
+    return r
 
 
 def _annotated_over_plain(tok, data, cfg, log, steps: int = 20) -> float:
@@ -316,7 +352,7 @@ def _precision_line(log) -> dict:
         times = {}
         for _ in range(2):  # alternating, so drift hits both alike; the faster of two
             for prec in ("fp32", "bf16"):
-                r = train_speed(model, 16, 256, prec, 2, 4096)
+                r = train_speed(model, 16, 256, prec, 2, 4096, runs=1)
                 times[prec] = max(times.get(prec, 0), r["tokens_per_s"])
         out[h] = {**times, "bf16_over_fp32": round(times["bf16"] / times["fp32"], 2)}
         log(f"precision line: hidden {h}: bf16 / fp32 training throughput {out[h]['bf16_over_fp32']:.2f}")
@@ -370,6 +406,16 @@ PROFILE = (
 )
 
 
+def _peak_drift(r: dict) -> str:
+    end = r.get("peak_gflops_end")
+    if not end:
+        return ""
+    worst = max(abs(end[p] / r["peak_gflops"][p] - 1) for p in end)
+    return (f"Measured again at the end of the run: fp32 {end['fp32']:.0f}, bf16 {end['bf16']:.0f}"
+            + (f": the machine's speed changed by {worst:.0%} during the run, and the figures carry it."
+               if worst > 0.15 else ", within 15%."))  # fmt: skip
+
+
 def markdown(r: dict) -> str:
     m = r["machine"]
     units = ", ".join(m.get("cpu_bf16_flags") or []) or "none"
@@ -381,16 +427,23 @@ def markdown(r: dict) -> str:
         f"`precision: auto` runs SmolLM2 in **{r['auto_precision']}** here.",
         "",
         f"Matrix-product peak: fp32 **{r['peak_gflops']['fp32']:.0f}** GFLOP/s, bf16 "
-        f"**{r['peak_gflops']['bf16']:.0f}** GFLOP/s.",
+        f"**{r['peak_gflops']['bf16']:.0f}** GFLOP/s (every fraction of peak below divides by these). "
+        + _peak_drift(r),
         "",
-        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak |",
-        "|---|---|---|---:|---:|---:|",
+        "Training: forward, backward and a fused AdamW step, as the Trainer runs them (bf16: autocast over "
+        "float32 weights); the median of 3 runs of a few steps. Page faults a step: memory the allocator "
+        "mapped afresh. `smollm2_glibc_defaults` is SmolLM2 before `keep_freed_memory` "
+        "(anchorlm/train/allocator.py, which the training loop calls) told glibc to reuse what a step frees; "
+        "every other row is measured after it, as anchorlm trains.",
+        "",
+        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak | page faults a step |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for model, by in r["training"].items():
         for prec, x in by.items():
             lines.append(
                 f"| {model} | {prec} | {x['batch']}x{x['seq_len']} | {x['tokens_per_s']:,.1f} | "
-                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} |"
+                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} | {x.get('page_faults_per_step', 0):,} |"
             )
     if r.get("precision_line"):
         lines += ["", "Where `precision: auto` draws its line (`anchorlm/precision.py`): a training step's "

@@ -175,3 +175,50 @@ def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tm
     pretrain(cfg, blocks / "data", blocks / "tok", tmp_path / "resumed")
     wr = _weights(tmp_path / "resumed")
     assert all(torch.equal(wr[k], wl[k]) for k in wl)
+
+
+_REUSE = """
+import json, resource, sys, torch
+from anchorlm.train.allocator import keep_freed_memory
+told = keep_freed_memory() if sys.argv[1] == "keep" else False
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():  # a training step's large tensors (64 MB: above glibc's largest mmap threshold), then freed
+    xs = [torch.ones(n) for n in (2**24, 2**22, 2**24, 2**20)]
+    return sum(float(x[0]) for x in xs)
+per_step = []
+for _ in range(8):
+    f = faults(); step(); per_step.append(faults() - f)
+print(json.dumps({"told": told, "faults": min(per_step[-3:])}))
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator")
+def test_training_reuses_freed_memory_instead_of_faulting_it_in_again(blocks, tmp_path, monkeypatch):
+    """Steps that allocate and free the same large tensors: with glibc's defaults every step maps
+    them afresh (a page fault a page: 36,000 at 4 KB), after `keep_freed_memory` the heap settles in
+    a few steps and serves them again (none). The training loop calls it; ANCHORLM_MALLOC=default
+    and the user's own MALLOC_* settings leave glibc as it is."""
+    import os
+    import subprocess
+    import sys
+
+    from anchorlm.train import loop
+
+    def run(mode, **env):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
+        r = subprocess.run(
+            [sys.executable, "-c", _REUSE, mode], capture_output=True, text=True, env=e, check=True
+        )
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    default, kept = run("default"), run("keep")
+    if not kept["told"]:
+        pytest.skip("not glibc: no mallopt")
+    assert default["faults"] >= 32  # even with 2 MB transparent huge pages
+    assert kept["faults"] * 10 < default["faults"], (default, kept)
+    assert not run("keep", ANCHORLM_MALLOC="default")["told"]
+    assert not run("keep", MALLOC_ARENA_MAX="2")["told"]  # the user's own glibc settings stand
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append(1) or True)
+    pretrain(_cfg(token_budget=32 * 4 * 2), blocks / "data", blocks / "tok", tmp_path / "m")
+    assert calls  # the training loop asks for it

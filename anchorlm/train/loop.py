@@ -21,6 +21,7 @@ from pathlib import Path
 from anchorlm.config import TrainConfig, report_names
 from anchorlm.io import differences, lock_dir, write_json
 from anchorlm.precision import hidden_size, resolve
+from anchorlm.train.allocator import keep_freed_memory
 
 
 def train(
@@ -88,6 +89,7 @@ def _train(model, tokenizer, dataset, collator, out: Path, cfg: TrainConfig, max
     from transformers import Trainer
 
     hidden = hidden_size(model)
+    keep_freed_memory()  # each step's large tensors reused, not faulted in again (allocator.py)
     if cfg.lora.rank:
         from anchorlm.train.lora import apply_lora
 
