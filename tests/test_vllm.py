@@ -61,8 +61,10 @@ def _both(tmp_path, model, anchored, **kw):
 def test_anchored_greedy_samples_match_transformers_token_for_token(anchored_dir, tmp_path):
     ref, got = _both(
         tmp_path, anchored_dir, True, n_samples=2, temperature=GREEDY, max_new_tokens=24,
-        max_annotation_tokens=12, batch_size=4,
+        max_annotation_tokens=12, batch_size=8,
     )  # fmt: skip
+    # all 6 rows in one engine call: rows of one prompt batched apart are padded apart, and float32
+    # sums in another order once flipped a near-tie (row 1 of the sea poem: "In" against " the")
     assert got == ref
     assert [r["prompt_id"] for r in got if r["annotation_raw"].startswith("topic:food")] == [1, 1]
     assert all(r["n_tokens"] > 0 for r in got)
