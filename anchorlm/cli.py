@@ -45,7 +45,8 @@ from anchorlm.train.pretrain import pretrain
 MODEL_SPEC = "a model dir, a .gguf file, 'smollm2' (packaged) or a hub id"
 REUSE_CELLS = (
     "reuse finished cells (models, samples, scores) made by other code (another commit, uncommitted "
-    "changes or other torch/transformers/peft versions); the results name every such cell"
+    "changes or other torch/transformers/peft versions) or in another precision (precision: auto on "
+    "a machine with or without bf16 units); the results name every such cell"
 )
 
 

@@ -69,3 +69,18 @@ def test_a_commit_that_leaves_the_package_alone_keeps_the_cells(tmp_path, monkey
     monkeypatch.setattr(L, "code_version", lambda: {**made, "package_tree": "2" * 40})
     with pytest.raises(ValueError, match="made by other code"):
         L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))
+
+
+def test_a_cell_made_in_another_precision_counts_as_other_code(tmp_path):
+    """`precision: auto` is bf16 on a CPU with bf16 units and fp32 elsewhere: a study begun on one
+    and resumed on the other would mix precisions without a word."""
+    cell = tmp_path / "a"
+    L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="bf16")
+    assert L.Ledger(tmp_path).entries["a"]["precision"] == "bf16"
+    assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="bf16") is False
+    with pytest.raises(ValueError, match=r"made in bf16 and this machine runs it in fp32.*precision to bf16"):
+        L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32")
+    led = L.Ledger(tmp_path, reuse_other_code=True)
+    assert led.cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32") is False
+    assert led.other_code == {"a": {"precision": "bf16", "here": "fp32"}}
+    assert cell.read_text() == "made"

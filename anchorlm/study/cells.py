@@ -31,6 +31,7 @@ from anchorlm.io import claim_dir, read_jsonl, write_json
 from anchorlm.logs import log
 from anchorlm.manifest import is_done
 from anchorlm.models import load_model, load_tokenizer
+from anchorlm.precision import resolve
 from anchorlm.provenance import describe
 from anchorlm.sample import forced_prompts, read_prompts, sample, sidecar
 from anchorlm.study.config import StudyConfig
@@ -79,10 +80,11 @@ class Cells:
         self.cells_run = 0
         self.used: set[Path] = set()  # the manifests of every model and samples cell read or made
 
-    def _cell(self, kind: str, what: str, path: Path, identity: dict, done, make, needs=None) -> None:
+    def _cell(self, kind: str, what: str, path: Path, identity: dict, done, make, needs=None,
+              precision: str | None = None) -> None:  # fmt: skip
         """Make a cell unless it is there; `needs` first makes the inputs it reads (and is not
         called when the cell is there: a study whose scores are kept needs neither its samples nor
-        its models on disk)."""
+        its models on disk); `precision`: what this machine runs it in (the ledger checks it)."""
 
         def timed():
             if needs is not None:
@@ -93,7 +95,12 @@ class Cells:
             make()
             self.timings[kind] += time.time() - t0
 
-        self.ledger.cell(path, identity, done, timed)
+        self.ledger.cell(path, identity, done, timed, precision)
+
+    def _precision(self, size: str, value: str) -> str:
+        """What `value` (a stage's precision) runs a model of `size` in on this machine."""
+        model = self.base.pretrain.model if self.layout == "flat" else self.sizes[size]
+        return resolve(value, None if self.lm else model.hidden_size)  # a published model: SmolLM2's 576
 
     # ---- shared data ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -210,7 +217,8 @@ class Cells:
         if not make:
             return d, identity
         self._cell("pretrain", f"{size} seed {pcfg.seed} {data} ({pcfg.token_budget:,} tokens)", d, identity,
-                   lambda: is_done(d), lambda: pretrain(pcfg, tokens, tok, d))  # fmt: skip
+                   lambda: is_done(d), lambda: pretrain(pcfg, tokens, tok, d),
+                   precision=self._precision(size, pcfg.precision))  # fmt: skip
         return d, identity
 
     def train_variant(
@@ -239,7 +247,8 @@ class Cells:
             return d, identity
         replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
         self._cell("posttrain", f"{size} seed {pcfg.seed} {own.name}" + (f" ({epochs:g} epochs)" if epochs else ""),
-                   d, identity, lambda: is_done(d), lambda: posttrain(pcfg, init, examples, d, replay=replay))  # fmt: skip
+                   d, identity, lambda: is_done(d), lambda: posttrain(pcfg, init, examples, d, replay=replay),
+                   precision=self._precision(size, pcfg.precision))  # fmt: skip
         return d, identity
 
     # ---- samples and scores -----------------------------------------------------------------------
@@ -295,7 +304,8 @@ class Cells:
         if make:
             self._cell("sample", what, path, identity, path.exists,
                        lambda: sample(scfg, model, prompts, path, v.anchored, plans),
-                       needs=lambda: self.train_variant(job.size, job.seed, v, job.categories, job.epochs))  # fmt: skip
+                       needs=lambda: self.train_variant(job.size, job.seed, v, job.categories, job.epochs),
+                       precision=None if scfg.backend == "vllm" else self._precision(job.size, scfg.precision))  # fmt: skip
         return path
 
     def draw_job(self, job: Job, make: bool = True) -> tuple[Path, Path | None]:

@@ -7,7 +7,10 @@ changes, torch / transformers / peft versions).
 naming what differs (its directory would be reused silently otherwise); a finished cell of the same
 identity is reused, but only when the same code made it, unless the orchestrator was asked to
 reuse cells of other code, in which case the results name every such cell; a cell on disk that the
-ledger does not record (an older anchorlm's, or the user's own file) is refused likewise.
+ledger does not record (an older anchorlm's, or the user's own file) is refused likewise. A cell
+that computes in a precision (training, sampling) records the one it ran in; `precision: auto`
+resolves per machine (bf16 where the CPU has bf16 units), so a study resumed on another kind of
+machine would mix precisions: such a cell counts as made by other code.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ class Ledger:
     def _save(self) -> None:
         write_json(self.path, self.entries)
 
-    def cell(self, path: Path, identity: dict, done: Callable[[], bool], make: Callable[[], object]) -> bool:
-        """Make the cell at `path` unless it is there, as the module doc says; True when it was made."""
+    def cell(self, path: Path, identity: dict, done: Callable[[], bool], make: Callable[[], object],
+             precision: str | None = None) -> bool:  # fmt: skip
+        """Make the cell at `path` unless it is there, as the module doc says; True when it was made.
+        `precision`: what this machine runs the cell in ('fp32' or 'bf16'; None: no such choice)."""
         rel = str(path.relative_to(self.out))
         identity = json.loads(json.dumps(identity, default=str))
         entry = self.entries.get(rel)
@@ -80,8 +85,24 @@ class Ledger:
                         "other code (the results then name them)"
                     )
                 self.other_code[rel] = {"code": entry.get("code")}
+            made_in = (entry or {}).get("precision")
+            if precision and made_in and made_in != precision:
+                if not self.reuse_other_code:
+                    raise ValueError(
+                        f"{path} was made in {made_in} and this machine runs it in {precision} (`precision: "
+                        "auto` follows the machine's bf16 units): its numbers would differ from a cell made "
+                        f"here. Set the stage's precision to {made_in} to go on as the study began, use a new "
+                        "--out, delete it, or ask to reuse cells of other code (the results then name them)"
+                    )
+                self.other_code[rel] = {
+                    **self.other_code.get(rel, {}),
+                    "precision": made_in,
+                    "here": precision,
+                }
             return False
         self.entries[rel] = {"identity": identity, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if precision:
+            self.entries[rel]["precision"] = precision
         self._save()
         make()
         commit = code_version().get("git_commit")

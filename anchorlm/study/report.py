@@ -267,6 +267,9 @@ def write_results(res: StudyResults, out: Path, name: str = "results") -> None:
         f"{m['where']} ({m['cells']} cells, {m['precision']})" for m in c.made_on or []
     ) or describe(machine())
     device = f"trained and sampled on {made}; scored on {c.scored_on or describe(machine())}"
+    if c.cells_from_other_code:
+        device += (f"; {len(c.cells_from_other_code)} cells reused though made by other code or in another "
+                   "precision (listed in the JSON's compute.cells_from_other_code)")  # fmt: skip
     res.device = device
     write_json(out / f"{name}.json", res.to_json(), indent=1)
     plots(res, out, prefix)
