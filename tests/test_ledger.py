@@ -78,9 +78,17 @@ def test_a_cell_made_in_another_precision_counts_as_other_code(tmp_path):
     L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="bf16")
     assert L.Ledger(tmp_path).entries["a"]["precision"] == "bf16"
     assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="bf16") is False
-    with pytest.raises(ValueError, match=r"made in bf16 and this machine runs it in fp32.*precision to bf16"):
+    with pytest.raises(
+        ValueError, match=r"made in bf16 and this machine runs it in fp32.*reuse cells of other code"
+    ):
         L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32")
     led = L.Ledger(tmp_path, reuse_other_code=True)
     assert led.cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32") is False
     assert led.other_code == {"a": {"precision": "bf16", "here": "fp32"}}
     assert cell.read_text() == "made"
+
+
+def test_a_cell_recorded_before_precisions_were_is_reused(tmp_path):
+    cell = tmp_path / "a"
+    L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))  # no precision recorded
+    assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32") is False

@@ -195,7 +195,7 @@ print(json.dumps({"told": told, "faults": min(per_step[-3:])}))
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator")
 def test_training_reuses_freed_memory_instead_of_faulting_it_in_again(blocks, tmp_path, monkeypatch):
     """Steps that allocate and free the same large tensors: with glibc's defaults every step maps
-    them afresh (a page fault a page: 36,000 at 4 KB), after `keep_freed_memory` the heap settles in
+    them afresh (a page fault a page: over 32,000 at 4 KB), after `keep_freed_memory` the heap settles in
     a few steps and serves them again (none). The training loop calls it; ANCHORLM_MALLOC=default
     and the user's own MALLOC_* settings leave glibc as it is."""
     import os
@@ -211,9 +211,12 @@ def test_training_reuses_freed_memory_instead_of_faulting_it_in_again(blocks, tm
         )
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    default, kept = run("default"), run("keep")
-    if not kept["told"]:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc: no mallopt")
+    default, kept = run("default"), run("keep")
+    assert kept["told"]
     assert default["faults"] >= 32  # even with 2 MB transparent huge pages
     assert kept["faults"] * 10 < default["faults"], (default, kept)
     assert not run("keep", ANCHORLM_MALLOC="default")["told"]

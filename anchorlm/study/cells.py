@@ -15,6 +15,7 @@ without a seed (the demo) takes each stage's own seed from the recipe.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from anchorlm.evaluate import Scorer
 from anchorlm.io import claim_dir, read_jsonl, write_json
 from anchorlm.logs import log
 from anchorlm.manifest import is_done
-from anchorlm.models import load_model, load_tokenizer
+from anchorlm.models import hf_dir, load_model, load_tokenizer
 from anchorlm.precision import resolve
 from anchorlm.provenance import describe
 from anchorlm.sample import forced_prompts, read_prompts, sample, sidecar
@@ -98,9 +99,23 @@ class Cells:
         self.ledger.cell(path, identity, done, timed, precision)
 
     def _precision(self, size: str, value: str) -> str:
-        """What `value` (a stage's precision) runs a model of `size` in on this machine."""
+        """What `value` (a stage's precision) runs a model of `size` in on this machine, as the
+        training loop and the sampler resolve it from the model's width."""
+        if self.lm:
+            return resolve(value, self._lm_hidden)
         model = self.base.pretrain.model if self.layout == "flat" else self.sizes[size]
-        return resolve(value, None if self.lm else model.hidden_size)  # a published model: SmolLM2's 576
+        return resolve(value, model.hidden_size)
+
+    @functools.cached_property
+    def _lm_hidden(self) -> int | None:
+        """The published model's width, from its config (None where it cannot be read: `resolve`
+        then takes it as wide)."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(hf_dir(self.lm)).hidden_size
+        except (OSError, ValueError, AttributeError):
+            return None
 
     # ---- shared data ---------------------------------------------------------------------------
     def prepare(self) -> None:

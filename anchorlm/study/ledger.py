@@ -91,8 +91,8 @@ class Ledger:
                     raise ValueError(
                         f"{path} was made in {made_in} and this machine runs it in {precision} (`precision: "
                         "auto` follows the machine's bf16 units): its numbers would differ from a cell made "
-                        f"here. Set the stage's precision to {made_in} to go on as the study began, use a new "
-                        "--out, delete it, or ask to reuse cells of other code (the results then name them)"
+                        "here. Go on where it was made, use a new --out, delete it, or ask to reuse cells of "
+                        "other code (the results then name them)"
                     )
                 self.other_code[rel] = {
                     **self.other_code.get(rel, {}),

@@ -4,7 +4,7 @@ A training step allocates and frees the same large tensors every step: activatio
 gradients, the output layer's logits over the vocabulary (SmolLM2 at 8 x 256 tokens: 400 MB in
 float32). glibc serves every block above its mmap threshold (32 MB at most) with a fresh `mmap`
 and unmaps it on free, and gives the top of its heap back to the system past 128 KB free, so each
-step faults in the same gigabytes of zeroed pages again: measured on 2 cores (Zen 4), 530,000
+step faults in the same gigabytes of zeroed pages again: measured on 2 cores (Zen 4), 740,000
 page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256, a quarter of its throughput
 (`benchmarks/bench.py` measures the step both ways and counts the faults).
 
