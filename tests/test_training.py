@@ -1,4 +1,8 @@
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,6 +10,7 @@ from transformers import TrainerCallback
 
 from anchorlm.config import ModelConfig, PretrainConfig
 from anchorlm.data.pack import pack
+from anchorlm.train import loop
 from anchorlm.train.pretrain import pretrain
 
 TINY = ModelConfig(
@@ -192,17 +197,12 @@ print(json.dumps({"told": told, "faults": min(per_step[-3:])}))
 """
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator (mallopt)")
 def test_training_reuses_freed_memory_instead_of_faulting_it_in_again(blocks, tmp_path, monkeypatch):
     """Steps that allocate and free the same large tensors: with glibc's defaults every step maps
     them afresh (a page fault a page: over 32,000 at 4 KB), after `keep_freed_memory` the heap settles in
     a few steps and serves them again (none). The training loop calls it; ANCHORLM_MALLOC=default
     and the user's own MALLOC_* settings leave glibc as it is."""
-    import os
-    import subprocess
-    import sys
-
-    from anchorlm.train import loop
 
     def run(mode, **env):
         e = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
@@ -211,10 +211,6 @@ def test_training_reuses_freed_memory_instead_of_faulting_it_in_again(blocks, tm
         )
         return json.loads(r.stdout.strip().splitlines()[-1])
 
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("not glibc: no mallopt")
     default, kept = run("default"), run("keep")
     assert kept["told"]
     assert default["faults"] >= 32  # even with 2 MB transparent huge pages
