@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import ASSETS, ROOT
 
+from anchorlm.precision import cpu_bf16_units
+
 REQUIRED = (
     "embedding_distance.gap_closed",
     "embedding_distance.collapse_reduction",
@@ -114,6 +116,11 @@ def test_rerun_reuses_every_cell_and_gives_the_same_numbers(study):
     computed = [k for k in entries if k.startswith("models/") and not k.endswith(".json")]
     assert any(k.endswith(".jsonl") for k in computed) and any("/samples/" not in k for k in computed)
     assert {entries[k].get("precision") for k in computed} == {"fp32"}
+    # and each score cell the precision its reference LM (SmolLM2, 576 wide) scored in
+    scores = [k for k in entries if k.endswith(".json") and "/samples/" in k]
+    assert scores and {entries[k].get("precision") for k in scores} == {
+        "bf16" if cpu_bf16_units() else "fp32"
+    }
 
 
 def test_a_changed_recipe_makes_new_cells(study):

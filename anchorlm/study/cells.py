@@ -102,20 +102,9 @@ class Cells:
         """What `value` (a stage's precision) runs a model of `size` in on this machine, as the
         training loop and the sampler resolve it from the model's width."""
         if self.lm:
-            return resolve(value, self._lm_hidden)
+            return resolve(value, _published_width(self.lm))
         model = self.base.pretrain.model if self.layout == "flat" else self.sizes[size]
         return resolve(value, model.hidden_size)
-
-    @functools.cached_property
-    def _lm_hidden(self) -> int | None:
-        """The published model's width, from its config (None where it cannot be read: `resolve`
-        then takes it as wide)."""
-        from transformers import AutoConfig
-
-        try:
-            return AutoConfig.from_pretrained(hf_dir(self.lm)).hidden_size
-        except (OSError, ValueError, AttributeError):
-            return None
 
     # ---- shared data ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -349,7 +338,8 @@ class Cells:
             figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
             write_json(path, figures)
 
-        self._cell("evaluate", str(samples.relative_to(self.out)), path, identity, path.exists, score, needs)
+        self._cell("evaluate", str(samples.relative_to(self.out)), path, identity, path.exists, score, needs,
+                   precision=resolve(ev.precision, _published_width(ev.reference_lm)))  # fmt: skip
         return json.loads(path.read_text())
 
     def score_job(self, job: Job) -> dict:
@@ -386,6 +376,19 @@ class Cells:
             where = describe(d["machine"]) if d.get("machine") else hint or "not recorded"
             groups[(where, d.get("counts", {}).get("precision") or "not recorded")] += 1
         return [{"where": w, "precision": p, "cells": n} for (w, p), n in sorted(groups.items())]
+
+
+@functools.cache
+def _published_width(spec: str) -> int | None:
+    """A published model's width, from its config, as the training loop, the sampler and the
+    scorer resolve `precision: auto` from it (None where it cannot be read: `resolve` then takes it
+    as wide)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(hf_dir(spec)).hidden_size
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _slug(name: str) -> str:

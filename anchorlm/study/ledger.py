@@ -8,7 +8,7 @@ naming what differs (its directory would be reused silently otherwise); a finish
 identity is reused, but only when the same code made it, unless the orchestrator was asked to
 reuse cells of other code, in which case the results name every such cell; a cell on disk that the
 ledger does not record (an older anchorlm's, or the user's own file) is refused likewise. A cell
-that computes in a precision (training, sampling) records the one it ran in; `precision: auto`
+that computes in a precision (training, sampling, scoring) records the one it ran in; `precision: auto`
 resolves per machine (bf16 where the CPU has bf16 units), so a study resumed on another kind of
 machine would mix precisions: such a cell counts as made by other code.
 """
