@@ -117,19 +117,52 @@ def train_speed(
     step = _train_step(model, batch, seq_len, precision, vocab)
     step()
     per_run, faults = [], []
-    for _ in range(runs):
-        f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-        for _ in range(steps):
-            step()
-        per_run.append(batch * seq_len * steps / (time.perf_counter() - t))
-        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
+    with _PeakRSS() as rss:
+        for _ in range(runs):
+            f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            for _ in range(steps):
+                step()
+            per_run.append(batch * seq_len * steps / (time.perf_counter() - t))
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
     return {
         "batch": batch,
         "seq_len": seq_len,
         "tokens_per_s": round(statistics.median(per_run), 1),
         "runs": [round(x, 1) for x in per_run],
         "page_faults_per_step": round(statistics.median(faults)),
+        "peak_rss_mb": rss.peak_mb,
     }
+
+
+class _PeakRSS:
+    """The process's largest resident memory while the block runs, polled every 5 ms from
+    /proc/self/statm (ru_maxrss is the whole process's high-water mark, not one row's); None where
+    /proc is not there."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak_mb, self._stop = None, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        peak = 0
+        while True:
+            try:
+                with open("/proc/self/statm") as f:
+                    peak = max(peak, int(f.read().split()[1]))
+            except OSError:
+                return
+            self.peak_mb = round(peak * self._page / 2**20)
+            if self._stop.wait(0.005):
+                return
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _with_gflops(r: dict, fpt: float, peak: float) -> dict:
@@ -155,6 +188,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="anchorlm-bench-"))
     tok, data, cfg = _demo_data(tmp)
     res["training"] = _training(tok, cfg, pk, log)
+    res["keep_freed_memory"] = res["training"].pop("keep_freed_memory")
     res["precision_line"] = _precision_line(log) if fast_bf16() else None
     res["annotated_over_plain"] = _annotated_over_plain(tok, data, cfg, log)
     res["sampling"] = _sampling(tok, cfg, tmp, args.prompts, log)
@@ -231,7 +265,7 @@ def _training(tok, cfg, pk: dict, log) -> dict:
     out: dict = {}
     auto = resolve("auto", 576)
     out["smollm2_glibc_defaults"] = {auto: _smollm2_training(auto, pk, log, "glibc's allocator defaults")}
-    keep_freed_memory()  # what anchorlm.train.loop does before training
+    out["keep_freed_memory"] = keep_freed_memory()  # what anchorlm.train.loop does before training
 
     study = load_study_config(ROOT / "anchorlm/configs/reproduce.yaml")
     largest = max(study.sizes, key=lambda s: s["hidden_size"])
@@ -264,11 +298,11 @@ def _smollm2_training(prec: str, pk: dict, log, note: str = "", lora: bool = Fal
         from anchorlm.train.lora import apply_lora
 
         model = apply_lora(model, tok, rank=16)
-    fpt = flops_per_token(model.get_base_model() if lora else model, 256)
-    if lora:  # no weight gradients for the frozen matrices: 4 of the 6 FLOPs per weight
-        fpt -= 2 * (sum(p.numel() for p in model.parameters() if not p.requires_grad))
     slow = prec == "bf16" and not fast_bf16()
     batch, seq = (1, 64) if slow else (8, 256)
+    fpt = flops_per_token(model.get_base_model() if lora else model, seq)
+    if lora:  # no weight gradients for the frozen matrices: 4 of the 6 FLOPs per weight
+        fpt -= 2 * (sum(p.numel() for p in model.parameters() if not p.requires_grad))
     r = _with_gflops(
         train_speed(model, batch, seq, prec, 1 if slow else 2, len(tok), 1 if slow else 3), fpt, pk[prec]
     )
@@ -363,7 +397,7 @@ def _smollm2_anchored_over_plain(log, batch: int = 32, pairs: int = 9) -> dict:
     """SmolLM2-135M sampled plain and anchored (its annotation tokens added, untrained: every
     annotation runs to the cap of 16 tokens and is closed by force), same prompts and batch; the
     cost per generated token (annotation tokens counted) and per response token: the median over
-    `pairs` pairs of runs, plain then anchored, of the pair's ratio (a run takes seconds, and this
+    `pairs` pairs of runs, plain first in every other pair, of the pair's ratio (a run takes seconds, and this
     machine's speed moves by 5-10% between seconds: 3 runs each gave 0.99 to 1.10)."""
 
     model, tok = load_model("smollm2", tokens="annotations")
@@ -378,9 +412,10 @@ def _smollm2_anchored_over_plain(log, batch: int = 32, pairs: int = 9) -> dict:
     keys = [row_key(i) for i in range(batch)]
     generate(model, seqs[:4], keys[:4], plain, tok.pad_token_id)  # warm-up
     gen, resp = [], []  # anchored over plain, per pair of runs taken one after the other
-    for _ in range(pairs):
+    runs = (("plain", plain, seqs), ("anchored", anchored, [x + [open_id] for x in seqs]))
+    for i in range(pairs):
         per_gen, per_resp = {}, {}
-        for name, s, q in (("plain", plain, seqs), ("anchored", anchored, [x + [open_id] for x in seqs])):
+        for name, s, q in runs if i % 2 == 0 else runs[::-1]:  # each goes first in every other pair
             t = time.perf_counter()
             outs = generate(model, q, keys, s, tok.pad_token_id)
             sec = time.perf_counter() - t
@@ -438,16 +473,25 @@ def markdown(r: dict) -> str:
         "float32 weights); the median of 3 runs of a few steps. Page faults a step: memory the allocator "
         "mapped afresh. `smollm2_glibc_defaults` is SmolLM2 before `keep_freed_memory` "
         "(anchorlm/train/allocator.py, which the training loop calls) told glibc to reuse what a step frees; "
-        "every other row is measured after it, as anchorlm trains.",
+        "every other row is measured after it, as anchorlm trains"
+        + (
+            "."
+            if r.get("keep_freed_memory", True)
+            else " (here it told glibc nothing: MALLOC_* or "
+            "GLIBC_TUNABLES set, ANCHORLM_MALLOC=default, or not glibc)."
+        )
+        + " Peak memory: the process's resident memory at its largest during the row (polled every 5 ms; "
+        "the model and what earlier rows left included).",
         "",
-        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak | page faults a step |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak | page faults a step | peak memory MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for model, by in r["training"].items():
         for prec, x in by.items():
             lines.append(
                 f"| {model} | {prec} | {x['batch']}x{x['seq_len']} | {x['tokens_per_s']:,.1f} | "
-                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} | {x.get('page_faults_per_step', 0):,} |"
+                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} | {x.get('page_faults_per_step', 0):,} | "
+                f"{x.get('peak_rss_mb') or '-'} |"
             )
     if r.get("precision_line"):
         lines += ["", "Where `precision: auto` draws its line (`anchorlm/precision.py`): a training step's "
