@@ -1,6 +1,8 @@
-"""Peak memory of annotation and tokenisation at 1x and 10x corpus size, sharded against one file.
+"""Peak memory of annotation and tokenisation at 1x and 10x corpus size, sharded against one file;
+with --training, of SmolLM2 training with glibc's allocator defaults against `keep_freed_memory`.
 
     .venv/bin/python benchmarks/memory.py [--docs-per-shard 1000] [--shards 2]
+    .venv/bin/python benchmarks/memory.py --training [--out docs/benchmarks-memory-training.json]
 
 1x is `--shards` shards of `--docs-per-shard` documents (drawn from the shuffled bundled corpus,
 repeating it when 10x needs more), 10x is ten times as many shards of the same size; the one-file rows hold the same documents in one JSONL.
@@ -8,6 +10,12 @@ Each stage runs as its own `anchorlm` process, as a user runs it, and its peak r
 (ru_maxrss from wait4) is printed, with the 10x/1x ratio measured in the same run. The annotator
 state is fitted on the first `annotate.fit_max_docs` documents (set here to the 1x size), which
 bounds the one corpus-wide step too.
+
+--training: SmolLM2 trained as benchmarks/bench.py times it (8 x 256 in the precision `auto` picks,
+a warm-up step and 3 runs of 2 steps), each time in a fresh process: with glibc's allocator as it
+comes (ANCHORLM_MALLOC=default) and after `keep_freed_memory` (anchorlm/train/allocator.py), as the
+training loop runs. Each process's peak resident memory (ru_maxrss), tokens/s and page faults a
+step, alternating the two twice; what keeping freed memory costs in memory and buys in speed.
 """
 
 from __future__ import annotations
@@ -35,6 +43,54 @@ def peak_mb(cmd: list[str]) -> float:
     return usage.ru_maxrss / 1024
 
 
+CHILD = """
+import json, resource, sys
+sys.path.insert(0, {bench!r})
+from bench import _smollm2_training
+from anchorlm.precision import resolve
+from anchorlm.train.allocator import keep_freed_memory
+told = keep_freed_memory()
+p = resolve("auto", 576)
+r = _smollm2_training(p, {{p: 1.0}}, lambda m: None)
+print(json.dumps({{"told_glibc": told, "precision": p, "tokens_per_s": r["tokens_per_s"],
+                  "page_faults_per_step": r["page_faults_per_step"],
+                  "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}}))
+"""
+
+
+def training_memory(rounds: int = 2) -> dict:
+    """SmolLM2 training's peak memory and speed, glibc's defaults against keep_freed_memory, each
+    in a fresh process (see the module doc)."""
+    from anchorlm.provenance import provenance
+
+    code = CHILD.format(bench=str(ROOT / "benchmarks"))
+    runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
+    for _ in range(rounds):
+        for name in runs:
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+            env["ANCHORLM_MALLOC"] = "default" if name == "glibc_defaults" else "keep"
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+            if out.returncode:
+                raise RuntimeError(f"the {name} training process failed:\n{out.stderr[-2000:]}")
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = runs[name][-1]
+            print(f"SmolLM2 training, {name:17s}: peak {r['peak_mb']:6,d} MB  {r['tokens_per_s']:6.1f} tok/s  "
+                  f"{r['page_faults_per_step']:8,d} page faults a step", flush=True)  # fmt: skip
+    peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
+    speed = {k: sorted(r["tokens_per_s"] for r in v)[len(v) // 2] for k, v in runs.items()}
+    res = {
+        "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
+        "batch": "8x256",
+        "runs": runs,
+        "peak_mb": peak,
+        "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
+        "tokens_per_s_ratio": round(speed["keep_freed_memory"] / speed["glibc_defaults"], 3),
+    }
+    print(f"keep_freed_memory / glibc defaults: peak memory {res['peak_ratio']:.2f}x, "
+          f"tokens/s {res['tokens_per_s_ratio']:.2f}x")  # fmt: skip
+    return res
+
+
 def write_corpus(rows: list[dict], n_shards: int, per_shard: int, out: Path) -> None:
     (out / "shards").mkdir(parents=True)
     with open(out / "one.jsonl", "w") as one:
@@ -51,7 +107,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs-per-shard", type=int, default=1000)
     ap.add_argument("--shards", type=int, default=2, help="shards at 1x; 10x has ten times as many")
+    ap.add_argument(
+        "--training", action="store_true", help="SmolLM2 training: glibc defaults against keep_freed_memory"
+    )
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-memory-training.json"),
+                    help="with --training: where its JSON goes")  # fmt: skip
     args = ap.parse_args()
+    if args.training:
+        Path(args.out).write_text(json.dumps(training_memory(), indent=1) + "\n")
+        return
     with gzip.open(ROOT / "anchorlm/corpus/corpus.jsonl.gz", "rt") as fh:
         rows = [r for r in map(json.loads, fh) if r.get("split") != "heldout"]
     random.Random(0).shuffle(rows)  # every shard, at either scale, draws from the same mix of sources
