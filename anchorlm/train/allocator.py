@@ -5,8 +5,9 @@ gradients, the output layer's logits over the vocabulary (SmolLM2 at 8 x 256 tok
 float32). glibc serves every block above its mmap threshold (32 MB at most) with a fresh `mmap`
 and unmaps it on free, and gives the top of its heap back to the system past 128 KB free, so each
 step faults in the same gigabytes of zeroed pages again: measured on 2 cores (Zen 4), 740,000
-page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256, a quarter of its throughput
-(`benchmarks/bench.py` measures the step both ways and counts the faults).
+page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256 (`benchmarks/bench.py` measures the
+step both ways and counts the faults; `benchmarks/memory.py --training` compares the two in fresh
+processes: 1.10-1.14x the tokens/s for 8-15% more peak memory).
 
 `keep_freed_memory` turns both off for the process (`mallopt`: no mmap for large blocks, no heap
 trimming), as Intel's PyTorch CPU guide does with jemalloc or tcmalloc preloaded, without either.
