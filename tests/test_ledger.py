@@ -92,3 +92,22 @@ def test_a_cell_recorded_before_precisions_were_is_reused(tmp_path):
     cell = tmp_path / "a"
     L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell))  # no precision recorded
     assert L.Ledger(tmp_path).cell(cell, {"x": 1}, cell.exists, _make(cell), precision="fp32") is False
+
+
+def test_a_precision_given_as_a_function_is_asked_only_where_needed(tmp_path):
+    """Saying a published model's precision reads (and may first convert) the model: a study whose
+    cells are all restored should not pay for it."""
+    asked = []
+
+    def fp32():
+        asked.append(1)
+        return "fp32"
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    L.Ledger(tmp_path).cell(old, {"x": 1}, old.exists, _make(old))  # no precision recorded
+    assert L.Ledger(tmp_path).cell(old, {"x": 1}, old.exists, _make(old), precision=fp32) is False
+    assert asked == []
+    L.Ledger(tmp_path).cell(new, {"x": 2}, new.exists, _make(new), precision=fp32)
+    assert asked == [1] and L.Ledger(tmp_path).entries["new"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match="made in fp32 and this machine runs it in bf16"):
+        L.Ledger(tmp_path).cell(new, {"x": 2}, new.exists, _make(new), precision=lambda: "bf16")

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ASSETS, ROOT
 
-from anchorlm.precision import cpu_bf16_units
+from anchorlm.precision import fast_bf16
 
 REQUIRED = (
     "embedding_distance.gap_closed",
@@ -116,11 +116,12 @@ def test_rerun_reuses_every_cell_and_gives_the_same_numbers(study):
     computed = [k for k in entries if k.startswith("models/") and not k.endswith(".json")]
     assert any(k.endswith(".jsonl") for k in computed) and any("/samples/" not in k for k in computed)
     assert {entries[k].get("precision") for k in computed} == {"fp32"}
-    # and each score cell the precision its reference LM (SmolLM2, 576 wide) scored in
-    scores = [k for k in entries if k.endswith(".json") and "/samples/" in k]
-    assert scores and {entries[k].get("precision") for k in scores} == {
-        "bf16" if cpu_bf16_units() else "fp32"
-    }
+    # and each score cell the precision its reference LM (SmolLM2, 576 wide) scored in; forced-plan
+    # scores use no language model and record none
+    scores = [k for k in entries if ".scores-" in k]
+    forced = [k for k in entries if ".forced-" in k]
+    assert scores and {entries[k].get("precision") for k in scores} == {"bf16" if fast_bf16() else "fp32"}
+    assert {entries[k].get("precision") for k in forced} <= {None}
 
 
 def test_a_changed_recipe_makes_new_cells(study):

@@ -82,10 +82,11 @@ class Cells:
         self.used: set[Path] = set()  # the manifests of every model and samples cell read or made
 
     def _cell(self, kind: str, what: str, path: Path, identity: dict, done, make, needs=None,
-              precision: str | None = None) -> None:  # fmt: skip
+              precision=None) -> None:  # fmt: skip
         """Make a cell unless it is there; `needs` first makes the inputs it reads (and is not
         called when the cell is there: a study whose scores are kept needs neither its samples nor
-        its models on disk); `precision`: what this machine runs it in (the ledger checks it)."""
+        its models on disk); `precision`: what this machine runs it in, or a function saying it
+        (the ledger checks it)."""
 
         def timed():
             if needs is not None:
@@ -222,7 +223,7 @@ class Cells:
             return d, identity
         self._cell("pretrain", f"{size} seed {pcfg.seed} {data} ({pcfg.token_budget:,} tokens)", d, identity,
                    lambda: is_done(d), lambda: pretrain(pcfg, tokens, tok, d),
-                   precision=self._precision(size, pcfg.precision))  # fmt: skip
+                   precision=lambda: self._precision(size, pcfg.precision))  # fmt: skip
         return d, identity
 
     def train_variant(
@@ -252,7 +253,7 @@ class Cells:
         replay = self.replay_chunks() if pcfg.replay_fraction or pcfg.anchored_replay else ()
         self._cell("posttrain", f"{size} seed {pcfg.seed} {own.name}" + (f" ({epochs:g} epochs)" if epochs else ""),
                    d, identity, lambda: is_done(d), lambda: posttrain(pcfg, init, examples, d, replay=replay),
-                   precision=self._precision(size, pcfg.precision))  # fmt: skip
+                   precision=lambda: self._precision(size, pcfg.precision))  # fmt: skip
         return d, identity
 
     # ---- samples and scores -----------------------------------------------------------------------
@@ -309,7 +310,7 @@ class Cells:
             self._cell("sample", what, path, identity, path.exists,
                        lambda: sample(scfg, model, prompts, path, v.anchored, plans),
                        needs=lambda: self.train_variant(job.size, job.seed, v, job.categories, job.epochs),
-                       precision=None if scfg.backend == "vllm" else self._precision(job.size, scfg.precision))  # fmt: skip
+                       precision=None if scfg.backend == "vllm" else lambda: self._precision(job.size, scfg.precision))  # fmt: skip
         return path
 
     def draw_job(self, job: Job, make: bool = True) -> tuple[Path, Path | None]:
@@ -338,8 +339,10 @@ class Cells:
             figures["per_prompt"] = {m: a.tolist() for m, a in per_prompt.items()}
             write_json(path, figures)
 
+        # forced-plan scores use no language model: no precision to match
+        precision = None if forced else lambda: resolve(ev.precision, _published_width(ev.reference_lm))
         self._cell("evaluate", str(samples.relative_to(self.out)), path, identity, path.exists, score, needs,
-                   precision=resolve(ev.precision, _published_width(ev.reference_lm)))  # fmt: skip
+                   precision=precision)  # fmt: skip
         return json.loads(path.read_text())
 
     def score_job(self, job: Job) -> dict:

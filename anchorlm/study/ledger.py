@@ -56,9 +56,10 @@ class Ledger:
         write_json(self.path, self.entries)
 
     def cell(self, path: Path, identity: dict, done: Callable[[], bool], make: Callable[[], object],
-             precision: str | None = None) -> bool:  # fmt: skip
+             precision: str | Callable[[], str] | None = None) -> bool:  # fmt: skip
         """Make the cell at `path` unless it is there, as the module doc says; True when it was made.
-        `precision`: what this machine runs the cell in ('fp32' or 'bf16'; None: no such choice)."""
+        `precision`: what this machine runs the cell in ('fp32' or 'bf16', or a function that says
+        it, called only where it is needed; None: no such choice)."""
         rel = str(path.relative_to(self.out))
         identity = json.loads(json.dumps(identity, default=str))
         entry = self.entries.get(rel)
@@ -86,6 +87,8 @@ class Ledger:
                     )
                 self.other_code[rel] = {"code": entry.get("code")}
             made_in = (entry or {}).get("precision")
+            if made_in and callable(precision):
+                precision = precision()
             if precision and made_in and made_in != precision:
                 if not self.reuse_other_code:
                     raise ValueError(
@@ -101,6 +104,8 @@ class Ledger:
                 }
             return False
         self.entries[rel] = {"identity": identity, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if callable(precision):
+            precision = precision()
         if precision:
             self.entries[rel]["precision"] = precision
         self._save()
