@@ -117,52 +117,19 @@ def train_speed(
     step = _train_step(model, batch, seq_len, precision, vocab)
     step()
     per_run, faults = [], []
-    with _PeakRSS() as rss:
-        for _ in range(runs):
-            f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-            for _ in range(steps):
-                step()
-            per_run.append(batch * seq_len * steps / (time.perf_counter() - t))
-            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
+    for _ in range(runs):
+        f0, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        for _ in range(steps):
+            step()
+        per_run.append(batch * seq_len * steps / (time.perf_counter() - t))
+        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
     return {
         "batch": batch,
         "seq_len": seq_len,
         "tokens_per_s": round(statistics.median(per_run), 1),
         "runs": [round(x, 1) for x in per_run],
         "page_faults_per_step": round(statistics.median(faults)),
-        "peak_rss_mb": rss.peak_mb,
     }
-
-
-class _PeakRSS:
-    """The process's largest resident memory while the block runs, polled every 5 ms from
-    /proc/self/statm (ru_maxrss is the whole process's high-water mark, not one row's); None where
-    /proc is not there."""
-
-    def __enter__(self):
-        import threading
-
-        self.peak_mb, self._stop = None, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        peak = 0
-        while True:
-            try:
-                with open("/proc/self/statm") as f:
-                    peak = max(peak, int(f.read().split()[1]))
-            except OSError:
-                return
-            self.peak_mb = round(peak * self._page / 2**20)
-            if self._stop.wait(0.005):
-                return
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _with_gflops(r: dict, fpt: float, peak: float) -> dict:
@@ -480,18 +447,17 @@ def markdown(r: dict) -> str:
             else " (here it told glibc nothing: MALLOC_* or "
             "GLIBC_TUNABLES set, ANCHORLM_MALLOC=default, or not glibc)."
         )
-        + " Peak memory: the process's resident memory at its largest during the row (polled every 5 ms; "
-        "the model and what earlier rows left included).",
+        + " What keeping freed memory costs in memory: `benchmarks/memory.py --training` "
+        "(fresh processes, docs/benchmarks-memory-training.json).",
         "",
-        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak | page faults a step | peak memory MB |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| training | precision | batch | tokens/s | GFLOP/s | fraction of peak | page faults a step |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for model, by in r["training"].items():
         for prec, x in by.items():
             lines.append(
                 f"| {model} | {prec} | {x['batch']}x{x['seq_len']} | {x['tokens_per_s']:,.1f} | "
-                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} | {x.get('page_faults_per_step', 0):,} | "
-                f"{x.get('peak_rss_mb') or '-'} |"
+                f"{x['gflops']:.1f} | {x['fraction_of_peak']:.2f} | {x.get('page_faults_per_step', 0):,} |"
             )
     if r.get("precision_line"):
         lines += ["", "Where `precision: auto` draws its line (`anchorlm/precision.py`): a training step's "

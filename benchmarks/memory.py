@@ -1,5 +1,7 @@
-"""Peak memory of annotation and tokenisation at 1x and 10x corpus size, sharded against one file;
-with --training, of SmolLM2 training with glibc's allocator defaults against `keep_freed_memory`.
+"""Peak memory: annotation and tokenisation at 1x and 10x corpus size, or SmolLM2 training.
+
+Without --training: annotation and tokenisation, sharded against one file. With --training: SmolLM2
+training with glibc's allocator defaults against `keep_freed_memory`.
 
     .venv/bin/python benchmarks/memory.py [--docs-per-shard 1000] [--shards 2]
     .venv/bin/python benchmarks/memory.py --training [--out docs/benchmarks-memory-training.json]
@@ -15,7 +17,8 @@ bounds the one corpus-wide step too.
 a warm-up step and 3 runs of 2 steps), each time in a fresh process: with glibc's allocator as it
 comes (ANCHORLM_MALLOC=default) and after `keep_freed_memory` (anchorlm/train/allocator.py), as the
 training loop runs. Each process's peak resident memory (ru_maxrss), tokens/s and page faults a
-step, alternating the two twice; what keeping freed memory costs in memory and buys in speed.
+step, alternating the two three times; the medians' ratios: what keeping freed memory costs in
+memory and buys in speed (MB: MiB, ru_maxrss / 1024).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gzip
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +62,7 @@ print(json.dumps({{"told_glibc": told, "precision": p, "tokens_per_s": r["tokens
 """
 
 
-def training_memory(rounds: int = 2) -> dict:
+def training_memory(rounds: int = 3) -> dict:
     """SmolLM2 training's peak memory and speed, glibc's defaults against keep_freed_memory, each
     in a fresh process (see the module doc)."""
     from anchorlm.provenance import provenance
@@ -76,17 +80,20 @@ def training_memory(rounds: int = 2) -> dict:
             r = runs[name][-1]
             print(f"SmolLM2 training, {name:17s}: peak {r['peak_mb']:6,d} MB  {r['tokens_per_s']:6.1f} tok/s  "
                   f"{r['page_faults_per_step']:8,d} page faults a step", flush=True)  # fmt: skip
-    peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
-    speed = {k: sorted(r["tokens_per_s"] for r in v)[len(v) // 2] for k, v in runs.items()}
+    peak = {k: statistics.median(r["peak_mb"] for r in v) for k, v in runs.items()}
+    speed = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     res = {
         "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
         "batch": "8x256",
         "runs": runs,
-        "peak_mb": peak,
+        "peak_mb_median": peak,
+        "peak_mb_range": {
+            k: [min(r["peak_mb"] for r in v), max(r["peak_mb"] for r in v)] for k, v in runs.items()
+        },
         "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
         "tokens_per_s_ratio": round(speed["keep_freed_memory"] / speed["glibc_defaults"], 3),
     }
-    print(f"keep_freed_memory / glibc defaults: peak memory {res['peak_ratio']:.2f}x, "
+    print(f"keep_freed_memory / glibc defaults (medians): peak memory {res['peak_ratio']:.2f}x, "
           f"tokens/s {res['tokens_per_s_ratio']:.2f}x")  # fmt: skip
     return res
 
