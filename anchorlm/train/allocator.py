@@ -7,7 +7,7 @@ and unmaps it on free, and gives the top of its heap back to the system past 128
 step faults in the same gigabytes of zeroed pages again: measured on 2 cores (Zen 4), 740,000
 page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256 (`benchmarks/bench.py` measures the
 step both ways and counts the faults; `benchmarks/memory.py --training` compares the two in fresh
-processes: 1.10-1.14x the tokens/s for 8-15% more peak memory).
+processes: 1.24x the tokens/s for 11% more peak memory in docs/benchmarks-memory-training.json).
 
 `keep_freed_memory` turns both off for the process (`mallopt`: no mmap for large blocks, no heap
 trimming), as Intel's PyTorch CPU guide does with jemalloc or tcmalloc preloaded, without either.
