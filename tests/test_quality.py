@@ -7,7 +7,8 @@ from anchorlm.metrics.quality import fluency_nll, mean_finite
 
 
 def test_fluency_nll_matches_the_models_own_loss(tiny_tokenizer):
-    """Batched, padded scoring equals the model's unpadded cross-entropy, text by text."""
+    """Batched, padded scoring equals the model's unpadded cross-entropy, text by text, in the order
+    given (the batches are made in order of length)."""
     tok = tiny_tokenizer
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -20,9 +21,12 @@ def test_fluency_nll_matches_the_models_own_loss(tiny_tokenizer):
             num_key_value_heads=2,
         )
     ).eval()
-    texts = ["A short one.", "A somewhat longer text, with more tokens in it than the first.", "x"]
-    got = fluency_nll(texts, model, tok, batch_size=2)
+    texts = ["A short one.", "A somewhat longer text, with more tokens in it than the first.", "", "x"]
+    got = fluency_nll(texts, model, tok, batch_size=2)  # batched by length: x and "" first
+    assert math.isnan(got[2])  # an empty text has no token to score
     for text, nll in zip(texts, got):
+        if not text:
+            continue
         ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             ref = model(input_ids=ids, labels=ids).loss.item()
