@@ -182,6 +182,58 @@ def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tm
     assert all(torch.equal(wr[k], wl[k]) for k in wl)
 
 
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(tiny_tokenizer, autocast, monkeypatch):
+    """The tied output layer's anchor rows (train/lora.py): the same logits as peft's own
+    trainable-token layer, bit for bit, the same gradients (the rows' up to summation order), and
+    a backward pass that no longer computes the gradient of the whole output matrix."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anchorlm.train import lora
+
+    tok = tiny_tokenizer
+    rows = lora.anchor_token_ids(tok)
+    assert rows
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    )
+    ids = torch.randint(0, len(tok), (4, 24))
+    ids[:, ::5] = torch.tensor(rows)[torch.arange(ids[:, ::5].numel()) % len(rows)].view(4, -1)
+
+    def run(cheap: bool):
+        if not cheap:
+            monkeypatch.setattr(lora, "_train_rows_cheaply", lambda m: None)
+        torch.manual_seed(1)
+        m = lora.apply_lora(copy.deepcopy(model), tok, rank=4, alpha=8)
+        monkeypatch.undo()
+        with torch.no_grad():  # adapters and rows away from their start, so every gradient is non-trivial
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.add_(0.1 * torch.randn_like(p))
+        with FlopCounterMode(display=False) as flops, torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = m(input_ids=ids, labels=ids)
+            out.loss.backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+        return out.logits.detach(), grads, flops.get_total_flops()
+
+    (l_peft, g_peft, f_peft), (l_ours, g_ours, f_ours) = run(False), run(True)
+    assert torch.equal(l_peft, l_ours)
+    assert g_peft.keys() == g_ours.keys() and any("trainable_tokens_delta" in n for n in g_ours)
+    for n in g_peft:
+        if "trainable_tokens_delta" in n:
+            assert g_ours[n].abs().sum() > 0
+            torch.testing.assert_close(g_ours[n], g_peft[n], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(g_ours[n], g_peft[n]), n
+    whole_output_gradient = 2 * ids.numel() * len(tok) * 32
+    assert f_peft - f_ours >= 0.9 * whole_output_gradient, (f_peft, f_ours)
+
 _REUSE = """
 import json, resource, sys, torch
 from anchorlm.train.allocator import keep_freed_memory

@@ -33,9 +33,46 @@ def apply_lora(model, tok, rank: int, alpha: float = 32.0, dropout: float = 0.0,
         trainable_token_indices={name: anchor_token_ids(tok)} if anchor_token_ids(tok) else None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    _train_rows_cheaply(model)
+    return model
 
 
 def merged(model):
     """The plain model with the adapters (and trained token rows) folded into its weights."""
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+def _train_rows_cheaply(model) -> None:
+    """Make the anchor rows of a tied output layer cost what their rows cost.
+
+    peft's trainable-token layer builds the merged weight W (a copy with the trained rows put in) and
+    computes ``linear(x, W)`` with W in the graph, so every backward pass computes the gradient of the
+    whole 49k x d output matrix (as much work as the output layer's forward: about 12% of a LoRA step
+    on SmolLM2) to keep 4 of its rows. Here the output layer reads the same W, detached, and the rows
+    get their gradient from a term that is exactly zero in the forward pass,
+    ``linear(x.detach(), delta) - itself.detach()`` added to their columns: the logits are those of
+    peft's layer bit for bit, the input's gradient is the same computation, and the rows' gradient is
+    ``g[:, rows]^T x`` instead of a slice of ``g^T x`` (the same sum, in another order).
+    The embedding side is peft's own. Tested against peft's layer in tests/test_training.py."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    def forward(self, x, *args, **kwargs):
+        active = self.active_adapters
+        if self.disable_adapters or self.merged or len(active) != 1:
+            return TrainableTokensLayer.forward(self, x, *args, **kwargs)
+        name = active[0]
+        W = self.get_merged_weights(active).detach()
+        out = F.linear(x, W)
+        delta = self.trainable_tokens_delta[name]
+        rows = torch.tensor(self.token_indices[name], device=out.device)
+        zero = F.linear(x.detach(), delta.to(W.dtype))
+        return out.index_add_(-1, rows, (zero - zero.detach()).to(out.dtype))
+
+    for m in model.modules():
+        if isinstance(m, TrainableTokensLayer) and isinstance(m.base_layer, torch.nn.Linear):
+            m.forward = types.MethodType(forward, m)
