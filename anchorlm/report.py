@@ -19,6 +19,28 @@ def fmt(x) -> str:
     return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
+def fmt_gap(g, ci: list | None) -> str:
+    """A gap closed with its CI; 1 or more is no collapse left to close, not a gain over base."""
+    if g is None:
+        return "–"
+    text = f"{fmt(g)}{fmt_ci(ci)}"
+    return f"no collapse ({text})" if isinstance(g, (int, float)) and math.isfinite(g) and g >= 1 else text
+
+
+def fmt_reduction(r, ci: list | None, gap) -> str:
+    """A collapse reduction with its CI (anchorlm.metrics.summary): infinite, which the JSON writes
+    as null, where AAT lost none of base's diversity (gap closed >= 1): "no AAT collapse", and an
+    upper bound of "inf" where the gap closed's interval reaches 1."""
+    no_aat_collapse = isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= 1
+    if not no_aat_collapse and (r is None or not math.isfinite(r)):
+        return "–"
+    head = "no AAT collapse" if no_aat_collapse else fmt(r)
+    if not ci:
+        return head
+    bounds = ["inf" if x is None or x == math.inf else fmt(x) for x in ci]
+    return f"{head} [{bounds[0]}, {bounds[1]}]"
+
+
 def fmt_ci(ci: list | None) -> str:
     """A 95% CI as ' [low, high]' after its figure ('' when there is none)."""
     return f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
@@ -62,8 +84,8 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}).get('sft'))} | "
                 f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}).get('aat'))} | "
-                f"{fmt(s['collapse_reduction'])}{fmt_ci(s.get('collapse_reduction_ci95'))} | "
-                f"{fmt(s['gap_closed'])}{fmt_ci(s.get('gap_closed_ci95'))} |"
+                f"{fmt_reduction(s['collapse_reduction'], s.get('collapse_reduction_ci95'), s['gap_closed'])} | "
+                f"{fmt_gap(s['gap_closed'], s.get('gap_closed_ci95'))} |"
             )
     return "\n".join(lines)
 

@@ -2,8 +2,14 @@
 bootstrap confidence intervals; which metrics get them is the registry's `summary` flag.
 
 collapse(m)        = D(base) - D(m)
-collapse reduction = collapse(SFT) / collapse(AAT)
+collapse reduction = collapse(SFT) / collapse(AAT) = 1 / (1 - gap closed)
 gap closed         = (D(AAT) - D(SFT)) / (D(base) - D(SFT))
+
+Where AAT lost none of base's diversity (gap closed >= 1) the reduction is infinite: "no AAT
+collapse" (JSON null), never the negative ratio that an AAT more diverse than base gives, and its
+CI is the gap closed's carried through the same map (1 / (1 - g), infinite from g = 1 on): a
+ratio resampled as such jumps from +inf to -inf wherever AAT's collapse crosses 0, and its
+percentiles then mean nothing.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ import numpy as np
 
 
 def collapse_reduction(base: float, sft: float, aat: float) -> float:
+    """collapse(SFT) / collapse(AAT); inf where AAT lost nothing (aat >= base), NaN where SFT lost
+    nothing (no collapse to reduce)."""
     c_sft, c_aat = base - sft, base - aat
-    if c_aat == 0:
-        return math.inf if c_sft > 0 else math.nan
-    return c_sft / c_aat
+    if not c_sft > 0:
+        return math.nan
+    return c_sft / c_aat if c_aat > 0 else math.inf
+
+
+def reduction_of_gap(g: float) -> float:
+    """The collapse reduction a gap closed `g` means (for an SFT that collapsed): 1 / (1 - g)."""
+    return 1 / (1 - g) if g < 1 else math.inf
 
 
 def gap_closed(base: float, sft: float, aat: float) -> float:
@@ -44,7 +57,6 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
     boot: dict[str, list] = {
         "collapse_sft": [],
         "collapse_aat": [],
-        "collapse_reduction": [],
         "gap_closed": [],
     }
     n_seeds, n_prompts = b.shape
@@ -55,11 +67,11 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
         bb, ss, aa = b[idx].mean(), s[idx].mean(), a[idx].mean()
         boot["collapse_sft"].append(bb - ss)
         boot["collapse_aat"].append(bb - aa)
-        boot["collapse_reduction"].append(collapse_reduction(bb, ss, aa))
         boot["gap_closed"].append(gap_closed(bb, ss, aa))
     ci = {name: _percentile_ci(vals) for name, vals in boot.items()}
     out["collapse_ci95"] = {"sft": ci["collapse_sft"], "aat": ci["collapse_aat"]}
-    out["collapse_reduction_ci95"] = ci["collapse_reduction"]
+    g = ci["gap_closed"]
+    out["collapse_reduction_ci95"] = [reduction_of_gap(x) for x in g] if g and out["collapse"]["sft"] > 0 else None
     out["gap_closed_ci95"] = ci["gap_closed"]
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 

@@ -12,6 +12,7 @@ from anchorlm.metrics.registry import PAPER_METRICS, SUMMARY_METRICS, label
 from anchorlm.provenance import describe, machine
 from anchorlm.report import ANCHORING_NOTE, anchoring_plot, anchoring_table, example_lines, table
 from anchorlm.report import fmt as _fmt
+from anchorlm.report import fmt_reduction
 from anchorlm.report import fmt_ci as _ci
 from anchorlm.study.report_evidence import gap
 from anchorlm.study.report_evidence import sections as evidence_sections
@@ -30,7 +31,7 @@ def _g(s: MetricSummary) -> str:
 
 
 def _r(s: MetricSummary) -> str:
-    return f"{_fmt(s.collapse_reduction)}{_ci(s.collapse_reduction_ci95)}"
+    return fmt_reduction(s.collapse_reduction, s.collapse_reduction_ci95, s.gap_closed)
 
 
 def _c(s: MetricSummary, v: str) -> str:

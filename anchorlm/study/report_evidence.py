@@ -5,7 +5,7 @@ intervals, and the dose-response. Rendered from anchorlm.study.results only."""
 from __future__ import annotations
 
 from anchorlm.metrics.registry import label
-from anchorlm.report import fmt, fmt_ci
+from anchorlm.report import fmt, fmt_ci, fmt_gap
 from anchorlm.study.results import Figures, MetricSummary, StudyResults
 
 DIVERSITY = ("embedding_distance", "vendi", "attribute_entropy")  # label-free first
@@ -22,10 +22,7 @@ QUALITY = (
 
 def gap(s: MetricSummary | None) -> str:
     """Gap closed with its CI; 1 or more is no collapse left to close, not a gain over base."""
-    if s is None or s.gap_closed is None:
-        return "–"
-    text = f"{fmt(s.gap_closed)}{fmt_ci(s.gap_closed_ci95)}"
-    return f"no collapse ({text})" if s.gap_closed >= 1 else text
+    return "–" if s is None else fmt_gap(s.gap_closed, s.gap_closed_ci95)
 
 
 def _with_ci(f: Figures, section: str, m: str) -> str:
