@@ -19,22 +19,36 @@ def fmt(x) -> str:
     return f"{x + 0.0:.3f}".replace("-0.000", "0.000") if isinstance(x, float) else str(x)
 
 
-def fmt_gap(g, ci: list | None) -> str:
-    """A gap closed with its CI; 1 or more is no collapse left to close, not a gain over base."""
+def no_aat_collapse(collapse: dict | None, gap) -> bool | None:
+    """SFT collapsed and AAT did not (gap closed >= 1 with SFT's collapse > 0); None where SFT did
+    not collapse (the gap closed and the reduction are then undefined). Without the collapses (a
+    row that keeps only the gap closed), the gap closed alone decides."""
+    c_sft = (collapse or {}).get("sft")
+    if isinstance(c_sft, (int, float)) and not c_sft > 0:
+        return None
+    return isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= 1
+
+
+def fmt_gap(g, ci: list | None, collapse: dict | None = None) -> str:
+    """A gap closed with its CI; 1 or more is no collapse left to close, not a gain over base;
+    undefined where SFT did not collapse."""
     if g is None:
         return "–"
     text = f"{fmt(g)}{fmt_ci(ci)}"
-    return f"no collapse ({text})" if isinstance(g, (int, float)) and math.isfinite(g) and g >= 1 else text
+    state = no_aat_collapse(collapse, g)
+    if state is None:
+        return f"undefined: no SFT collapse ({text})"
+    return f"no collapse ({text})" if state else text
 
 
-def fmt_reduction(r, ci: list | None, gap) -> str:
+def fmt_reduction(r, ci: list | None, gap, collapse: dict | None = None) -> str:
     """A collapse reduction with its CI (anchorlm.metrics.summary): infinite, which the JSON writes
-    as null, where AAT lost none of base's diversity (gap closed >= 1): "no AAT collapse", and an
-    upper bound of "inf" where the gap closed's interval reaches 1."""
-    no_aat_collapse = isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= 1
-    if not no_aat_collapse and (r is None or not math.isfinite(r)):
+    as null, where SFT collapsed and AAT did not: "no AAT collapse"; an upper bound of "inf" where
+    the gap closed's interval reaches 1; "–" where SFT did not collapse."""
+    state = no_aat_collapse(collapse, gap)
+    if state is None or (not state and (r is None or not math.isfinite(r))):
         return "–"
-    head = "no AAT collapse" if no_aat_collapse else fmt(r)
+    head = "no AAT collapse" if state else fmt(r)
     if not ci:
         return head
     bounds = ["inf" if x is None or x == math.inf else fmt(x) for x in ci]
@@ -84,8 +98,8 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}).get('sft'))} | "
                 f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}).get('aat'))} | "
-                f"{fmt_reduction(s['collapse_reduction'], s.get('collapse_reduction_ci95'), s['gap_closed'])} | "
-                f"{fmt_gap(s['gap_closed'], s.get('gap_closed_ci95'))} |"
+                f"{fmt_reduction(s['collapse_reduction'], s.get('collapse_reduction_ci95'), s['gap_closed'], s['collapse'])} | "
+                f"{fmt_gap(s['gap_closed'], s.get('gap_closed_ci95'), s['collapse'])} |"
             )
     return "\n".join(lines)
 

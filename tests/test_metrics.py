@@ -69,7 +69,6 @@ def test_summary_figures_closed_form():
     assert lo < 0.6 < hi and hi - lo < 0.02
 
 
-
 def test_collapse_reduction_is_infinite_not_negative_where_aat_kept_everything():
     """An AAT more diverse than base has no collapse: an infinite reduction (JSON null), not the
     negative ratio; where SFT lost nothing there is nothing to reduce. The reduction is
@@ -82,26 +81,37 @@ def test_collapse_reduction_is_infinite_not_negative_where_aat_kept_everything()
     assert collapse_reduction(1.0, 0.4, 0.9) == pytest.approx(reduction_of_gap(gap_closed(1.0, 0.4, 0.9)))
     rng = np.random.default_rng(0)
     n = 40
-    s = summarize(  # AAT at base on average: the gap closed's CI straddles 1
-        {"base": 1.0 + 0.05 * rng.normal(size=n), "sft": 0.4 + 0.05 * rng.normal(size=n),
-         "aat": 1.0 + 0.05 * rng.normal(size=n)},
-        n_boot=300,
-    )
+
+    def noisy(base, sft, aat, sd=0.05):
+        return {k: v + sd * rng.normal(size=n) for k, v in (("base", base), ("sft", sft), ("aat", aat))}
+
+    s = summarize(noisy(1.0, 0.4, 1.0), n_boot=300)  # AAT at base on average: the gap's CI straddles 1
     lo, hi = s["gap_closed_ci95"]
     assert lo < 1 < hi
     assert s["collapse_reduction_ci95"] == [pytest.approx(1 / (1 - lo)), math.inf]
-    assert s["collapse_reduction"] > 0  # never negative
+    s = summarize(noisy(1.0, 0.4, 0.9, sd=0.01), n_boot=300)  # a finite reduction: about 6
+    lo, hi = s["collapse_reduction_ci95"]
+    assert 3 < lo < s["collapse_reduction"] < hi < 12
+    s = summarize(noisy(1.0, 1.0, 0.85), n_boot=300)  # SFT's collapse not told from 0: no interval
+    assert s["collapse_ci95"]["sft"][0] < 0 < s["collapse_ci95"]["sft"][1]
+    assert s["collapse_reduction_ci95"] is None
 
 
-def test_reports_say_no_collapse_instead_of_a_gain_or_a_negative_reduction():
+def test_reports_say_no_collapse_only_where_sft_collapsed_and_aat_did_not():
     from anchorlm.report import fmt_gap, fmt_reduction
 
-    assert fmt_gap(1.2, [0.9, 1.5]) == "no collapse (1.200 [0.900, 1.500])"
-    assert fmt_gap(0.8, [0.5, 1.1]) == "0.800 [0.500, 1.100]"
-    assert fmt_reduction(None, [3.0, None], 1.2) == "no AAT collapse [3.000, inf]"  # as read from JSON
-    assert fmt_reduction(math.inf, [3.0, math.inf], 1.2) == "no AAT collapse [3.000, inf]"
-    assert fmt_reduction(5.0, [2.0, math.inf], 0.8) == "5.000 [2.000, inf]"
+    sft_only = {"sft": 0.6, "aat": -0.1}
+    assert fmt_gap(1.2, [0.9, 1.5], sft_only) == "no collapse (1.200 [0.900, 1.500])"
+    assert fmt_gap(0.8, [0.5, 1.1], {"sft": 0.6, "aat": 0.1}) == "0.800 [0.500, 1.100]"
+    assert fmt_reduction(None, [3.0, None], 1.2, sft_only) == "no AAT collapse [3.000, inf]"  # from JSON
+    assert fmt_reduction(math.inf, [3.0, math.inf], 1.2, sft_only) == "no AAT collapse [3.000, inf]"
+    assert fmt_reduction(5.0, [2.0, math.inf], 0.8, {"sft": 0.5, "aat": 0.1}) == "5.000 [2.000, inf]"
+    # SFT did not collapse and AAT did: the gap closed (2.0) is above 1, and means nothing
+    aat_only = {"sft": -0.1, "aat": 0.1}
+    assert fmt_gap(2.0, None, aat_only) == "undefined: no SFT collapse (2.000)"
+    assert fmt_reduction(None, None, 2.0, aat_only) == "–"
     assert fmt_reduction(None, None, None) == "–"
+
 
 def test_summarize_over_seeds_and_prompts():
     import numpy as np

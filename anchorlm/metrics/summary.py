@@ -5,11 +5,13 @@ collapse(m)        = D(base) - D(m)
 collapse reduction = collapse(SFT) / collapse(AAT) = 1 / (1 - gap closed)
 gap closed         = (D(AAT) - D(SFT)) / (D(base) - D(SFT))
 
-Where AAT lost none of base's diversity (gap closed >= 1) the reduction is infinite: "no AAT
-collapse" (JSON null), never the negative ratio that an AAT more diverse than base gives, and its
-CI is the gap closed's carried through the same map (1 / (1 - g), infinite from g = 1 on): a
-ratio resampled as such jumps from +inf to -inf wherever AAT's collapse crosses 0, and its
-percentiles then mean nothing.
+Where SFT collapsed and AAT lost none of base's diversity the reduction is infinite: "no AAT
+collapse" (JSON null), never the negative ratio that an AAT more diverse than base gives; where SFT
+did not collapse there is nothing to reduce (NaN, JSON null too: `collapse` tells the two apart).
+Its CI is the gap closed's, over the draws in which SFT collapsed, carried through the same map
+(1 / (1 - g), infinite from g = 1 on); none where SFT did not collapse in more than 2.5% of the
+draws. A ratio resampled as such jumps from +inf to -inf wherever AAT's collapse crosses 0, and
+its percentiles mean nothing.
 """
 
 from __future__ import annotations
@@ -70,10 +72,19 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
         boot["gap_closed"].append(gap_closed(bb, ss, aa))
     ci = {name: _percentile_ci(vals) for name, vals in boot.items()}
     out["collapse_ci95"] = {"sft": ci["collapse_sft"], "aat": ci["collapse_aat"]}
-    g = ci["gap_closed"]
-    out["collapse_reduction_ci95"] = [reduction_of_gap(x) for x in g] if g and out["collapse"]["sft"] > 0 else None
+    out["collapse_reduction_ci95"] = _reduction_ci(boot["gap_closed"], boot["collapse_sft"])
     out["gap_closed_ci95"] = ci["gap_closed"]
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
+
+
+def _reduction_ci(gaps: list, sft_collapses: list) -> list[float] | None:
+    """The collapse reduction's CI from the gap closed's draws where SFT collapsed; None where it
+    did not in more than 2.5% of the draws (the interval would then reach an undefined ratio)."""
+    g, c = np.asarray(gaps, dtype=float), np.asarray(sft_collapses, dtype=float)
+    if not len(g) or np.mean(~(c > 0)) > 0.025:
+        return None
+    ci = _percentile_ci(g[c > 0])
+    return [reduction_of_gap(x) for x in ci] if ci else None
 
 
 def _percentile_ci(vals: list) -> list[float] | None:

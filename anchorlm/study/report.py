@@ -10,9 +10,15 @@ from pathlib import Path
 from anchorlm.io import atomic, write_json
 from anchorlm.metrics.registry import PAPER_METRICS, SUMMARY_METRICS, label
 from anchorlm.provenance import describe, machine
-from anchorlm.report import ANCHORING_NOTE, anchoring_plot, anchoring_table, example_lines, table
+from anchorlm.report import (
+    ANCHORING_NOTE,
+    anchoring_plot,
+    anchoring_table,
+    example_lines,
+    fmt_reduction,
+    table,
+)
 from anchorlm.report import fmt as _fmt
-from anchorlm.report import fmt_reduction
 from anchorlm.report import fmt_ci as _ci
 from anchorlm.study.report_evidence import gap
 from anchorlm.study.report_evidence import sections as evidence_sections
@@ -31,7 +37,7 @@ def _g(s: MetricSummary) -> str:
 
 
 def _r(s: MetricSummary) -> str:
-    return fmt_reduction(s.collapse_reduction, s.collapse_reduction_ci95, s.gap_closed)
+    return fmt_reduction(s.collapse_reduction, s.collapse_reduction_ci95, s.gap_closed, s.collapse)
 
 
 def _c(s: MetricSummary, v: str) -> str:
