@@ -22,7 +22,15 @@ def test_fluency_nll_matches_the_models_own_loss(tiny_tokenizer):
         )
     ).eval()
     texts = ["A short one.", "A somewhat longer text, with more tokens in it than the first.", "", "x"]
-    got = fluency_nll(texts, model, tok, batch_size=2)  # batched by length: x and "" first
+    widths = []
+
+    def recording(**kw):  # the model, noting how wide each batch is padded
+        widths.append(kw["input_ids"].shape[1])
+        return model(**kw)
+
+    got = fluency_nll(texts, recording, tok, batch_size=2)
+    lengths = sorted(1 + len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert widths == [lengths[1], lengths[3]]  # batched in order of length: "" and x, then the rest
     assert math.isnan(got[2])  # an empty text has no token to score
     for text, nll in zip(texts, got):
         if not text:

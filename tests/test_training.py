@@ -182,9 +182,10 @@ def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tm
     assert all(torch.equal(wr[k], wl[k]) for k in wl)
 
 
-
 @pytest.mark.parametrize("autocast", [False, True])
-def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(tiny_tokenizer, autocast, monkeypatch):
+def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
+    tiny_tokenizer, autocast, monkeypatch
+):
     """The tied output layer's anchor rows (train/lora.py): the same logits as peft's own
     trainable-token layer, bit for bit, the same gradients (the rows' up to summation order), and
     a backward pass that no longer computes the gradient of the whole output matrix."""
@@ -200,8 +201,15 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(t
     assert rows
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
     )
     ids = torch.randint(0, len(tok), (4, 24))
     ids[:, ::5] = torch.tensor(rows)[torch.arange(ids[:, ::5].numel()) % len(rows)].view(4, -1)
@@ -228,11 +236,13 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(t
     for n in g_peft:
         if "trainable_tokens_delta" in n:
             assert g_ours[n].abs().sum() > 0
-            torch.testing.assert_close(g_ours[n], g_peft[n], rtol=1e-5, atol=1e-6)
+            tol = 1e-2 if autocast else 1e-5  # bf16 products: another CPU may round a sum otherwise
+            torch.testing.assert_close(g_ours[n], g_peft[n], rtol=tol, atol=tol / 10)
         else:
             assert torch.equal(g_ours[n], g_peft[n]), n
     whole_output_gradient = 2 * ids.numel() * len(tok) * 32
     assert f_peft - f_ours >= 0.9 * whole_output_gradient, (f_peft, f_ours)
+
 
 _REUSE = """
 import json, resource, sys, torch

@@ -9,6 +9,8 @@ annotation. peft's `trainable_token_indices` trains those rows alone (tied outpu
 
 from __future__ import annotations
 
+import functools
+
 from anchorlm.format import ANN_CLOSE, ANN_OPEN, ASSISTANT, USER
 
 
@@ -48,32 +50,48 @@ def _train_rows_cheaply(model) -> None:
 
     peft's trainable-token layer builds the merged weight W (a copy with the trained rows put in)
     and computes ``linear(x, W)`` with W in the graph, so every backward pass computes the gradient
-    of the whole 49k x d output matrix (as much work as the output layer's forward: about 10% of an
-    fp32 LoRA step on SmolLM2 at 8 x 256, 4% in bf16) to keep its 2 to 4 rows. Here the output
-    layer reads the same W, detached, and the rows get their gradient from a term that is exactly
-    zero in the forward pass, ``linear(x.detach(), delta) - itself.detach()`` added to their
-    columns: the logits are those of peft's layer bit for bit, the input's gradient is the same
-    computation, and the rows' gradient is ``g[:, rows]^T x`` instead of a slice of ``g^T x`` (the
-    same sum, in another order). The embedding side is peft's own. Tested against peft's layer in
-    tests/test_training.py."""
-    import types
+    of the whole 49k x d output matrix (as much work as the output layer's forward: 8.7% of the
+    FLOPs of a LoRA step on SmolLM2 at 8 x 256, docs/benchmarks-lora-rows.json) to keep its 2 to 4
+    rows. Here the output layer reads the same W, detached, and the rows get their gradient from a
+    term that is exactly zero in the forward pass, ``linear(x.detach(), delta) - itself.detach()``
+    added to their columns: the logits are those of peft's layer bit for bit, the input's gradient
+    is the same computation, and the rows' gradient is ``g[:, rows]^T x`` instead of a slice of
+    ``g^T x`` (the same sum, in another order). The embedding side is peft's own. The layer's class
+    is swapped for a subclass (a bound method would not follow the module into replicas), and any
+    case but one active, unmerged adapter over a frozen output matrix is left to peft. Tested
+    against peft's layer in tests/test_training.py."""
+    import torch
 
+    cls = _cheap_rows_class()
+    for m in model.modules():
+        if isinstance(m, cls.__bases__[0]) and isinstance(m.base_layer, torch.nn.Linear):
+            m.__class__ = cls
+
+
+@functools.cache
+def _cheap_rows_class():
     import torch
     import torch.nn.functional as F
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
-    def forward(self, x, *args, **kwargs):
-        active = self.active_adapters
-        if self.disable_adapters or self.merged or len(active) != 1:
-            return TrainableTokensLayer.forward(self, x, *args, **kwargs)
-        name = active[0]
-        W = self.get_merged_weights(active).detach()
-        out = F.linear(x, W)
-        delta = self.trainable_tokens_delta[name]
-        rows = torch.tensor(self.token_indices[name], device=out.device)
-        zero = F.linear(x.detach(), delta.to(W.dtype))
-        return out.index_add_(-1, rows, (zero - zero.detach()).to(out.dtype))
+    class CheapRowsTrainableTokensLayer(TrainableTokensLayer):
+        def forward(self, x, *args, **kwargs):
+            active = self.active_adapters
+            if (
+                self.disable_adapters
+                or self.merged
+                or len(active) != 1
+                or self.base_layer.weight.requires_grad
+                or not hasattr(self, "get_merged_weights")
+            ):
+                return super().forward(x, *args, **kwargs)
+            name = active[0]
+            with torch.no_grad():
+                W = self.get_merged_weights(active)
+            out = F.linear(x, W)
+            delta = self.trainable_tokens_delta[name]
+            rows = torch.tensor(self.token_indices[name], device=out.device)
+            zero = F.linear(x.detach(), delta.to(W.dtype))
+            return out.index_add_(-1, rows, (zero - zero.detach()).to(out.dtype))
 
-    for m in model.modules():
-        if isinstance(m, TrainableTokensLayer) and isinstance(m.base_layer, torch.nn.Linear):
-            m.forward = types.MethodType(forward, m)
+    return CheapRowsTrainableTokensLayer
