@@ -192,25 +192,15 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
     import copy
 
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from anchorlm.train import lora
+    from anchorlm.train.model import build_model
 
     tok = tiny_tokenizer
     rows = lora.anchor_token_ids(tok)
     assert rows
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-    )
+    model = build_model(TINY, tok)  # the project's tiny Llama, output layer tied to the embeddings
     ids = torch.randint(0, len(tok), (4, 24))
     ids[:, ::5] = torch.tensor(rows)[torch.arange(ids[:, ::5].numel()) % len(rows)].view(4, -1)
 
