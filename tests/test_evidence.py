@@ -58,6 +58,9 @@ def test_mechanism_rows(evidence):
     assert {"sft", "aat", "aat_no_annotation", "aat_sft_plans", "aat_mask_all", "aat_constant"} <= set(rows)
     assert rows["aat_sft_plans"]["inference"] == "plans drawn from the SFT data"
     assert rows["aat"]["training"] != rows["aat_mask_all"]["training"]
+    # each row carries SFT's collapse, so its gap closed reads "no collapse" only where SFT collapsed
+    summary = res["ablations"]["summary"]["aat"]["embedding_distance"]
+    assert rows["aat"]["collapse_sft_embedding_distance"] == summary["collapse"]["sft"]
 
 
 def test_plan_following_has_power(evidence):

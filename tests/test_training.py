@@ -232,6 +232,17 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
             assert torch.equal(g_ours[n], g_peft[n]), n
     whole_output_gradient = 2 * ids.numel() * len(tok) * 32
     assert f_peft - f_ours >= 0.9 * whole_output_gradient, (f_peft, f_ours)
+    # the layer is a class, not a bound method: it follows the module into DataParallel's
+    # replicas and through pickle
+    import pickle
+
+    m = lora.apply_lora(copy.deepcopy(model), tok, rank=4, alpha=8)
+    layers = [x for x in m.modules() if type(x).__name__ == "CheapRowsTrainableTokensLayer"]
+    assert layers and all("forward" not in vars(x) for x in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pickle.loads(pickle.dumps(m))(input_ids=ids).logits, m(input_ids=ids).logits
+        )
 
 
 _REUSE = """

@@ -12,7 +12,7 @@ def fluency_nll(texts: list[str], model, tok, batch_size: int = 16) -> list[floa
     Texts are batched in order of length (each batch padded to its longest text; the results come
     back in the order given): padding to the longest of a random 16 doubled the work on sampled
     responses, most of which end early. A text's NLL does not depend on its batch-mates (the
-    padding is masked) up to floating-point summation order: about 1e-6 nats in fp32, up to about
+    padding is masked) up to floating-point summation order: a few 1e-6 nats in fp32, up to about
     1e-2 in bf16, whose roundings the batch's shape changes.
     """
     import torch

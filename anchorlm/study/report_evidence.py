@@ -82,7 +82,8 @@ def sections(res: StudyResults) -> list[str]:
         ]
         for r in res.mechanism:
             g = {
-                m: gap(MetricSummary(collapse={}, collapse_reduction=None, gap_closed=r[f"gap_closed_{m}"],
+                m: gap(MetricSummary(collapse={"sft": r.get(f"collapse_sft_{m}")}, collapse_reduction=None,
+                                     gap_closed=r[f"gap_closed_{m}"],
                                      collapse_ci95={}, collapse_reduction_ci95=None,
                                      gap_closed_ci95=r[f"gap_closed_{m}_ci95"]))
                 for m in ("embedding_distance", "attribute_entropy")

@@ -25,8 +25,12 @@ def bar(res: StudyResults) -> Bar:
     for m in PAPER_METRICS:
         s = top.summary[m]
         g, ci = s.gap_closed, s.gap_closed_ci95
-        checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(g is not None and math.isfinite(g) and g >= 0.85)
-        checks[f"{m}_gap_closed_ci_excludes_0"] = bool(ci and ci[0] > 0)
+        c_sft = s.collapse.get("sft")
+        sft_collapsed = c_sft is not None and c_sft > 0  # else the gap closed's denominator is <= 0
+        checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(
+            sft_collapsed and g is not None and math.isfinite(g) and g >= 0.85
+        )
+        checks[f"{m}_gap_closed_ci_excludes_0"] = bool(sft_collapsed and ci and ci[0] > 0)
         if len(order) > 1:
             seq = [res.sizes[s].summary[m].gap_closed for s in order]
             checks[f"{m}_gap_closed_grows_with_size"] = bool(
@@ -68,6 +72,7 @@ def mechanism_rows(res: StudyResults) -> list[dict] | None:
             **{m: f.diversity.get(m) for m in ("embedding_distance", "vendi", "attribute_entropy")},
             **{f"gap_closed_{m}": (sm[m].gap_closed if m in sm else None) for m in PAPER_METRICS},
             **{f"gap_closed_{m}_ci95": (sm[m].gap_closed_ci95 if m in sm else None) for m in PAPER_METRICS},
+            **{f"collapse_sft_{m}": (sm[m].collapse.get("sft") if m in sm else None) for m in PAPER_METRICS},
             **{m: f.quality.get(m) for m in ("style_adherence", "content_nll", "annotation_wellformed")},
             "free_agreement": a.get("free_agreement"),
             "forced_other": a.get("forced_other"),

@@ -94,4 +94,13 @@ def _cheap_rows_class():
             zero = F.linear(x.detach(), delta.to(W.dtype))
             return out.index_add_(-1, rows, (zero - zero.detach()).to(out.dtype))
 
+    CheapRowsTrainableTokensLayer.__module__ = __name__  # pickled by name: see __getattr__
+    CheapRowsTrainableTokensLayer.__qualname__ = "CheapRowsTrainableTokensLayer"
     return CheapRowsTrainableTokensLayer
+
+
+def __getattr__(name: str):
+    """The layer class by name (made on first use, so that importing this module needs no peft)."""
+    if name == "CheapRowsTrainableTokensLayer":
+        return _cheap_rows_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
