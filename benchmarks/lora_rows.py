@@ -43,15 +43,9 @@ def models():
     """(peft's, anchorlm's): the same start, the same adapters' initialisation."""
     base, tok = load_model("smollm2")
     out = {}
-    for name in ("peft", "anchorlm"):
-        cheap = lora._train_rows_cheaply
-        if name == "peft":
-            lora._train_rows_cheaply = lambda m: None
-        try:
-            torch.manual_seed(0)
-            out[name] = lora.apply_lora(copy.deepcopy(base), tok, rank=32, alpha=64)
-        finally:
-            lora._train_rows_cheaply = cheap
+    for name, build in (("peft", lora.peft_lora), ("anchorlm", lora.apply_lora)):
+        torch.manual_seed(0)
+        out[name] = build(copy.deepcopy(base), tok, rank=32, alpha=64)
     return out, len(tok)
 
 

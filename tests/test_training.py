@@ -183,9 +183,7 @@ def test_lora_trains_adapters_and_anchor_rows_and_saves_a_plain_model(blocks, tm
 
 
 @pytest.mark.parametrize("autocast", [False, True])
-def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
-    tiny_tokenizer, autocast, monkeypatch
-):
+def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(tiny_tokenizer, autocast):
     """The tied output layer's anchor rows (train/lora.py): the same logits as peft's own
     trainable-token layer, bit for bit, the same gradients (the rows' up to summation order), and
     a backward pass that no longer computes the gradient of the whole output matrix."""
@@ -204,12 +202,9 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
     ids = torch.randint(0, len(tok), (4, 24))
     ids[:, ::5] = torch.tensor(rows)[torch.arange(ids[:, ::5].numel()) % len(rows)].view(4, -1)
 
-    def run(cheap: bool):
-        if not cheap:
-            monkeypatch.setattr(lora, "_train_rows_cheaply", lambda m: None)
+    def run(build):
         torch.manual_seed(1)
-        m = lora.apply_lora(copy.deepcopy(model), tok, rank=4, alpha=8)
-        monkeypatch.undo()
+        m = build(copy.deepcopy(model), tok, rank=4, alpha=8)
         with torch.no_grad():  # adapters and rows away from their start, so every gradient is non-trivial
             for p in m.parameters():
                 if p.requires_grad:
@@ -220,7 +215,7 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(
         grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
         return out.logits.detach(), grads, flops.get_total_flops()
 
-    (l_peft, g_peft, f_peft), (l_ours, g_ours, f_ours) = run(False), run(True)
+    (l_peft, g_peft, f_peft), (l_ours, g_ours, f_ours) = run(lora.peft_lora), run(lora.apply_lora)
     assert torch.equal(l_peft, l_ours)
     assert g_peft.keys() == g_ours.keys() and any("trainable_tokens_delta" in n for n in g_ours)
     for n in g_peft:

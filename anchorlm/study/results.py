@@ -60,9 +60,8 @@ class MetricSummary(Result):
     """The paper's summary figures of one metric (anchorlm.metrics.summary), with 95% CIs."""
 
     collapse: dict[str, float | None]  # {'sft': base - sft, 'aat': base - aat}
-    collapse_reduction: (
-        float | None
-    )  # None (JSON null): infinite (no AAT collapse: gap closed >= 1) or undefined (no SFT collapse)
+    # None (JSON null): infinite (no AAT collapse: gap closed >= 1) or undefined (no SFT collapse)
+    collapse_reduction: float | None
     gap_closed: float | None  # None: undefined (base and SFT equal)
     collapse_ci95: dict[str, list | None]
     collapse_reduction_ci95: list | None

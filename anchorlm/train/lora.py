@@ -22,7 +22,16 @@ def anchor_token_ids(tok) -> list[int]:
 
 def apply_lora(model, tok, rank: int, alpha: float = 32.0, dropout: float = 0.0, targets="all-linear"):
     """`model` wrapped by peft with rank-`rank` adapters on `targets` (peft's 'all-linear': every
-    linear layer but the output layer) and the anchor tokens' embedding rows trainable."""
+    linear layer but the output layer) and the anchor tokens' embedding rows trainable, the tied
+    output layer's rows trained by their gradient alone (`_train_rows_cheaply`)."""
+    model = peft_lora(model, tok, rank, alpha, dropout, targets)
+    _train_rows_cheaply(model)
+    return model
+
+
+def peft_lora(model, tok, rank: int, alpha: float = 32.0, dropout: float = 0.0, targets="all-linear"):
+    """`apply_lora` with peft's own trainable-token layer throughout (the reference the tests and
+    benchmarks/lora_rows.py compare with)."""
     from peft import LoraConfig, get_peft_model
 
     emb = model.get_input_embeddings()
@@ -35,9 +44,7 @@ def apply_lora(model, tok, rank: int, alpha: float = 32.0, dropout: float = 0.0,
         trainable_token_indices={name: anchor_token_ids(tok)} if anchor_token_ids(tok) else None,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, cfg)
-    _train_rows_cheaply(model)
-    return model
+    return get_peft_model(model, cfg)
 
 
 def merged(model):
@@ -61,11 +68,11 @@ def _train_rows_cheaply(model) -> None:
     case but one active, unmerged adapter over a frozen output matrix is left to peft. Tested
     against peft's layer in tests/test_training.py."""
     import torch
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
-    cls = _cheap_rows_class()
     for m in model.modules():
-        if isinstance(m, cls.__bases__[0]) and isinstance(m.base_layer, torch.nn.Linear):
-            m.__class__ = cls
+        if isinstance(m, TrainableTokensLayer) and isinstance(m.base_layer, torch.nn.Linear):
+            m.__class__ = _cheap_rows_class()
 
 
 @functools.cache
