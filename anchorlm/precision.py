@@ -51,10 +51,9 @@ def cpu_bf16_units() -> bool:
     """Whether this machine's CPU has bf16 matrix units (AMX or AVX-512 BF16)."""
     import torch
 
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        if fn is not None and fn():
-            return True
+    probes = [getattr(torch.cpu, p, None) for p in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if any(fn is not None for fn in probes):  # torch's answer, where it gives one, is final
+        return any(fn() for fn in probes if fn is not None)
     try:  # older torch: the CPU's own flags
         flags = open("/proc/cpuinfo").read().split()
         return "amx_bf16" in flags or "avx512_bf16" in flags

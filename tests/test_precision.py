@@ -34,6 +34,22 @@ def test_auto_is_fp32_without_units_and_bf16_on_a_gpu(machine):
     assert precision.resolve("auto", 64) == "bf16"
 
 
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (True, False), (False, True)])
+def test_bf16_units_are_what_torch_says_not_the_cpuinfo_flags(monkeypatch, amx, avx512_bf16):
+    """Where torch can tell, its answer is final: /proc/cpuinfo is read only by a torch without the
+    probes (a CPU whose flags name avx512_bf16 where torch says no must not get `auto` = bf16)."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("read the CPU's flags"))
+    precision.cpu_bf16_units.cache_clear()
+    try:
+        assert precision.cpu_bf16_units() is (amx or avx512_bf16)
+    finally:
+        precision.cpu_bf16_units.cache_clear()
+
+
 def test_a_forced_precision_is_kept_whatever_the_machine(machine):
     for units in (True, False):
         machine(units=units)
