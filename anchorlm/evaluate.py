@@ -196,7 +196,7 @@ class Scorer:
             "examples": examples(rows),
         }
         if "annotation_ok" in rows[0]:
-            figures["anchoring"] = anchoring(rows, labels)
+            figures["anchoring"] = anchoring(rows, labels, self.clf.categories)
         return figures, per_prompt
 
     def forced(self, rows: list[dict]) -> dict:

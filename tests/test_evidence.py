@@ -103,3 +103,18 @@ def test_wilson_interval_matches_scipy():
     for k, n in ((7, 40), (0, 10), (10, 10), (33, 128)):
         ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
         assert np.allclose(wilson(k, n), [ci.low, ci.high], atol=1e-6)
+
+
+def test_anchoring_counts_plans_whose_topic_the_corpus_has():
+    """`known_topic`: the share of free plans naming one of the corpus's topics (an invented topic,
+    or none, is well-formed or not but cannot be followed); `free_agreement` over plans with a topic."""
+    from anchorlm.metrics.fidelity import anchoring
+
+    tags = [["topic:food", "keyword:x"], ["topic:books"], ["keyword:y"], ["topic:love"], ["topic:food"]]
+    rows = [{"prompt_id": i % 2, "annotation": t} for i, t in enumerate(tags)]
+    labels = ["food", "love", "food", "food", "food"]
+    a = anchoring(rows, labels, ["food", "love", "science"])
+    assert a["known_topic"] == 3 / 5
+    assert a["free_agreement"] == 2 / 4  # food=food, books!=love, love!=food, food=food
+    assert a["with_topic"] == 4 / 5
+    assert anchoring(rows, labels)["known_topic"] is None

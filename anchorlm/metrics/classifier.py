@@ -78,6 +78,11 @@ class AttributeClassifier:
             )
         return info
 
+    @property
+    def categories(self) -> list[str]:
+        """The corpus categories it tells apart (the topics the metadata annotator writes)."""
+        return [str(c) for c in self.clf.classes_]
+
     def predict(self, emb: np.ndarray) -> list[str]:
         return list(self.clf.predict(emb))
 

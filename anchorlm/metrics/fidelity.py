@@ -14,10 +14,13 @@ def _topic(tags) -> str | None:
     return next((t[6:] for t in tags or [] if t.startswith("topic:")), None)
 
 
-def anchoring(rows: list[dict], labels: list[str]) -> dict:
+def anchoring(rows: list[dict], labels: list[str], known: list[str] | None = None) -> dict:
     """Does the writer follow the plan it writes? For free anchored samples: the entropy of the
-    sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for) and the share
-    of responses whose classified category is their annotation's topic (`free_agreement`)."""
+    sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for), the share
+    of responses whose classified category is their annotation's topic (`free_agreement`), and,
+    given the topics the training annotations use (`known`), the share of samples whose plan names
+    one of them (`known_topic`): a plan with an invented topic (`topic:books` where no document
+    had it) is well-formed but cannot be followed as the classifier measures it."""
     topics = [_topic(r.get("annotation")) for r in rows]
     by_prompt = defaultdict(list)
     for r, tp in zip(rows, topics):
@@ -27,6 +30,7 @@ def anchoring(rows: list[dict], labels: list[str]) -> dict:
         "plan_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
         "free_agreement": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
         "with_topic": len(with_topic) / len(rows),
+        "known_topic": None if known is None else float(np.mean([tp in set(known) for tp in topics])),
     }
 
 
