@@ -117,7 +117,7 @@ def anchoring_table(results: dict) -> str:
     for n, a in rows.items():
         ceiling = f"{fmt(a.get('classifier_accuracy_sft'))} / {fmt(a.get('classifier_accuracy_other'))}"
         lines.append(
-            f"| {n} | {fmt(a.get('plan_entropy'))} | {fmt(a.get('known_topic'))} | {fmt(a.get('free_agreement'))} | "
+            f"| {n} | {fmt(a.get('plan_entropy'))} | {fmt(a.get('plan_topic_in_corpus'))} | {fmt(a.get('free_agreement'))} | "
             f"{fmt(a.get('forced_sft'))} | {fmt(a.get('forced_other'))} | "
             f"{ceiling if 'forced_sft' in a else '–'} |"
         )
@@ -126,11 +126,11 @@ def anchoring_table(results: dict) -> str:
 
 ANCHORING_NOTE = (
     "Plan topic entropy: entropy (nats) of the topics the model's own annotations name, per prompt. "
-    "Plan topic known: share of its annotations whose topic is one of the corpus's categories (those "
-    "the training annotations name); a plan with an invented topic (`topic:books`) may be well-formed "
-    "but cannot be followed as measured here. "
-    "Free-plan agreement: share of anchored responses the attribute classifier puts in their "
-    "annotation's topic. Forced plan: the annotation's start fixed to `topic:<t>`; share of responses "
+    "Plan topic known: share of the samples whose own annotation (closed or not) names one of the "
+    "corpus's categories as a topic; a plan with an invented topic (`topic:books`) may be well-formed "
+    "but cannot be followed as measured here. Free-plan agreement: share of anchored responses the "
+    "attribute classifier puts in their annotation's topic, of those whose annotation names a topic. "
+    "Forced plan: the annotation's start fixed to `topic:<t>`; share of responses "
     "classified as t, for topics of the SFT data and for others. The classifier's held-out accuracy "
     "on real documents of the same topics is the most any writer can score."
 )

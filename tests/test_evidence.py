@@ -106,15 +106,39 @@ def test_wilson_interval_matches_scipy():
 
 
 def test_anchoring_counts_plans_whose_topic_the_corpus_has():
-    """`known_topic`: the share of free plans naming one of the corpus's topics (an invented topic,
-    or none, is well-formed or not but cannot be followed); `free_agreement` over plans with a topic."""
+    """`plan_topic_in_corpus`: the share of free samples whose own plan names one of the corpus's
+    categories, as the annotator writes them (an invented topic, or none, cannot be followed);
+    `free_agreement` over the samples whose plan names a topic; none for plans given to the model."""
     from anchorlm.metrics.fidelity import anchoring
 
-    tags = [["topic:food", "keyword:x"], ["topic:books"], ["keyword:y"], ["topic:love"], ["topic:food"]]
-    rows = [{"prompt_id": i % 2, "annotation": t} for i, t in enumerate(tags)]
-    labels = ["food", "love", "food", "food", "food"]
-    a = anchoring(rows, labels, ["food", "love", "science"])
-    assert a["known_topic"] == 3 / 5
-    assert a["free_agreement"] == 2 / 4  # food=food, books!=love, love!=food, food=food
+    tags = [
+        ["topic:food", "keyword:x"],
+        ["topic:books"],
+        ["keyword:y"],
+        ["topic:Computer_Science"],
+        ["topic:food"],
+    ]
+    rows = [{"prompt_id": i % 2, "annotation": t, "anchors": "iid"} for i, t in enumerate(tags)]
+    labels = ["food", "love", "food", "Computer Science", "love"]
+    a = anchoring(rows, labels, ["food", "love", "Computer Science"])
+    assert a["plan_topic_in_corpus"] == 3 / 5
+    # food = food, books != love, Computer_Science = Computer Science, food != love
+    assert a["free_agreement"] == 2 / 4
     assert a["with_topic"] == 4 / 5
-    assert anchoring(rows, labels)["known_topic"] is None
+    assert anchoring(rows, labels)["plan_topic_in_corpus"] is None
+    given = [{**r, "anchors": "given"} for r in rows]
+    assert anchoring(given, labels, ["food"])["plan_topic_in_corpus"] is None
+
+
+def test_forced_plans_compare_labels_as_the_annotator_writes_topics():
+    """A category named with a space ("Computer Science") is `topic:Computer_Science` in a plan:
+    a response the classifier labels "Computer Science" follows that plan."""
+    from anchorlm.metrics.fidelity import forced_plan
+
+    rows = [{"prompt_id": f"p{i}|t", "annotation_prefix": [p]} for i, p in
+            enumerate(["topic:Computer_Science", "topic:Computer_Science", "topic:food"])]  # fmt: skip
+    f = forced_plan(
+        rows, ["Computer Science", "food", "food"], ["food"], {"Computer Science": 0.9, "food": 1.0}
+    )
+    assert f["forced_by_topic"] == {"Computer_Science": 0.5, "food": 1.0}
+    assert f["forced_other"] == 0.5 and f["forced_sft"] == 1.0 and f["classifier_accuracy_other"] == 0.9

@@ -60,7 +60,7 @@ def test_results_hold_every_part(study):
         assert {"forced_sft", "forced_other", "classifier_accuracy", "free_agreement", "plan_entropy"} <= set(
             a
         )
-        assert 0 <= a["known_topic"] <= 1
+        assert 0 <= a["plan_topic_in_corpus"] <= 1
         assert set(a["forced_by_topic"]) == {"science", "people"} and a["forced_samples"] == 3 * 2
     assert "anchoring" not in ab["aat_no_annotation"] and "anchoring" not in ab["sft"]
     assert all(len(f["examples"]) == 3 for f in ab.values())

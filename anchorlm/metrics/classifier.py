@@ -80,7 +80,8 @@ class AttributeClassifier:
 
     @property
     def categories(self) -> list[str]:
-        """The corpus categories it tells apart (the topics the metadata annotator writes)."""
+        """The corpus categories it tells apart, as the corpus names them (`fidelity.as_topic` gives
+        the `topic:` value the metadata annotator writes for each)."""
         return [str(c) for c in self.clf.classes_]
 
     def predict(self, emb: np.ndarray) -> list[str]:

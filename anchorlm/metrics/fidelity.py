@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from anchorlm.format import make_tag
 from anchorlm.metrics.diversity import entropy
 
 
@@ -14,23 +15,37 @@ def _topic(tags) -> str | None:
     return next((t[6:] for t in tags or [] if t.startswith("topic:")), None)
 
 
-def anchoring(rows: list[dict], labels: list[str], known: list[str] | None = None) -> dict:
+def as_topic(category: str) -> str:
+    """A corpus category as the metadata annotator writes it in `topic:` (spaces to `_`, unsafe
+    characters dropped: "Computer Science" -> Computer_Science), so labels and plans compare."""
+    try:
+        return make_tag("topic", str(category))[6:]
+    except ValueError:  # nothing tag-safe in it: no annotation can name it
+        return str(category)
+
+
+def anchoring(rows: list[dict], labels: list[str], categories: list[str] | None = None) -> dict:
     """Does the writer follow the plan it writes? For free anchored samples: the entropy of the
     sampled annotations' topics per prompt (`plan_entropy`: what the plan asks for), the share
-    of responses whose classified category is their annotation's topic (`free_agreement`), and,
-    given the topics the training annotations use (`known`), the share of samples whose plan names
-    one of them (`known_topic`): a plan with an invented topic (`topic:books` where no document
-    had it) is well-formed but cannot be followed as the classifier measures it."""
+    of responses whose classified category is their annotation's topic, over the samples whose
+    annotation names a topic (`free_agreement`), and, given the corpus's categories, the share of
+    samples whose own annotation names one of them (`plan_topic_in_corpus`): a plan with an invented
+    topic (`topic:books` where no document had it) may be well-formed but cannot be followed as
+    the classifier measures it. Plans given to the model (`anchors: given`) are not its own: no
+    such share for them."""
     topics = [_topic(r.get("annotation")) for r in rows]
+    labels = [as_topic(lab) for lab in labels]
     by_prompt = defaultdict(list)
     for r, tp in zip(rows, topics):
         by_prompt[(r["prompt_id"], r.get("seed", 0))].append(tp or "(none)")
     with_topic = [(tp, lab) for tp, lab in zip(topics, labels) if tp]
+    own = categories is not None and all(r.get("anchors", "iid") != "given" for r in rows)
+    corpus = {as_topic(c) for c in categories or ()}
     return {
         "plan_entropy": float(np.mean([entropy(v) for v in by_prompt.values()])),
         "free_agreement": float(np.mean([tp == lab for tp, lab in with_topic])) if with_topic else None,
         "with_topic": len(with_topic) / len(rows),
-        "known_topic": None if known is None else float(np.mean([tp in set(known) for tp in topics])),
+        "plan_topic_in_corpus": float(np.mean([tp in corpus for tp in topics])) if own else None,
     }
 
 
@@ -41,6 +56,9 @@ def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: d
     the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
     hits: dict = defaultdict(list)
     per_prompt: dict = defaultdict(list)  # other topics' hits by the prompt they were forced on
+    labels = [as_topic(lab) for lab in labels]
+    sft_topics = [as_topic(t) for t in sft_topics]
+    per_category = {as_topic(c): acc for c, acc in per_category.items()}
     for r, lab in zip(rows, labels):
         t = _topic(r.get("annotation_prefix"))
         if t is None:

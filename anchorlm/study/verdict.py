@@ -75,6 +75,7 @@ def mechanism_rows(res: StudyResults) -> list[dict] | None:
             **{f"collapse_sft_{m}": (sm[m].collapse.get("sft") if m in sm else None) for m in PAPER_METRICS},
             **{m: f.quality.get(m) for m in ("style_adherence", "content_nll", "annotation_wellformed")},
             "free_agreement": a.get("free_agreement"),
+            "plan_topic_in_corpus": a.get("plan_topic_in_corpus"),
             "forced_other": a.get("forced_other"),
         })  # fmt: skip
     return rows or None
