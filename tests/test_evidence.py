@@ -142,3 +142,24 @@ def test_forced_plans_compare_labels_as_the_annotator_writes_topics():
     )
     assert f["forced_by_topic"] == {"Computer_Science": 0.5, "food": 1.0}
     assert f["forced_other"] == 0.5 and f["forced_sft"] == 1.0 and f["classifier_accuracy_other"] == 0.9
+
+
+def test_shipped_prompt_sets_are_disjoint_from_each_other_and_from_the_sft_instructions():
+    """A dev set chooses recipes and a test set is only reported: no prompt may be in two sets, and
+    none may be an SFT instruction (the demo's reported prompts are SFT instructions held out of
+    training, so `requests-dev`, of their kind, must avoid them all)."""
+    from anchorlm.data.sft import INSTRUCTIONS
+    from anchorlm.io import read_jsonl
+    from anchorlm.prompts import prompt_file, shipped
+
+    assert {"instructions", "instructions-dev", "requests-dev", "noveltybench"} <= set(shipped())
+    seen: dict = {}
+    for name in shipped():
+        rows = list(read_jsonl(prompt_file(name)))
+        assert len({r["id"] for r in rows}) == len(rows), name
+        for r in rows:
+            key = " ".join(r["prompt"].lower().split())
+            assert key not in seen, f"{r['prompt']!r} is in {name} and {seen[key]}"
+            seen[key] = name
+    sft = {" ".join(x.lower().split()) for x in INSTRUCTIONS}
+    assert not sft & set(seen), sft & set(seen)
