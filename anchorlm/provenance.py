@@ -70,7 +70,11 @@ def describe(m: dict) -> str:
     """One line for a report: 'NVIDIA H200' or 'AMD EPYC (25/17), 2 cores, bf16 units: yes (avx512_bf16)'."""
     if m.get("gpu"):
         return f"GPU {m['gpu']}"
-    units = "yes (" + ", ".join(m.get("cpu_bf16_flags") or []) + ")" if m.get("cpu_bf16_units") else "no"
+    flags = ", ".join(m.get("cpu_bf16_flags") or [])
+    if m.get("cpu_bf16_units"):
+        units = f"yes ({flags})" if flags else "yes (torch says so; no bf16 flag in /proc/cpuinfo)"
+    else:  # torch's answer decides; flags it does not trust are named, not hidden
+        units = f"no (torch says no, though the CPU flags name {flags})" if flags else "no"
     return f"CPU {m.get('cpu')} ({m.get('cpu_family_model')}), {m.get('cores')} cores, bf16 units: {units}"
 
 

@@ -65,3 +65,17 @@ def test_manifests_record_machine_code_and_versions(tmp_path):
     assert on_disk["machine"]["cores"] >= 1 and isinstance(on_disk["machine"]["cpu_bf16_units"], bool)
     assert on_disk["code"]["anchorlm"] and "torch" in on_disk["versions"] and "peft" in on_disk["versions"]
     assert len(on_disk["code"].get("git_commit", "x" * 40)) == 40  # the commit, where it runs from a checkout
+
+
+def test_reports_name_bf16_flags_that_torch_does_not_trust():
+    """The report line says what decided: torch's answer, and CPU flags that disagree with it."""
+    from anchorlm.provenance import describe
+
+    m = {"cpu": "AMD EPYC", "cpu_family_model": "25/17", "cores": 2, "gpu": None}
+    assert describe({**m, "cpu_bf16_units": True, "cpu_bf16_flags": ["avx512_bf16"]}).endswith(
+        "bf16 units: yes (avx512_bf16)"
+    )
+    assert describe({**m, "cpu_bf16_units": False, "cpu_bf16_flags": []}).endswith("bf16 units: no")
+    line = describe({**m, "cpu_bf16_units": False, "cpu_bf16_flags": ["avx512_bf16"]})
+    assert line.endswith("no (torch says no, though the CPU flags name avx512_bf16)")
+    assert "torch says so" in describe({**m, "cpu_bf16_units": True, "cpu_bf16_flags": []})
