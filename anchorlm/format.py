@@ -82,6 +82,18 @@ def strip_annotations(text: str) -> str:
     return _ANN_SPAN.sub("", text).replace(ANN_CLOSE, "")
 
 
+def annotation_breaks(tokenizer) -> tuple[int, ...]:
+    """Ids of the tokens no annotation holds: those whose text has whitespace other than a space (a
+    line break, a tab). An annotation is tags joined by single spaces, so a model that writes one of
+    these has left its annotation without closing it; sampling ends the annotation there, as at its
+    token cap, and the annotation counts as not closed by the model (malformed)."""
+    special = set(tokenizer.all_special_ids)
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return tuple(
+        i for i, s in enumerate(texts) if i not in special and any(c.isspace() and c != " " for c in s)
+    )
+
+
 def _ids(tokenizer, text: str) -> list[int]:
     # split_special_tokens: even unsanitised text is never matched against special tokens
     return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]

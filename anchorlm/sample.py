@@ -19,6 +19,7 @@ from anchorlm.format import (
     ANN_CLOSE,
     ANN_OPEN,
     SPECIAL_TOKENS,
+    annotation_breaks,
     encode_annotation,
     encode_prompt,
     eos_id,
@@ -297,6 +298,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
 
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
+    breaks = annotation_breaks(tok) if anchored else ()  # a line break ends an annotation, unclosed
     stratified = anchored and cfg.anchors == "stratified"
     given = anchored and cfg.anchors == "given"
     per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
@@ -320,12 +322,13 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
         if stratified:
             pools: dict = {}
             pool_jobs = [(p, j) for p in prompts for j in range(per_prompt)]
-            draft = engine.Settings(max_new_tokens=cfg.max_annotation_tokens, stop=(close_id, end_id), **base)
+            ends = (close_id, end_id, *breaks)
+            draft = engine.Settings(max_new_tokens=cfg.max_annotation_tokens, stop=ends, **base)
             for batch in _batches(pool_jobs, cfg.batch_size):
                 seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
                 keys = [engine.row_key("pool", seed, p["id"], j) for p, j in batch]
                 for (p, _), o in zip(batch, run(seqs, keys, draft)):
-                    pools.setdefault(id(p), []).append((prefix[id(p)] + o.response, o.stop == close_id))
+                    pools.setdefault(id(p), []).append((prefix[id(p)] + o.response, o.stop))
                 bar.update(len(batch))
             rng = random.Random(seed)
             for p in prompts:
@@ -336,7 +339,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
         if given:  # each sample's plan drawn from `plans` by its own (seed, prompt, index)
             for p, k in jobs:
                 plan = plans[random.Random(engine.row_key("plan", seed, p["id"], k)).randrange(len(plans))]
-                got[(id(p), k)] = (encode_annotation(tok, plan)[0][1:-1], True)
+                got[(id(p), k)] = (encode_annotation(tok, plan)[0][1:-1], close_id)
         for batch in _batches(jobs, cfg.batch_size):
             keys = [engine.row_key(seed, p["id"], k) for p, k in batch]
             uncond = [query[id(p)] for p, _ in batch] if guided else None
@@ -346,11 +349,11 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
             elif anchored:
                 seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
                 settings = dataclasses.replace(
-                    respond, annotation=(cfg.max_annotation_tokens, close_id, (end_id,))
+                    respond, annotation=(cfg.max_annotation_tokens, close_id, (end_id, *breaks))
                 )
                 outs = run(seqs, keys, settings, uncond)
                 for (p, k), o in zip(batch, outs):
-                    got[(id(p), k)] = (prefix[id(p)] + o.annotation, o.annotation_stop == close_id)
+                    got[(id(p), k)] = (prefix[id(p)] + o.annotation, o.annotation_stop)
             else:
                 outs = run([query[id(p)] for p, _ in batch], keys, respond)
             for (p, k), o in zip(batch, outs):
@@ -364,13 +367,16 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
                     "finished": o.stop is not None,
                 }
                 if anchored:
-                    ids, closed = got[(id(p), k)]
+                    ids, stop = got[(id(p), k)]
+                    closed = stop == close_id
                     raw = tok.decode(ids, skip_special_tokens=False).strip()
                     tags = parse_tags(raw)
                     row.update(annotation=tags, annotation_raw=raw, annotation_ok=bool(closed and tags))
                     row["annotation_tokens"] = len(ids) - len(prefix[id(p)])  # drawn, not forced
                     # the cap reached before the close: cut by sample.max_annotation_tokens, not malformed
                     row["annotation_cut"] = not closed and row["annotation_tokens"] >= cfg.max_annotation_tokens
+                    # ended by a line break or tab (format.annotation_breaks): not closed, not cut
+                    row["annotation_break"] = stop is not None and stop in breaks
                     row["anchors"] = cfg.anchors
                     if p.get("annotation_prefix"):
                         row["annotation_prefix"] = list(p["annotation_prefix"])

@@ -37,6 +37,48 @@ def test_annotations_cut_at_the_cap_are_marked_and_said(smoke_run, tmp_path, cap
         assert long["annotation_cut"] == (long["annotation_tokens"] >= 48)
 
 
+def test_a_line_break_ends_an_annotation_unclosed(smoke_run, tmp_path, monkeypatch):
+    """A token that holds a line break or tab (no training annotation has one) ends a self-written
+    annotation there: the row is marked `annotation_break`, its annotation is neither well-formed nor
+    cut, and no annotation holds such a token; without the rule the same model writes them."""
+    import anchorlm.sample as sample_module
+
+    def odd(text):  # whitespace other than a space
+        return any(c.isspace() and c != " " for c in text)
+
+    cfg = SampleConfig(n_samples=16, max_new_tokens=4, max_annotation_tokens=32, batch_size=32, seeds=[3],
+                       temperature=1.5, top_p=1.0)  # fmt: skip
+    model = smoke_run / "models/aat"
+    rows = sample(cfg, model, PROMPTS, tmp_path / "rule.jsonl", anchored=True)
+    broken = [r for r in rows if r["annotation_break"]]
+    assert broken and len(broken) < len(rows)  # the smoke model at T = 1.5 writes some, not all
+    assert not any(odd(r["annotation_raw"]) for r in rows)
+    for r in broken:
+        assert not r["annotation_ok"] and not r["annotation_cut"] and r["annotation_tokens"] < 32
+    monkeypatch.setattr(sample_module, "annotation_breaks", lambda tok: ())
+    free = sample(cfg, model, PROMPTS, tmp_path / "free.jsonl", anchored=True)
+    assert not any(r["annotation_break"] for r in free)
+    assert sum(odd(r["annotation_raw"]) for r in free) >= len(broken) // 2  # written when not ended
+
+
+def test_annotation_breaks_are_the_tokens_with_a_line_break_or_tab(smoke_run):
+    """`annotation_breaks` names every token whose text has whitespace other than a space, and no
+    token of a rendered annotation, whose tags are joined by single spaces."""
+    from transformers import AutoTokenizer
+
+    from anchorlm.format import annotation_breaks, encode_annotation
+
+    tok = AutoTokenizer.from_pretrained(smoke_run / "models/aat")
+    breaks = set(annotation_breaks(tok))
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    lines = {i for i, t in enumerate(texts) if "\n" in t or "\t" in t or "\r" in t} - set(tok.all_special_ids)
+    assert lines and lines <= breaks  # and the rest are other whitespace (\x0b, \x0c, ...), no text:
+    assert all(any(c.isspace() and c != " " for c in texts[i]) for i in breaks)
+    assert breaks & set(tok("one\ntwo\tthree", add_special_tokens=False)["input_ids"])
+    tags = ["topic:food", "keyword:bread", "keyword:home-made", "style:prose"]
+    assert not breaks & set(encode_annotation(tok, tags)[0])
+
+
 def test_plain_sampling_has_no_annotation(smoke_run, tmp_path):
     rows = sample(
         SampleConfig(n_samples=2, max_new_tokens=8),

@@ -281,6 +281,45 @@ def test_a_cancelled_choice_leaves_the_batch(smoke_run):
     assert events[1][-1][1] in ("stop", "length")
 
 
+def test_a_line_break_ends_a_served_annotation_unclosed(smoke_run, monkeypatch):
+    """As in `anchorlm sample`, a line break or tab ends the annotation the server draws: no anchor
+    holds one and such an anchor is not well-formed; a worker without the rule lets them through."""
+    import anchorlm.serve.worker as worker_module
+    from anchorlm.format import encode_prompt
+    from anchorlm.models import load_model
+    from anchorlm.serve.worker import Choice, Worker
+
+    model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
+
+    def anchors(w):
+        got, done = {}, threading.Event()
+
+        def emit(i):
+            def on(kind, value):
+                if kind == "anchor":
+                    got[i] = value
+                if kind in ("done", "error") and len(got) == 32:
+                    done.set()
+
+            return on
+
+        prompt = encode_prompt(tok, "Say something.")
+        w.submit([Choice(prompt, key=i, temperature=1.5, top_p=1.0, max_tokens=2, stops=[], emit=emit(i),
+                         anchored=True, max_annotation=32) for i in range(32)])  # fmt: skip
+        assert done.wait(120)
+        return list(got.values())
+
+    def odd(text):  # whitespace other than a space
+        return any(c.isspace() and c != " " for c in text)
+
+    ruled = anchors(Worker(model, tok))
+    assert not any(odd(a["text"]) for a in ruled)
+    ended = [a for a in ruled if not a["well_formed"] and a["tokens"] < 32]
+    assert ended  # the smoke model at T = 1.5 writes some
+    monkeypatch.setattr(worker_module, "annotation_breaks", lambda tok: ())
+    assert any(odd(a["text"]) for a in anchors(Worker(model, tok)))
+
+
 def test_a_failing_decode_step_fails_its_requests_and_the_loop_goes_on(smoke_run):
     """A decode step that raises answers its choices with an error instead of leaving their clients
     waiting, and the next request is served."""

@@ -115,6 +115,11 @@ QUALITY = (
            if q.anchored and "annotation_cut" in q.rows[0] else SKIP, column=False,
            description="share of self-written annotations that reached sample.max_annotation_tokens before "
                        "their close (counted as not well-formed)"),
+    Metric("annotation_break", "ann. break", "quality", False,
+           lambda q: float(np.mean([r["annotation_break"] for r in q.rows]))
+           if q.anchored and "annotation_break" in q.rows[0] else SKIP, column=False,
+           description="share of self-written annotations ended by a line break or tab before their close "
+                       "(format.annotation_breaks; counted as not well-formed)"),
 )  # fmt: skip
 
 METRICS = {m.name: m for m in (*DIVERSITY, *QUALITY)}

@@ -22,7 +22,7 @@ import uuid
 
 import psutil
 
-from anchorlm.format import ANN_CLOSE, ANN_OPEN, eos_id
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, annotation_breaks, eos_id
 from anchorlm.sample import choose_anchors
 from anchorlm.serve.worker import Choice, QueueFull, WorkerDown
 
@@ -86,6 +86,8 @@ class VLLMWorker:
         self.anchored = ANN_OPEN in tok.get_vocab()
         self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
         self.eos = eos_id(tok)
+        # what ends an annotation: its close, EOS, a line break or tab (unclosed: format.annotation_breaks)
+        self.ann_stops = [self.close_id, self.eos, *annotation_breaks(tok)] if self.anchored else []
         self.pending: queue.Queue = queue.Queue()
         self.inflight = 0  # choices submitted and not yet answered
         self.lock = threading.Lock()
@@ -214,7 +216,7 @@ class VLLMWorker:
             p = _Pool(live, pool * len(live))
             for j in range(p.left):
                 self._add((p, j), "pool", self._head(c0, c0.anchor_start), c0.max_annotation - len(c0.anchor_start),
-                          [self.close_id, self.eos], c0, _seed("pool", c0.key, j))  # fmt: skip
+                          self.ann_stops, c0, _seed("pool", c0.key, j))  # fmt: skip
             return
         for c in live:
             self._start(c)
@@ -226,7 +228,7 @@ class VLLMWorker:
         c.annotation = list(c.anchor_start)
         if c.anchored and len(c.annotation) < c.max_annotation:
             self._add(c, "annotation", self._head(c, c.annotation), c.max_annotation - len(c.annotation),
-                      [self.close_id, self.eos], c, _seed("ann", c.key))  # fmt: skip
+                      self.ann_stops, c, _seed("ann", c.key))  # fmt: skip
             return
         if c.anchored:
             c.announce_anchor(self.tok, None)
@@ -271,7 +273,8 @@ class VLLMWorker:
         if not out.finished:
             return
         del self.live[out.request_id]
-        cut = next((k for k, t in enumerate(ids) if t in (self.close_id, self.eos)), None)
+        stops = set(self.ann_stops)
+        cut = next((k for k, t in enumerate(ids) if t in stops), None)
         drawn, stop = (
             (ids[:cut], ids[cut]) if cut is not None else (ids, o.stop_reason)
         )  # a stop token left out

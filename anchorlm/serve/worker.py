@@ -31,7 +31,7 @@ import numpy as np
 
 from anchorlm import engine
 from anchorlm.engine import ANNOTATION, CUT, DONE, RESPONSE, draw, row_key, uniforms
-from anchorlm.format import ANN_CLOSE, ANN_OPEN, encode_annotation, eos_id, parse_tags
+from anchorlm.format import ANN_CLOSE, ANN_OPEN, annotation_breaks, encode_annotation, eos_id, parse_tags
 from anchorlm.sample import choose_anchors, clean_text
 
 
@@ -123,6 +123,8 @@ class Worker:
         self.anchored = ANN_OPEN in tok.get_vocab()
         self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
         self.eos = eos_id(tok)
+        # a line break or tab ends an annotation, unclosed (format.annotation_breaks)
+        self.breaks = frozenset(annotation_breaks(tok) if self.anchored else ())
         self.pending: queue.Queue = queue.Queue()
         self.waiting = 0  # choices queued, not yet decoding
         self.lock = threading.Lock()
@@ -242,7 +244,7 @@ class Worker:
         c0 = choices[0]
         s = engine.Settings(temperature=c0.temperature, top_p=c0.top_p,
                             max_new_tokens=c0.max_annotation - len(c0.anchor_start),
-                            stop=(self.close_id, self.eos))  # fmt: skip
+                            stop=(self.close_id, self.eos, *self.breaks))  # fmt: skip
         keys = [row_key("pool", c0.key, j) for j in range(pool * n)]
         outs = []
         for a in range(0, len(keys), self.max_batch):
@@ -287,7 +289,7 @@ class Worker:
     def _token(self, batch, rows, r: int, t: int) -> None:
         c, phase, _ = rows[r]
         if phase == ANNOTATION:
-            if t == self.close_id or t == self.eos:  # an EOS inside the annotation closes it too
+            if t == self.close_id or t == self.eos or t in self.breaks:  # EOS or a line break ends it too
                 self._close(batch, rows, r, closed=t == self.close_id)
                 return
             c.annotation.append(t)
