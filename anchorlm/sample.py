@@ -68,7 +68,8 @@ class VLLMGenerator:
             for k in keys
         ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=False)
-        return [_cut(list(o.outputs[0].token_ids), stop) for o in outs]
+        ends = frozenset(stop)
+        return [_cut(list(o.outputs[0].token_ids), ends) for o in outs]
 
     def close(self) -> None:
         """Stop the engine now, so that the next one (the next model sampled in this process) finds
@@ -85,7 +86,7 @@ class VLLMGenerator:
         gc.collect()
 
 
-def _cut(row: list[int], stop: list[int]) -> tuple[list[int], int | None]:
+def _cut(row: list[int], stop: frozenset[int]) -> tuple[list[int], int | None]:
     cut = next((k for k, t in enumerate(row) if t in stop), None)
     return row[:cut], row[cut] if cut is not None else None
 
@@ -298,7 +299,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
 
     t = tok.convert_tokens_to_ids
     open_id, close_id, end_id = t(ANN_OPEN), t(ANN_CLOSE), eos_id(tok)
-    breaks = annotation_breaks(tok) if anchored else ()  # a line break ends an annotation, unclosed
+    breaks = frozenset(annotation_breaks(tok) if anchored else ())  # a line break ends an annotation, unclosed
     stratified = anchored and cfg.anchors == "stratified"
     given = anchored and cfg.anchors == "given"
     per_prompt = cfg.n_samples * (cfg.anchor_pool if stratified else 1)
@@ -322,7 +323,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
         if stratified:
             pools: dict = {}
             pool_jobs = [(p, j) for p in prompts for j in range(per_prompt)]
-            ends = (close_id, end_id, *breaks)
+            ends = frozenset((close_id, end_id, *breaks))
             draft = engine.Settings(max_new_tokens=cfg.max_annotation_tokens, stop=ends, **base)
             for batch in _batches(pool_jobs, cfg.batch_size):
                 seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
@@ -349,7 +350,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
             elif anchored:
                 seqs = [query[id(p)] + [open_id] + prefix[id(p)] for p, _ in batch]
                 settings = dataclasses.replace(
-                    respond, annotation=(cfg.max_annotation_tokens, close_id, (end_id, *breaks))
+                    respond, annotation=(cfg.max_annotation_tokens, close_id, frozenset((end_id, *breaks)))
                 )
                 outs = run(seqs, keys, settings, uncond)
                 for (p, k), o in zip(batch, outs):

@@ -88,6 +88,7 @@ class VLLMWorker:
         self.eos = eos_id(tok)
         # what ends an annotation: its close, EOS, a line break or tab (unclosed: format.annotation_breaks)
         self.ann_stops = [self.close_id, self.eos, *annotation_breaks(tok)] if self.anchored else []
+        self.ann_ends = frozenset(self.ann_stops)
         self.pending: queue.Queue = queue.Queue()
         self.inflight = 0  # choices submitted and not yet answered
         self.lock = threading.Lock()
@@ -273,8 +274,7 @@ class VLLMWorker:
         if not out.finished:
             return
         del self.live[out.request_id]
-        stops = set(self.ann_stops)
-        cut = next((k for k, t in enumerate(ids) if t in stops), None)
+        cut = next((k for k, t in enumerate(ids) if t in self.ann_ends), None)
         drawn, stop = (
             (ids[:cut], ids[cut]) if cut is not None else (ids, o.stop_reason)
         )  # a stop token left out
