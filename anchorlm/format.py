@@ -36,6 +36,7 @@ KEYS = (
 # `<`, `|` or `>`, so a tag can neither end an annotation nor start another.
 _VALUE = r"[^\W_][\w.'&+-]*"
 _TAG = re.compile(r"([a-z]+):(" + _VALUE + ")")
+_NOT_A_SPACE = re.compile(r"[^\S ]")  # whitespace other than a space: no annotation holds it
 _ANN_SPAN = re.compile(re.escape(ANN_OPEN) + r"(.*?)(?:" + re.escape(ANN_CLOSE) + r"|$)", re.S)
 
 
@@ -88,10 +89,10 @@ def annotation_breaks(tokenizer) -> tuple[int, ...]:
     these has left its annotation without closing it; sampling ends the annotation there, as at its
     token cap, and the annotation counts as not closed by the model (malformed)."""
     special = set(tokenizer.all_special_ids)
-    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-    return tuple(
-        i for i, s in enumerate(texts) if i not in special and any(c.isspace() and c != " " for c in s)
-    )
+    ids = [[i] for i in range(len(tokenizer))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's: 10x batch_decode's speed
+    texts = backend.decode_batch(ids, skip_special_tokens=False) if backend else tokenizer.batch_decode(ids)
+    return tuple(i for i, s in enumerate(texts) if i not in special and _NOT_A_SPACE.search(s))
 
 
 def _ids(tokenizer, text: str) -> list[int]:
