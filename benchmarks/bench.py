@@ -317,27 +317,36 @@ def _sampling(tok, cfg, tmp: Path, n_prompts: int, log) -> dict:
         "guided": (True, replace(sc, guidance_scale=1.5)),
         "stratified": (True, replace(sc, anchors="stratified")),
     }
-    sec, gen, resp = {}, {}, {}
-    for _ in range(2):  # the first pass warms up; the second is timed
-        for name, (anchored, c) in modes.items():
+    rounds, runs = 5, []  # each round times every mode; round 0 only warms up
+    for rnd in range(rounds + 1):
+        sec, gen, resp = {}, {}, {}
+        for name in list(modes) if rnd % 2 else list(modes)[::-1]:  # which mode goes first alternates
+            anchored, c = modes[name]
             t = time.perf_counter()
             rows = sample(c, tmp / "model", prompts, tmp / f"{name}.jsonl", anchored)
             sec[name] = time.perf_counter() - t
             resp[name] = sum(r["n_tokens"] for r in rows)
             pool = c.anchor_pool if c.anchors == "stratified" else 1
             gen[name] = resp[name] + pool * sum(r.get("annotation_tokens", 0) for r in rows)
-    per_gen = {k: sec[k] / gen[k] for k in sec}
-    per_resp = {k: sec[k] / resp[k] for k in sec}
+        if rnd:
+            runs.append(({k: sec[k] / gen[k] for k in sec}, {k: sec[k] / resp[k] for k in sec}, sec))
+    med = statistics.median
+    per_gen = {k: med(g[k] for g, _, _ in runs) for k in modes}
+    per_resp = {k: med(p[k] for _, p, _ in runs) for k in modes}
+    paired = {  # the median over rounds of each round's own ratio (the machine drifts between rounds)
+        "anchored_over_plain_per_generated_token": [g["anchored"] / g["plain"] for g, _, _ in runs],
+        "anchored_over_plain_per_response_token": [p["anchored"] / p["plain"] for _, p, _ in runs],
+        "guided_over_anchored_per_generated_token": [g["guided"] / g["anchored"] for g, _, _ in runs],
+        "stratified_over_anchored": [t["stratified"] / t["anchored"] for _, _, t in runs],
+    }
     out = {
         "tiny_ms_per_generated_token": {k: round(v * 1e3, 4) for k, v in per_gen.items()},
         "tiny_ms_per_response_token": {k: round(v * 1e3, 4) for k, v in per_resp.items()},
-        "anchored_over_plain_per_generated_token": round(per_gen["anchored"] / per_gen["plain"], 3),
-        "anchored_over_plain_per_response_token": round(per_resp["anchored"] / per_resp["plain"], 3),
-        "guided_over_anchored_per_generated_token": round(per_gen["guided"] / per_gen["anchored"], 3),
-        "stratified_over_anchored": round(sec["stratified"] / sec["anchored"], 3),
+        **{k: round(med(v), 3) for k, v in paired.items()},
+        "tiny_ratio_rounds": {k: [round(x, 3) for x in v] for k, v in paired.items()},
     }
-    for k in list(out)[2:]:
-        log(f"sampling {k} {out[k]}")
+    for k in paired:
+        log(f"sampling {k} {out[k]} (rounds {out['tiny_ratio_rounds'][k]})")
     return out
 
 
@@ -473,7 +482,7 @@ def markdown(r: dict) -> str:
         "| ratio | value |",
         "|---|---:|",
         f"| annotated / plain pretraining throughput | {r['annotated_over_plain']:.3f} |",
-        f"| anchored / plain sampling, per generated token (tiny model) | {r['anchored_over_plain_per_generated_token']:.3f} |",
+        f"| anchored / plain sampling, per generated token (tiny model; median of 5 paired rounds) | {r['anchored_over_plain_per_generated_token']:.3f} |",
         f"| anchored / plain sampling, per response token (tiny model) | {r['anchored_over_plain_per_response_token']:.3f} |",
         f"| anchored / plain sampling, per generated token (SmolLM2) | {sm['anchored_over_plain']['per_generated_token']:.3f} |",
         f"| anchored / plain sampling, per response token (SmolLM2) | {sm['anchored_over_plain']['per_response_token']:.3f} |",
