@@ -377,7 +377,7 @@ def _draw(cfg: SampleConfig, tok, run, prompts: list[dict], anchored: bool, plan
                     # the cap reached before the close: cut by sample.max_annotation_tokens, not malformed
                     row["annotation_cut"] = not closed and row["annotation_tokens"] >= cfg.max_annotation_tokens
                     # ended by a line break or tab (format.annotation_breaks): not closed, not cut
-                    row["annotation_break"] = stop is not None and stop in breaks
+                    row["annotation_break"] = stop in breaks
                     row["anchors"] = cfg.anchors
                     if p.get("annotation_prefix"):
                         row["annotation_prefix"] = list(p["annotation_prefix"])

@@ -123,8 +123,8 @@ class Worker:
         self.anchored = ANN_OPEN in tok.get_vocab()
         self.open_id, self.close_id = (t(ANN_OPEN), t(ANN_CLOSE)) if self.anchored else (None, None)
         self.eos = eos_id(tok)
-        # a line break or tab ends an annotation, unclosed (format.annotation_breaks)
-        self.breaks = frozenset(annotation_breaks(tok) if self.anchored else ())
+        # what ends an annotation: its close, EOS, a line break or tab (unclosed: format.annotation_breaks)
+        self.ann_ends = frozenset((self.close_id, self.eos, *annotation_breaks(tok))) if self.anchored else frozenset()
         self.pending: queue.Queue = queue.Queue()
         self.waiting = 0  # choices queued, not yet decoding
         self.lock = threading.Lock()
@@ -244,7 +244,7 @@ class Worker:
         c0 = choices[0]
         s = engine.Settings(temperature=c0.temperature, top_p=c0.top_p,
                             max_new_tokens=c0.max_annotation - len(c0.anchor_start),
-                            stop=(self.close_id, self.eos, *self.breaks))  # fmt: skip
+                            stop=self.ann_ends)  # fmt: skip
         keys = [row_key("pool", c0.key, j) for j in range(pool * n)]
         outs = []
         for a in range(0, len(keys), self.max_batch):
@@ -289,7 +289,7 @@ class Worker:
     def _token(self, batch, rows, r: int, t: int) -> None:
         c, phase, _ = rows[r]
         if phase == ANNOTATION:
-            if t == self.close_id or t == self.eos or t in self.breaks:  # EOS or a line break ends it too
+            if t in self.ann_ends:  # the close, or EOS or a line break: unclosed
                 self._close(batch, rows, r, closed=t == self.close_id)
                 return
             c.annotation.append(t)
