@@ -6,18 +6,20 @@ For each precision (fp32; bf16 where the CPU has bf16 units, else emulated and s
 (32, 96 and 192 rows of 4 prompts, 48 new tokens each, no stop token):
 
 - the engine's new tokens/s (`anchorlm.engine.generate`), as the fraction of the matrix-product peak
-  measured in the same run (2 x parameters FLOPs per token);
+  measured in the same run (2 x parameters FLOPs per token), with the model's bf16 products
+  prepacked as `anchorlm sample` runs them (`anchorlm/prepack.py`), and beside it the same engine
+  with the products as they come (the engine before prepacking);
 - a bare forward step at the same batch and cache length (one new token per row, the engine's
   preallocated cache, nothing drawn): the engine's throughput over it;
 - transformers' `generate` on the same prompts, batch and length, and vLLM's CPU build where it
   is installed;
 - a decode step's matrix products alone (every linear layer on `batch` rows, nothing else) as a
-  fraction of the peak: the ceiling of a whole step at that batch;
+  fraction of the peak: the ceiling of a whole step at that batch (prepacked, and as they come);
 - where a decode step's time goes: matrix products, attention, the forward's other operations,
   the forward's Python (transformers' per-layer code), the draw (temperature, top-p), prefill, and
   the engine's own bookkeeping (`profile_shares` says how each is measured).
 
-Runs are interleaved (engine, bare forward, generate, again) and the median of 3 is reported: a
+Runs are interleaved (engine, bare forward, engine unpacked, generate, again) and the median of 3 is reported: a
 shared machine drifts by 10-20% between minutes, and a ratio of two runs taken apart would carry it.
 """
 
@@ -39,10 +41,11 @@ from anchorlm.data.sft import INSTRUCTIONS
 from anchorlm.engine import Settings, generate, row_key
 from anchorlm.format import encode_prompt
 from anchorlm.models import load_model
+from anchorlm.prepack import prepack
 
 NEW = 48
 BATCHES = (32, 96, 192)
-MATMUL = ("aten::mm", "aten::addmm", "aten::bmm")
+MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise")
 ATTENTION = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
 
 
@@ -220,19 +223,20 @@ def profile_shares(model, tok, batch: int) -> dict:
 
 def matmuls_alone(model, batch: int, calls: int = 5) -> float:
     """GFLOP/s of a decode step's matrix products alone: every linear layer of the model (the
-    output head included) applied to `batch` rows in turn, in the model's dtype, nothing else. The
-    ceiling of a whole step at this batch: the products are most of its FLOPs, and at a small batch
-    each is a thin matrix that the BLAS runs below the peak measured on large square ones."""
-    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in linears}
-    flops = 2 * batch * sum(w.numel() for w in linears)
+    output head included) applied to `batch` rows in turn, in the model's dtype, as the layer
+    computes it (prepacked where it is), nothing else. The ceiling of a whole step at this batch:
+    the products are most of its FLOPs, and at a small batch each is a thin matrix that the BLAS
+    runs below the peak measured on large square ones."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {m.in_features: torch.randn(batch, m.in_features, dtype=m.weight.dtype) for m in linears}
+    flops = 2 * batch * sum(m.weight.numel() for m in linears)
     with torch.no_grad():
-        for w in linears:  # warm-up
-            torch.nn.functional.linear(xs[w.shape[1]], w)
+        for m in linears:  # warm-up
+            m(xs[m.in_features])
         t = time.perf_counter()
         for _ in range(calls):
-            for w in linears:
-                torch.nn.functional.linear(xs[w.shape[1]], w)
+            for m in linears:
+                m(xs[m.in_features])
     return flops * calls / (time.perf_counter() - t) / 1e9
 
 
@@ -246,13 +250,22 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
         engine_run(model, tok, 8)  # warm-up
         by_batch = {}
         for batch in BATCHES:
-            runs = {"engine": [], "bare_forward": [], "transformers_generate": []}
+            runs = {"engine": [], "bare_forward": [], "engine_unpacked": [], "transformers_generate": []}
             for _ in range(3):
+                packed, unpack = prepack(model, batch)  # as anchorlm sample runs it (0 layers in fp32)
                 runs["engine"].append(engine_run(model, tok, batch))
                 runs["bare_forward"].append(bare_forward(model, tok, batch))
-                runs["transformers_generate"].append(hf_generate(model, tok, batch))
-            med = {k: statistics.median(v) for k, v in runs.items()}
+                unpack()
+                if packed:
+                    runs["engine_unpacked"].append(engine_run(model, tok, batch))
+                runs["transformers_generate"].append(hf_generate(model, tok, batch))  # transformers as it comes
+            packed, unpack = prepack(model, batch)
+            alone = matmuls_alone(model, batch)
+            prof = profile_shares(model, tok, batch)
+            unpack()
+            med = {k: statistics.median(v) for k, v in runs.items() if v}
             fig = {
+                "prepacked_linears": packed,
                 "tokens_per_s": round(med["engine"], 1),
                 "fraction_of_peak": round(med["engine"] * flops_per_token / 1e9 / peaks[prec], 3),
                 "bare_forward_tokens_per_s": round(med["bare_forward"], 1),
@@ -264,14 +277,23 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
                 "transformers_generate_fraction_of_peak": round(
                     med["transformers_generate"] * flops_per_token / 1e9 / peaks[prec], 3
                 ),
-                "matmuls_alone_fraction_of_peak": round(matmuls_alone(model, batch) / peaks[prec], 3),
-                "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
-                "profile": profile_shares(model, tok, batch),
+                "matmuls_alone_fraction_of_peak": round(alone / peaks[prec], 3),
+                "runs": {k: [round(x, 1) for x in v] for k, v in runs.items() if v},
+                "profile": prof,
             }
+            if packed:
+                fig.update({
+                    "unpacked_tokens_per_s": round(med["engine_unpacked"], 1),
+                    "unpacked_fraction_of_peak": round(med["engine_unpacked"] * flops_per_token / 1e9 / peaks[prec], 3),
+                    "prepacked_over_unpacked": round(statistics.median(
+                        a / b for a, b in zip(runs["engine"], runs["engine_unpacked"])), 3),
+                    "matmuls_alone_unpacked_fraction_of_peak": round(matmuls_alone(model, batch) / peaks[prec], 3),
+                })  # fmt: skip
             by_batch[batch] = fig
             log(f"SmolLM2 sampling {prec} batch {batch}: engine {fig['tokens_per_s']:.0f} tok/s "
                 f"({fig['fraction_of_peak']:.2f} of peak, {fig['over_bare_forward']:.2f} of a bare forward step), "
-                f"generate {fig['transformers_generate_tokens_per_s']:.0f}")  # fmt: skip
+                f"generate {fig['transformers_generate_tokens_per_s']:.0f}"
+                + (f", as they come {fig['unpacked_tokens_per_s']:.0f}" if packed else ""))  # fmt: skip
         out["by_precision"][prec] = by_batch
     return out
 
