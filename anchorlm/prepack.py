@@ -4,23 +4,26 @@ A bf16 `nn.Linear` on a CPU multiplies through oneDNN, which copies the weight i
 layout on every call. In a decode step the rows are few (the batch) and every weight is used once,
 so that copy is a large share of the product: measured on an AMD EPYC with AVX-512 BF16 (2 cores),
 SmolLM2's 1536 x 576 products over 300 distinct weights ran at 310 GFLOP/s prepacked against 224-236
-as they come at 32 rows, 394-403 against 334-344 at 96. `prepack` lays every bf16 linear weight out
-once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass does) and multiplies
-with `torch.ops.mkldnn._linear_pointwise`. fp32 has no such gain here (MKL's packed product ran
-0.9x), so only bf16 is packed.
+as they come at 32 rows, 394-403 against 334-344 at 96 (a side run). `prepack` lays every bf16
+linear weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass
+does) and multiplies with `torch.ops.mkldnn._linear_pointwise`. Only bf16 is packed: MKL's packed
+fp32 product ran no faster in the same side run.
 
-What is drawn does not change: each layer's packed product is compared with `F.linear`, bit for bit,
-on probe rows before it is used, and a layer that differs is left as it is. A layer whose weight is
-changed afterwards (an optimiser step, a new parameter) goes back to `F.linear` by itself, and so does any
-call that needs a gradient. The packed copies cost the linear weights' memory once more (270 MB for
-SmolLM2-135M in bf16) until `undo` is called.
+What is drawn does not change: the first time a layer meets a number of rows (with a number of
+threads), its packed product is compared with `F.linear`'s, bit for bit, and that row count uses
+the packed product only if they are equal (a kernel's summation order depends on the shapes and
+threads, not on the values); a layer whose product differs already on `batch` probe rows is not
+packed. A layer goes back to `F.linear` when its weight or bias is replaced (`model.float()`, a
+new parameter, `.data =`), changed in place through the parameter (an optimiser step), or when a
+call needs a gradient. A change written through `.data` in place (peft's `merge`) is not seen:
+merge adapters before packing, as `load_model` does. The packed copies cost the linear weights'
+memory once more (270 MB for SmolLM2-135M in bf16) until `undo`.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
-
-PROBE_ROWS = (1, 7)  # besides the batch: one row, and an odd count that fills no block
 
 
 def supported(model) -> bool:
@@ -38,9 +41,9 @@ def supported(model) -> bool:
 
 
 def prepack(model, batch: int = 32) -> tuple[int, Callable[[], None]]:
-    """Multiply every bf16 `nn.Linear` of `model` with a prepacked copy of its weight (laid out for
-    `batch` rows). Returns how many layers were packed (0 where `supported` says no) and an `undo`
-    that gives each layer back its own forward and frees the copies."""
+    """Multiply every bf16 `nn.Linear` of `model` on the CPU with a prepacked copy of its weight
+    (laid out for `batch` rows). Returns how many layers were packed (0 where `supported` says no)
+    and an `undo` that gives each of them back its own forward and frees the copies."""
     import torch
 
     if not supported(model):
@@ -48,45 +51,71 @@ def prepack(model, batch: int = 32) -> tuple[int, Callable[[], None]]:
     patched = []
     with torch.no_grad():
         for mod in model.modules():
+            w = getattr(mod, "weight", None)
             if (
                 type(mod) is torch.nn.Linear
-                and mod.weight.dtype == torch.bfloat16
-                and "forward" not in vars(mod)
+                and w.dtype == torch.bfloat16
+                and w.device.type == "cpu"
+                and "forward" not in vars(mod)  # an instance forward of someone else's (a hook): left alone
             ):
                 fwd = _packed_forward(mod, batch)
                 if fwd is not None:
                     mod.forward = fwd
-                    patched.append(mod)
+                    patched.append((mod, fwd))
 
     def undo() -> None:
-        for mod in patched:
-            vars(mod).pop("forward", None)
+        for mod, fwd in patched:
+            if vars(mod).get("forward") is fwd:
+                del vars(mod)["forward"]
         patched.clear()
 
     return len(patched), undo
 
 
+def packed_product(x, packed, bias):
+    """x times a weight laid out by `torch.ops.mkldnn._reorder_linear_weight`, plus `bias`."""
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 def _packed_forward(mod, batch: int):
-    """`mod`'s forward over a prepacked weight, or None when its product differs from `F.linear` on
-    the probe rows."""
+    """`mod`'s forward over a prepacked weight (a method bound to `mod`, so a deep copy of the
+    module binds the copy, whose own weight then sends it back to `F.linear`), or None when the
+    product differs from `F.linear`'s on `batch` probe rows or cannot be packed."""
     import torch
     import torch.nn.functional as F
 
     weight, bias = mod.weight, mod.bias
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-    version = weight._version
-    gen = torch.Generator().manual_seed(0)
-    for rows in (batch, *PROBE_ROWS):
-        x = torch.randn(rows, weight.shape[1], generator=gen).to(torch.bfloat16)
-        if not torch.equal(
-            torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], ""), F.linear(x, weight, bias)
-        ):
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
+        x = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        if not torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias)):
             return None
+    except RuntimeError:
+        return None
+    version, ptr = weight._version, weight.data_ptr()
+    same = {}  # (rows, threads) -> whether the packed product equals F.linear's there
 
-    def forward(x):
-        stale = mod.weight is not weight or weight._version != version
-        if stale or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
-            return F.linear(x, mod.weight, mod.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    def forward(self, x):
+        fresh = (
+            self.weight is weight
+            and self.bias is bias
+            and weight.data_ptr() == ptr
+            and weight._version == version
+            and x.dtype == torch.bfloat16
+            and x.device.type == "cpu"
+        )
+        wants_grad = torch.is_grad_enabled() and (
+            weight.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
+        )
+        if not fresh or wants_grad:
+            return F.linear(x, self.weight, self.bias)
+        key = (x.numel() // max(x.shape[-1], 1), torch.get_num_threads())
+        if key not in same:  # first time at this shape: compare, answer with F.linear's product
+            ref = F.linear(x, weight, bias)
+            same[key] = torch.equal(packed_product(x, packed, bias), ref)
+            return ref
+        return packed_product(x, packed, bias) if same[key] else F.linear(x, weight, bias)
 
-    return forward
+    return types.MethodType(forward, mod)

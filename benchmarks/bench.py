@@ -173,6 +173,7 @@ def main() -> None:
         "fraction_of_peak": head[32]["fraction_of_peak"],
         "over_bare_forward": head[32]["over_bare_forward"],
         "transformers_generate_tokens_per_s": head[32]["transformers_generate_tokens_per_s"],
+        "prepacked": head[32]["prepacked_linears"] > 0,  # the figures above: bf16 weights prepacked (anchorlm/prepack.py)
         "unpacked_tokens_per_s": head[32].get("unpacked_tokens_per_s"),  # the products as they come
         "by_batch": {
             b: {k: f[k] for k in ("tokens_per_s", "fraction_of_peak", "unpacked_tokens_per_s", "unpacked_fraction_of_peak") if k in f}
@@ -380,7 +381,7 @@ def _smollm2_anchored_over_plain(log, batch: int = 32, pairs: int = 9) -> dict:
 
     model, tok = load_model("smollm2", tokens="annotations")
     model.to(dtype("auto", model))
-    prepack(model, batch)  # as anchorlm sample runs it
+    _, unpack = prepack(model, batch)  # as anchorlm sample runs it
     qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
     seqs = [qs[i % 4] for i in range(batch)]
     open_id, close_id = tok.convert_tokens_to_ids(ANN_OPEN), tok.convert_tokens_to_ids(ANN_CLOSE)
@@ -389,9 +390,10 @@ def _smollm2_anchored_over_plain(log, batch: int = 32, pairs: int = 9) -> dict:
         temperature=1.0, max_new_tokens=48, stop=(), annotation=(16, close_id, (eos_id(tok),))
     )
     keys = [row_key(i) for i in range(batch)]
-    generate(model, seqs[:4], keys[:4], plain, tok.pad_token_id)  # warm-up
     gen, resp = [], []  # anchored over plain, per pair of runs taken one after the other
     runs = (("plain", plain, seqs), ("anchored", anchored, [x + [open_id] for x in seqs]))
+    for *_, q in runs:  # warm-up: the packed layers check their products at each prefill's row count
+        generate(model, q, keys, Settings(temperature=1.0, max_new_tokens=2, stop=()), tok.pad_token_id)
     for i in range(pairs):
         per_gen, per_resp = {}, {}
         for name, s, q in runs if i % 2 == 0 else runs[::-1]:  # each goes first in every other pair
@@ -402,6 +404,7 @@ def _smollm2_anchored_over_plain(log, batch: int = 32, pairs: int = 9) -> dict:
             per_gen[name], per_resp[name] = sec / (n + sum(len(o.annotation) for o in outs)), sec / n
         gen.append(per_gen["anchored"] / per_gen["plain"])
         resp.append(per_resp["anchored"] / per_resp["plain"])
+    unpack()
     out = {
         "per_generated_token": round(statistics.median(gen), 3),
         "per_response_token": round(statistics.median(resp), 3),
@@ -503,7 +506,8 @@ def markdown(r: dict) -> str:
         "step and the products alone run with bf16 weights prepacked, as `anchorlm sample` runs them "
         "(`anchorlm/prepack.py`: the same products bit for bit, without laying each weight out afresh "
         "every call); \"as they come\" is the same engine with the products as transformers makes them, "
-        "in the same rounds (fp32 is not packed).",
+        "in the same rounds, which of the two goes first alternating (fp32 is not packed); transformers' `generate` "
+        "runs the model as it comes.",
         "",
         "| precision | batch | engine tok/s | of peak | as they come tok/s | of peak | bare forward tok/s | "
         "engine / bare | matrix products alone, of peak (as they come) | transformers generate tok/s | of peak |",

@@ -1,14 +1,18 @@
-"""Prepacked bf16 products (`anchorlm/prepack.py`): the same samples as without, on SmolLM2; back
-to `F.linear` when a weight changes or a gradient is needed; nothing packed where it does not apply."""
+"""Prepacked bf16 products (`anchorlm/prepack.py`): the same samples and logits as without, on
+SmolLM2, with the packed kernel actually used; back to `F.linear` when a weight or bias changes or
+a gradient is wanted; nothing packed where it does not apply or where the products differ."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
+from anchorlm import prepack as pp
 from anchorlm.engine import Settings, generate, row_key
 from anchorlm.format import encode_prompt, eos_id
 from anchorlm.models import load_model
-from anchorlm.prepack import prepack, supported
 
 needs_bf16 = pytest.mark.skipif(
     not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
@@ -21,52 +25,102 @@ def _layer(n_in=96, n_out=40):
     return torch.nn.Sequential(torch.nn.Linear(n_in, n_out)).to(torch.bfloat16)
 
 
+def _packed_calls(fn) -> int:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkldnn::_linear_pointwise")
+
+
 @needs_bf16
-def test_smollm2_samples_the_same_tokens_prepacked():
-    """Every linear layer of SmolLM2-135M in bf16 is packed (7 a block and the output layer), and
-    the engine draws the same tokens from it, row for row, as from the model as it comes."""
+def test_smollm2_samples_the_same_tokens_and_logits_prepacked():
+    """SmolLM2-135M in bf16, packed: the engine draws the same tokens, row for row, as from the model
+    as it comes, through the packed kernel; a prefill's logits (another row count than the batch)
+    are equal bit for bit; undo gives every layer its own forward back."""
     model, tok = load_model("smollm2", tokens="turns")
     model.to(torch.bfloat16)
     seqs = [encode_prompt(tok, p) for p in ("Tell me about the sea.", "Name a colour.", "Write a haiku.")] * 4
     keys = [row_key("prepack", i) for i in range(len(seqs))]
     s = Settings(temperature=0.8, top_p=0.95, max_new_tokens=20, stop=(eos_id(tok),))
+    ids = torch.tensor([seqs[0]] * 3)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
     plain = generate(model, seqs, keys, s, tok.pad_token_id)
-    n, undo = prepack(model, batch=len(seqs))
-    assert n == 7 * model.config.num_hidden_layers + 1
+    n, undo = pp.prepack(model, batch=len(seqs))
+    assert n > 2 * model.config.num_hidden_layers
     assert "forward" in vars(model.lm_head)
-    packed = generate(model, seqs, keys, s, tok.pad_token_id)
+    packed = []
+    assert _packed_calls(lambda: packed.extend(generate(model, seqs, keys, s, tok.pad_token_id))) > 100
     assert [o.response for o in packed] == [o.response for o in plain]
     assert sum(len(o.response) for o in plain) > 3 * len(seqs)  # they wrote something
+    with torch.no_grad():
+        model(input_ids=ids)  # the first call at this shape checks it against F.linear
+        assert _packed_calls(lambda: torch.equal(model(input_ids=ids).logits, logits)) > 0
+        assert torch.equal(model(input_ids=ids).logits, logits)
     undo()
-    assert "forward" not in vars(model.lm_head)
+    assert not any("forward" in vars(m) for m in model.modules())
 
 
 @needs_bf16
-def test_a_changed_weight_or_a_gradient_goes_back_to_f_linear():
-    """A packed layer gives F.linear's output; after its weight changes in place (an optimiser
-    step) it gives the new weight's product, and with a gradient wanted it is differentiable."""
-    net = _layer()
-    lin = net[0]
+def test_a_packed_layer_goes_back_to_f_linear_when_it_must():
+    """Each case on a freshly packed layer: an in-place change, a new weight, a new bias, a cast to
+    fp32 and a wanted gradient all give F.linear's result with the layer's current parameters; a
+    deep copy whose weight is changed follows its own weight."""
     x = torch.randn(5, 96).to(torch.bfloat16)
-    n, undo = prepack(net, batch=8)
-    assert n == 1
-    with torch.no_grad():
-        assert torch.equal(net(x), F.linear(x, lin.weight, lin.bias))
-        lin.weight.mul_(2)
-        assert torch.equal(net(x), F.linear(x, lin.weight, lin.bias))
-    y = net(x)
-    assert y.requires_grad
+
+    def fresh():
+        net = _layer()
+        assert pp.prepack(net, batch=8)[0] == 1
+        with torch.no_grad():
+            net(x), net(x)  # checked at 5 rows, then packed
+            assert _packed_calls(lambda: net(x)) == 1
+        return net, net[0]
+
+    changes = {
+        "in place": lambda lin: lin.weight.mul_(2),
+        "new weight": lambda lin: setattr(lin, "weight", torch.nn.Parameter(torch.randn_like(lin.weight))),
+        "new bias": lambda lin: setattr(lin, "bias", torch.nn.Parameter(torch.randn_like(lin.bias))),
+        ".data": lambda lin: setattr(lin.weight, "data", torch.randn_like(lin.weight)),
+    }
+    for name, change in changes.items():
+        net, lin = fresh()
+        with torch.no_grad():
+            change(lin)
+            assert torch.equal(net(x), F.linear(x, lin.weight, lin.bias)), name
+            assert _packed_calls(lambda net=net: net(x)) == 0, name
+    net, lin = fresh()
+    net.float()
+    assert torch.equal(net(x.float()), F.linear(x.float(), lin.weight, lin.bias))
+    net, lin = fresh()
+    y = net(x)  # grad mode, a weight that wants a gradient
     y.float().sum().backward()
-    assert lin.weight.grad is not None
+    assert lin.weight.grad is not None and lin.bias.grad is not None
+    net, lin = fresh()
+    twin = copy.deepcopy(net)
     with torch.no_grad():
-        lin.weight = torch.nn.Parameter(torch.randn_like(lin.weight))
+        twin[0].weight.mul_(3)
+        assert torch.equal(twin(x), F.linear(x, twin[0].weight, twin[0].bias))
         assert torch.equal(net(x), F.linear(x, lin.weight, lin.bias))
-    undo()
+
+
+@needs_bf16
+def test_a_product_that_differs_is_not_used(monkeypatch):
+    """Where the packed product differs from F.linear's on the probe rows the layer is not packed;
+    where it differs at a later row count, that row count gets F.linear's product."""
+    real = pp.packed_product
+    monkeypatch.setattr(pp, "packed_product", lambda x, p, b: real(x, p, b) * 1.5)
+    net = _layer()
+    assert pp.prepack(net, batch=8)[0] == 0
+    monkeypatch.setattr(pp, "packed_product", lambda x, p, b: real(x, p, b) * (1.5 if len(x) == 3 else 1))
+    assert pp.prepack(net, batch=8)[0] == 1
+    x = torch.randn(3, 96).to(torch.bfloat16)
+    with torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(net(x), F.linear(x, net[0].weight, net[0].bias))
 
 
 def test_nothing_is_packed_in_fp32():
     net = _layer().float()
-    assert not supported(net)
-    n, undo = prepack(net)
+    assert not pp.supported(net)
+    n, undo = pp.prepack(net)
     assert n == 0 and "forward" not in vars(net[0])
     undo()
