@@ -50,6 +50,7 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
     import uvicorn
 
     name = name or Path(str(model_spec)).name.removesuffix(".gguf")
+    how = backend
     if backend == "vllm":
         require_vllm()
         args = engine_args(list(vllm_args))
@@ -67,11 +68,13 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
             raise ValueError("--vllm-arg goes with --backend vllm")
         model, tok = load_model(model_spec, tokens="none")
         model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
-        prepack(model, max_batch)  # bf16 on a CPU: the same products, faster (for the server's life)
+        packed, _ = prepack(model, max_batch)  # bf16 on a CPU: the same products, faster (for the server's life)
+        if packed:
+            how += f"; the bf16 weights of {packed} linear layers laid out once for oneDNN"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         app = create_app(model, tok, name, api_key, max_batch, max_queue)
-    print(f"anchorlm serve: {name} on http://{host}:{port}/v1 ({backend})", flush=True)
+    print(f"anchorlm serve: {name} on http://{host}:{port}/v1 ({how})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
