@@ -9,21 +9,25 @@ linear weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor
 does) and multiplies with `torch.ops.mkldnn._linear_pointwise`. Only bf16 is packed: MKL's packed
 fp32 product ran no faster in the same side run.
 
-What is drawn does not change: the first time a layer meets a number of rows (with a number of
-threads), its packed product is compared with `F.linear`'s, bit for bit, and that row count uses
-the packed product only if they are equal (a kernel's summation order depends on the shapes and
-threads, not on the values); a layer whose product differs already on `batch` probe rows is not
-packed. A layer goes back to `F.linear` when its weight or bias is replaced (`model.float()`, a
+What is drawn does not change: the first time a product of a given shape is met in the process
+(weight shape, bias or none, the layout's row count, the input's rows, the number of threads), the
+packed product is compared with `F.linear`'s, bit for bit, and products of that shape use the
+packed weight only if they are equal: a kernel's summation order depends on those, not on the
+values or on which layer holds the weight, so SmolLM2's 211 layers (5 weight shapes) are checked
+5 times at each row count they meet. A layer whose product differs already on `batch` probe rows
+is not packed. A layer goes back to `F.linear` when its weight or bias is replaced (`model.float()`, a
 new parameter, `.data =`), changed in place through the parameter (an optimiser step), or when a
 call needs a gradient. A change written through `.data` in place (peft's `merge`) is not seen:
-merge adapters before packing, as `load_model` does. The packed copies cost the linear weights'
-memory once more (270 MB for SmolLM2-135M in bf16) until `undo`.
+merge adapters before packing (anchorlm saves its models merged). The packed copies cost the
+linear weights' memory once more (270 MB for SmolLM2-135M in bf16) until `undo`.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Callable
+
+_AGREES: dict[tuple, bool] = {}  # a product's shape -> whether packed equals F.linear's there
 
 
 def supported(model) -> bool:
@@ -87,15 +91,20 @@ def _packed_forward(mod, batch: int):
     import torch.nn.functional as F
 
     weight, bias = mod.weight, mod.bias
+    shape = (*weight.shape, bias is not None, batch)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-        x = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
-        if not torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias)):
+        key = (*shape, batch, torch.get_num_threads())
+        if key not in _AGREES:
+            x = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(
+                torch.bfloat16
+            )
+            _AGREES[key] = torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias))
+        if not _AGREES[key]:
             return None
     except RuntimeError:
         return None
     version, ptr = weight._version, weight.data_ptr()
-    same = {}  # (rows, threads) -> whether the packed product equals F.linear's there
 
     def forward(self, x):
         fresh = (
@@ -111,11 +120,12 @@ def _packed_forward(mod, batch: int):
         )
         if not fresh or wants_grad:
             return F.linear(x, self.weight, self.bias)
-        key = (x.numel() // max(x.shape[-1], 1), torch.get_num_threads())
-        if key not in same:  # first time at this shape: compare, answer with F.linear's product
+        key = (*shape, x.numel() // max(x.shape[-1], 1), torch.get_num_threads())
+        agrees = _AGREES.get(key)
+        if agrees is None:  # first time at this shape: compare, answer with F.linear's product
             ref = F.linear(x, weight, bias)
-            same[key] = torch.equal(packed_product(x, packed, bias), ref)
+            _AGREES[key] = torch.equal(packed_product(x, packed, bias), ref)
             return ref
-        return packed_product(x, packed, bias) if same[key] else F.linear(x, weight, bias)
+        return packed_product(x, packed, bias) if agrees else F.linear(x, weight, bias)
 
     return types.MethodType(forward, mod)
