@@ -6,7 +6,8 @@ vLLM gives no hook between a choice's annotation and its response, so an anchore
 vLLM requests, as in `anchorlm sample --backend vllm`: the annotation (after `<|ann|>` and any
 given start, up to `<|/ann|>`, EOS or the annotation cap), then the response after
 `<|ann|>annotation<|/ann|>`. Each request has its own seed, named by the request's seed and the
-choice's index, so n choices are never copies and the same seed gives the same choices. Stop
+choice's index, so n choices are never copies and the same seed gives the same choices (in
+another batch, up to vLLM's floating-point differences of another batch shape). Stop
 sequences, held-back deltas and cancellation work as in the anchorlm backend: the text is cut here,
 and a choice whose client has gone is aborted in the engine. One thread owns the engine.
 """
