@@ -55,11 +55,10 @@ def prepack(model, batch: int = 32) -> tuple[int, Callable[[], None]]:
     patched = []
     with torch.no_grad():
         for mod in model.modules():
-            w = getattr(mod, "weight", None)
             if (
                 type(mod) is torch.nn.Linear
-                and w.dtype == torch.bfloat16
-                and w.device.type == "cpu"
+                and mod.weight.dtype == torch.bfloat16
+                and mod.weight.device.type == "cpu"
                 and "forward" not in vars(mod)  # an instance forward of someone else's (a hook): left alone
             ):
                 fwd = _packed_forward(mod, batch)
@@ -83,6 +82,16 @@ def packed_product(x, packed, bias):
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
+def _agrees(key: tuple, x, packed, weight, bias) -> bool:
+    """Whether products of shape `key` are F.linear's bit for bit packed: compared once, on `x`."""
+    import torch
+    import torch.nn.functional as F
+
+    if key not in _AGREES:
+        _AGREES[key] = torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias))
+    return _AGREES[key]
+
+
 def _packed_forward(mod, batch: int):
     """`mod`'s forward over a prepacked weight (a method bound to `mod`, so a deep copy of the
     module binds the copy, whose own weight then sends it back to `F.linear`), or None when the
@@ -94,13 +103,10 @@ def _packed_forward(mod, batch: int):
     shape = (*weight.shape, bias is not None, batch)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-        key = (*shape, batch, torch.get_num_threads())
-        if key not in _AGREES:
-            x = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0)).to(
-                torch.bfloat16
-            )
-            _AGREES[key] = torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias))
-        if not _AGREES[key]:
+        probe = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0))
+        if not _agrees(
+            (*shape, batch, torch.get_num_threads()), probe.to(torch.bfloat16), packed, weight, bias
+        ):
             return None
     except RuntimeError:
         return None
@@ -121,11 +127,8 @@ def _packed_forward(mod, batch: int):
         if not fresh or wants_grad:
             return F.linear(x, self.weight, self.bias)
         key = (*shape, x.numel() // max(x.shape[-1], 1), torch.get_num_threads())
-        agrees = _AGREES.get(key)
-        if agrees is None:  # first time at this shape: compare, answer with F.linear's product
-            ref = F.linear(x, weight, bias)
-            _AGREES[key] = torch.equal(packed_product(x, packed, bias), ref)
-            return ref
-        return packed_product(x, packed, bias) if agrees else F.linear(x, weight, bias)
+        if _agrees(key, x, packed, weight, bias):  # compared the first time this shape is met
+            return packed_product(x, packed, bias)
+        return F.linear(x, weight, bias)
 
     return types.MethodType(forward, mod)
