@@ -1,25 +1,36 @@
-"""Prepacked bf16 weights for sampling on a CPU: the same products, without re-laying out each weight.
+"""Prepacked weights for sampling on a CPU: the products without re-laying out each weight.
 
 A bf16 `nn.Linear` on a CPU multiplies through oneDNN, which copies the weight into its blocked
 layout on every call. In a decode step the rows are few (the batch) and every weight is used once,
 so that copy is a large share of the product: measured on an AMD EPYC with AVX-512 BF16 (2 cores),
 SmolLM2's 1536 x 576 products over 300 distinct weights ran at 310 GFLOP/s prepacked against 224-236
-as they come at 32 rows, 394-403 against 334-344 at 96 (a side run). `prepack` lays every bf16
-linear weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass
-does) and multiplies with `torch.ops.mkldnn._linear_pointwise`. Only bf16 is packed: MKL's packed
-fp32 product ran no faster in the same side run.
+as they come at 32 rows, 394-403 against 334-344 at 96 (a side run). `prepack` lays every linear
+weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass does) and
+multiplies with `torch.ops.mkldnn._linear_pointwise`. An fp32 `nn.Linear` multiplies through MKL;
+oneDNN's laid-out fp32 product is faster on thin products (SmolLM2's output head at 32 rows: 177
+against 76 GFLOP/s; its 1536 x 576 products 207 against 144; a side run, also with both libraries
+held to AVX2) but sums in another order.
 
-What is drawn does not change: the first time a product of a given shape is met in the process
-(weight shape, bias or none, the layout's row count, the input's rows, the number of threads), the
-packed product is compared with `F.linear`'s, bit for bit, and products of that shape use the
-packed weight only if they are equal: a kernel's summation order depends on those, not on the
-values or on which layer holds the weight, so SmolLM2's 211 layers (5 weight shapes) are checked
-5 times at each row count they meet. A layer whose product differs already on `batch` probe rows
-is not packed. A layer goes back to `F.linear` when its weight or bias is replaced (`model.float()`, a
-new parameter, `.data =`), changed in place through the parameter (an optimiser step), or when a
-call needs a gradient. A change written through `.data` in place (peft's `merge`) is not seen:
-merge adapters before packing (anchorlm saves its models merged). The packed copies cost the
-linear weights' memory once more (270 MB for SmolLM2-135M in bf16) until `undo`.
+bf16: what is drawn does not change. The first time a product of a given shape is met in the
+process (weight shape, bias or none, the layout's row count, the input's rows, the number of
+threads), the packed product is compared with `F.linear`'s, bit for bit, and products of that
+shape use the packed weight only if they are equal: a kernel's summation order depends on those,
+not on the values or on which layer holds the weight, so SmolLM2's 211 layers (5 weight shapes) are
+checked 5 times at each row count they meet.
+
+fp32: the packed product is oneDNN's, not MKL's, and the same check asks it to be within
+`FP32_TOLERANCE` of MKL's (relative to the largest output; they differ by about 1e-6), which a wrong
+layout or kernel fails by orders of magnitude. So an fp32 sample is the same for the same seed,
+model, batch and machine, but may differ from one drawn through `F.linear` (transformers'
+`generate`) where two tokens' probabilities are within rounding of each other. `prepack(model,
+fp32=False)` leaves fp32 products to MKL (the samples of anchorlm before fp32 packing).
+
+A layer whose product fails its check on `batch` probe rows is not packed. A layer goes back to
+`F.linear` when its weight or bias is replaced (`model.float()`, a new parameter, `.data =`), changed
+in place through the parameter (an optimiser step), or when a call needs a gradient. A change
+written through `.data` in place (peft's `merge`) is not seen: merge adapters before packing
+(anchorlm saves its models merged). The packed copies cost the linear weights' memory once more
+(270 MB for SmolLM2-135M in bf16) until `undo`.
 """
 
 from __future__ import annotations
@@ -27,37 +38,39 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 
-_AGREES: dict[tuple, bool] = {}  # a product's shape -> whether packed equals F.linear's there
+_AGREES: dict[tuple, bool] = {}  # a product's shape -> whether packed agrees with F.linear's there
+FP32_TOLERANCE = 1e-4  # fp32: the largest difference from F.linear's, relative to its largest output
 
 
-def supported(model) -> bool:
-    """Whether `model`'s products can be prepacked: bf16 weights on a CPU whose oneDNN multiplies bf16."""
+def supported(model, fp32: bool = True) -> bool:
+    """Whether `model`'s products can be prepacked: on a CPU with oneDNN, bf16 weights where it
+    multiplies bf16, fp32 weights unless `fp32` is False."""
     import torch
 
     p = next(model.parameters(), None)
-    return (
-        p is not None
-        and p.device.type == "cpu"
-        and p.dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    )
+    if p is None or p.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if p.dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return fp32 and p.dtype == torch.float32
 
 
-def prepack(model, batch: int = 32) -> tuple[int, Callable[[], None]]:
-    """Multiply every bf16 `nn.Linear` of `model` on the CPU with a prepacked copy of its weight
-    (laid out for `batch` rows). Returns how many layers were packed (0 where `supported` says no)
-    and an `undo` that gives each of them back its own forward and frees the copies."""
+def prepack(model, batch: int = 32, fp32: bool = True) -> tuple[int, Callable[[], None]]:
+    """Multiply every `nn.Linear` of `model` on the CPU in the model's dtype (bf16, or fp32 unless
+    `fp32` is False) with a prepacked copy of its weight (laid out for `batch` rows). Returns how many
+    layers were packed (0 where `supported` says no) and an `undo` that gives each of them back its
+    own forward and frees the copies."""
     import torch
 
-    if not supported(model):
+    if not supported(model, fp32):
         return 0, lambda: None
+    dt = next(model.parameters()).dtype
     patched = []
     with torch.no_grad():
         for mod in model.modules():
             if (
                 type(mod) is torch.nn.Linear
-                and mod.weight.dtype == torch.bfloat16
+                and mod.weight.dtype == dt
                 and mod.weight.device.type == "cpu"
                 and "forward" not in vars(mod)  # an instance forward of someone else's (a hook): left alone
             ):
@@ -83,30 +96,35 @@ def packed_product(x, packed, bias):
 
 
 def _agrees(key: tuple, x, packed, weight, bias) -> bool:
-    """Whether products of shape `key` are F.linear's bit for bit packed: compared once, on `x`."""
+    """Whether products of shape `key` agree with F.linear's packed (bf16: bit for bit; fp32:
+    within FP32_TOLERANCE of the largest output): compared once, on `x`."""
     import torch
     import torch.nn.functional as F
 
     if key not in _AGREES:
-        _AGREES[key] = torch.equal(packed_product(x, packed, bias), F.linear(x, weight, bias))
+        got, want = packed_product(x, packed, bias), F.linear(x, weight, bias)
+        if weight.dtype == torch.bfloat16:
+            _AGREES[key] = torch.equal(got, want)
+        else:
+            scale = want.abs().max().item()
+            _AGREES[key] = bool(torch.isfinite(got).all()) and (got - want).abs().max().item() <= FP32_TOLERANCE * scale
     return _AGREES[key]
 
 
 def _packed_forward(mod, batch: int):
     """`mod`'s forward over a prepacked weight (a method bound to `mod`, so a deep copy of the
     module binds the copy, whose own weight then sends it back to `F.linear`), or None when the
-    product differs from `F.linear`'s on `batch` probe rows or cannot be packed."""
+    product fails its check on `batch` probe rows or cannot be packed."""
     import torch
     import torch.nn.functional as F
 
     weight, bias = mod.weight, mod.bias
-    shape = (*weight.shape, bias is not None, batch)
+    dt = weight.dtype
+    shape = (*weight.shape, dt, bias is not None, batch)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
         probe = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0))
-        if not _agrees(
-            (*shape, batch, torch.get_num_threads()), probe.to(torch.bfloat16), packed, weight, bias
-        ):
+        if not _agrees((*shape, batch, torch.get_num_threads()), probe.to(dt), packed, weight, bias):
             return None
     except RuntimeError:
         return None
@@ -118,7 +136,7 @@ def _packed_forward(mod, batch: int):
             and self.bias is bias
             and weight.data_ptr() == ptr
             and weight._version == version
-            and x.dtype == torch.bfloat16
+            and x.dtype == dt
             and x.device.type == "cpu"
         )
         wants_grad = torch.is_grad_enabled() and (

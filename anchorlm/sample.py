@@ -138,7 +138,7 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     model, tok = load_model(str(model_dir), tokens="annotations" if anchored else "turns")
     dt = dtype(cfg.precision, model)
     model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dt)
-    _, unpack = prepack(model, cfg.batch_size)  # bf16 on a CPU: the same products, faster
+    _, unpack = prepack(model, cfg.batch_size)  # on a CPU: bf16 the same products, fp32 within rounding; faster
 
     def run(prompts, keys, settings, uncond=None):
         return engine.generate(model, prompts, keys, settings, tok.pad_token_id, uncond=uncond)

@@ -173,7 +173,7 @@ def main() -> None:
         "fraction_of_peak": head[32]["fraction_of_peak"],
         "over_bare_forward": head[32]["over_bare_forward"],
         "transformers_generate_tokens_per_s": head[32]["transformers_generate_tokens_per_s"],
-        "prepacked": head[32]["prepacked_linears"] > 0,  # the figures above: bf16 weights prepacked (anchorlm/prepack.py)
+        "prepacked": head[32]["prepacked_linears"] > 0,  # the figures above: weights prepacked (anchorlm/prepack.py)
         "unpacked_tokens_per_s": head[32].get("unpacked_tokens_per_s"),  # the products as they come
         "by_batch": {
             b: {k: f[k] for k in ("tokens_per_s", "fraction_of_peak", "unpacked_tokens_per_s", "unpacked_fraction_of_peak") if k in f}
@@ -503,10 +503,11 @@ def markdown(r: dict) -> str:
         "at the same batch and cache length, nothing drawn. Matrix products alone: every linear layer of "
         "the model applied to the batch's rows, nothing else, as a fraction of the peak: what a whole step "
         "could reach at that batch if everything but its matrix products cost nothing. The engine, the bare "
-        "step and the products alone run with bf16 weights prepacked, as `anchorlm sample` runs them "
-        "(`anchorlm/prepack.py`: the same products bit for bit, without laying each weight out afresh "
-        "every call); \"as they come\" is the same engine with the products as transformers makes them, "
-        "in the same rounds, which of the two goes first alternating (fp32 is not packed); transformers' `generate` "
+        "step and the products alone run with the weights prepacked, as `anchorlm sample` runs them "
+        "(`anchorlm/prepack.py`: without laying each weight out afresh every call; in bf16 the same "
+        "products bit for bit, in fp32 oneDNN's products instead of MKL's, within rounding); \"as they "
+        "come\" is the same engine with the products as transformers makes them, "
+        "in the same rounds, which of the two goes first alternating; transformers' `generate` "
         "runs the model as it comes.",
         "",
         "| precision | batch | engine tok/s | of peak | as they come tok/s | of peak | bare forward tok/s | "

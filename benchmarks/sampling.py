@@ -6,9 +6,9 @@ For each precision (fp32; bf16 where the CPU has bf16 units, else emulated and s
 (32, 96 and 192 rows of 4 prompts, 48 new tokens each, no stop token):
 
 - the engine's new tokens/s (`anchorlm.engine.generate`), as the fraction of the matrix-product peak
-  measured in the same run (2 x parameters FLOPs per token), with the model's bf16 products
-  prepacked as `anchorlm sample` runs them (`anchorlm/prepack.py`), and beside it the same engine
-  with the products as they come (the engine before prepacking);
+  measured in the same run (2 x parameters FLOPs per token), with the model's products
+  prepacked as `anchorlm sample` runs them (`anchorlm/prepack.py`: bf16 and fp32), and beside it the
+  same engine with the products as they come (the engine before prepacking);
 - a bare forward step at the same batch and cache length (one new token per row, the engine's
   preallocated cache, nothing drawn): the engine's throughput over it;
 - transformers' `generate` on the same prompts, batch and length, and vLLM's CPU build where it
@@ -250,7 +250,7 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
         engine_run(model, tok, 8)  # warm-up
         by_batch = {}
         warm = Settings(temperature=1.0, max_new_tokens=2, stop=())
-        packs = supported(model)  # bf16 with oneDNN: the engine is also timed as the weights come
+        packs = supported(model)  # oneDNN here: the engine is also timed as the weights come
         for batch in BATCHES:
             runs = {"engine": [], "bare_forward": [], "engine_unpacked": [], "transformers_generate": []}
             alone = {"packed": [], "unpacked": []}
@@ -261,7 +261,7 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
                             runs["engine_unpacked"].append(engine_run(model, tok, batch))
                             alone["unpacked"].append(matmuls_alone(model, batch))
                         continue
-                    packed, unpack = prepack(model, batch)  # as anchorlm sample runs it (0 layers in fp32)
+                    packed, unpack = prepack(model, batch)  # as anchorlm sample runs it
                     engine_run(model, tok, batch, warm)  # the products' checks at the row counts met
                     runs["engine"].append(engine_run(model, tok, batch))
                     runs["bare_forward"].append(bare_forward(model, tok, batch))

@@ -1,6 +1,7 @@
-"""Prepacked bf16 products (`anchorlm/prepack.py`): the same samples and logits as without, on
-SmolLM2, with the packed kernel actually used; back to `F.linear` when a weight or bias changes or
-a gradient is wanted; nothing packed where it does not apply or where the products differ."""
+"""Prepacked products (`anchorlm/prepack.py`): in bf16 the same samples and logits as without, on
+SmolLM2, with the packed kernel actually used; in fp32 logits within rounding and greedy decoding
+still transformers' `generate` token for token; back to `F.linear` when a weight or bias changes or
+a gradient is wanted; nothing packed where it does not apply or where the products disagree."""
 
 import copy
 
@@ -123,9 +124,59 @@ def test_a_product_that_differs_is_not_used(monkeypatch):
             assert torch.equal(net(x), F.linear(x, net[0].weight, net[0].bias))
 
 
-def test_nothing_is_packed_in_fp32():
-    net = _layer().float()
-    assert not pp.supported(net)
-    n, undo = pp.prepack(net)
-    assert n == 0 and "forward" not in vars(net[0])
+def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monkeypatch):
+    """SmolLM2-135M in fp32, packed: oneDNN's products instead of MKL's, so a prefill's logits move by
+    rounding only (not bit for bit), and the engine's greedy decode, left-padded in one batch, is
+    still transformers' `generate(do_sample=False)` token for token (the issue's guarantee); with
+    `fp32=False` nothing is packed."""
+    model, tok = load_model("smollm2", tokens="turns")
+    assert pp.prepack(model, fp32=False)[0] == 0 and not pp.supported(model, fp32=False)
+    prompts = ["Tell me about the sea.", "Write one line about a cat.", "What is bread made of? Answer briefly."]
+    seqs = [encode_prompt(tok, p) for p in prompts]
+    ids = torch.tensor([seqs[0]] * 3)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    monkeypatch.setattr(pp, "_AGREES", {})
+    n, undo = pp.prepack(model, batch=len(seqs))
+    assert n > 2 * model.config.num_hidden_layers
+    with torch.no_grad():
+        model(input_ids=ids)  # the first call at this shape checks it against F.linear
+        assert _packed_calls(lambda: model(input_ids=ids)) > 0
+        packed = model(input_ids=ids).logits
+    assert not torch.equal(packed, logits)  # oneDNN's sums, not MKL's ...
+    assert (packed - logits).abs().max() < 1e-3 * logits.abs().max()  # ... within rounding
+    stop = eos_id(tok)
+    s = Settings(temperature=0, max_new_tokens=24, stop=(stop,))
+    outs = []
+    assert _packed_calls(lambda: outs.extend(generate(model, seqs, [row_key(i) for i in range(3)], s, tok.pad_token_id))) > 100
     undo()
+    assert not any("forward" in vars(m) for m in model.modules())
+    for q, o in zip(seqs, outs):
+        with torch.no_grad():
+            ref = model.generate(torch.tensor([q]), attention_mask=torch.ones(1, len(q), dtype=torch.long),
+                                 do_sample=False, max_new_tokens=24, eos_token_id=stop,
+                                 pad_token_id=tok.pad_token_id)[0, len(q):].tolist()  # fmt: skip
+        assert o.response + ([o.stop] if o.stop is not None else []) == ref
+
+
+def test_fp32_products_are_checked_with_a_tolerance(monkeypatch):
+    """fp32: a layer is packed when its product is F.linear's within FP32_TOLERANCE and then gives
+    oneDNN's product; one off by more than that is not packed; fp32=False packs nothing."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(96, 40))
+    lin = net[0]
+    assert pp.prepack(net, fp32=False)[0] == 0 and "forward" not in vars(lin)
+    monkeypatch.setattr(pp, "_AGREES", {})
+    n, undo = pp.prepack(net, batch=8)
+    assert n == 1 and pp.supported(net)
+    x = torch.randn(5, 96)
+    with torch.no_grad():
+        net(x)
+        assert _packed_calls(lambda: net(x)) == 1
+        want = F.linear(x, lin.weight, lin.bias)
+        assert (net(x) - want).abs().max() <= pp.FP32_TOLERANCE * want.abs().max()
+    undo()
+    real = pp.packed_product
+    monkeypatch.setattr(pp, "_AGREES", {})
+    monkeypatch.setattr(pp, "packed_product", lambda x, p, b: real(x, p, b) * (1 + 10 * pp.FP32_TOLERANCE))
+    assert pp.prepack(net, batch=8)[0] == 0

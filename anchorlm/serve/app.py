@@ -68,9 +68,9 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
             raise ValueError("--vllm-arg goes with --backend vllm")
         model, tok = load_model(model_spec, tokens="none")
         model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
-        packed, _ = prepack(model, max_batch)  # bf16 on a CPU: the same products, faster (for the server's life)
+        packed, _ = prepack(model, max_batch)  # on a CPU: bf16 the same products, fp32 within rounding (for the server's life)
         if packed:
-            how += f"; the bf16 weights of {packed} linear layers laid out once for oneDNN"
+            how += f"; the weights of {packed} linear layers laid out once for oneDNN"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         app = create_app(model, tok, name, api_key, max_batch, max_queue)
