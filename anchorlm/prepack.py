@@ -9,7 +9,11 @@ weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's free
 multiplies with `torch.ops.mkldnn._linear_pointwise`. An fp32 `nn.Linear` multiplies through MKL;
 oneDNN's laid-out fp32 product is faster on thin products (SmolLM2's output head at 32 rows: 177
 against 76 GFLOP/s; its 1536 x 576 products 207 against 144; a side run, also with both libraries
-held to AVX2) but sums in another order.
+held to AVX2) but sums in another order. It pays on large weights only: measured alone at 4 to 96
+rows, oneDNN's laid-out product took 0.3-0.4x MKL's speed on a 64 x 64 weight, 0.7-1.2x on 256 x 256
+and 192 x 576, and 1.1-2.2x on every weight of 384 x 384 and more (a side run); so fp32 weights of
+fewer than `FP32_MIN_WEIGHT` elements are left to MKL (a tiny model's layers: packing them all ran
+its decode at 0.7x).
 
 bf16: what is drawn does not change. The first time a product of a given shape is met in the
 process (weight shape, bias or none, the layout's row count, the input's rows, the number of
@@ -40,6 +44,7 @@ from collections.abc import Callable
 
 _AGREES: dict[tuple, bool] = {}  # a product's shape -> whether packed agrees with F.linear's there
 FP32_TOLERANCE = 1e-4  # fp32: the largest difference from F.linear's, relative to its largest output
+FP32_MIN_WEIGHT = 131_072  # fp32: weights of fewer elements are left to MKL (faster there)
 
 
 def supported(model, fp32: bool = True) -> bool:
@@ -56,8 +61,9 @@ def supported(model, fp32: bool = True) -> bool:
 
 
 def prepack(model, batch: int = 32, fp32: bool = True) -> tuple[int, Callable[[], None]]:
-    """Multiply every `nn.Linear` of `model` on the CPU in the model's dtype (bf16, or fp32 unless
-    `fp32` is False) with a prepacked copy of its weight (laid out for `batch` rows). Returns how many
+    """Multiply every `nn.Linear` of `model` on the CPU in the model's dtype (bf16; or fp32 unless
+    `fp32` is False, weights of FP32_MIN_WEIGHT elements or more) with a prepacked copy of its
+    weight (laid out for `batch` rows). Returns how many
     layers were packed (0 where `supported` says no) and an `undo` that gives each of them back its
     own forward and frees the copies."""
     import torch
@@ -72,6 +78,7 @@ def prepack(model, batch: int = 32, fp32: bool = True) -> tuple[int, Callable[[]
                 type(mod) is torch.nn.Linear
                 and mod.weight.dtype == dt
                 and mod.weight.device.type == "cpu"
+                and (dt == torch.bfloat16 or mod.weight.numel() >= FP32_MIN_WEIGHT)
                 and "forward" not in vars(mod)  # an instance forward of someone else's (a hook): left alone
             ):
                 fwd = _packed_forward(mod, batch)

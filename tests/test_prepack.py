@@ -131,6 +131,7 @@ def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monke
     `fp32=False` nothing is packed."""
     model, tok = load_model("smollm2", tokens="turns")
     assert pp.prepack(model, fp32=False)[0] == 0 and not pp.supported(model, fp32=False)
+    big = sum(m.weight.numel() >= pp.FP32_MIN_WEIGHT for m in model.modules() if isinstance(m, torch.nn.Linear))
     prompts = ["Tell me about the sea.", "Write one line about a cat.", "What is bread made of? Answer briefly."]
     seqs = [encode_prompt(tok, p) for p in prompts]
     ids = torch.tensor([seqs[0]] * 3)
@@ -138,7 +139,8 @@ def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monke
         logits = model(input_ids=ids).logits
     monkeypatch.setattr(pp, "_AGREES", {})
     n, undo = pp.prepack(model, batch=len(seqs))
-    assert n > 2 * model.config.num_hidden_layers
+    assert n == big > 2 * model.config.num_hidden_layers  # the small k and v products left to MKL
+    assert "forward" not in vars(model.model.layers[0].self_attn.k_proj)
     with torch.no_grad():
         model(input_ids=ids)  # the first call at this shape checks it against F.linear
         assert _packed_calls(lambda: model(input_ids=ids)) > 0
@@ -161,10 +163,13 @@ def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monke
 
 def test_fp32_products_are_checked_with_a_tolerance(monkeypatch):
     """fp32: a layer is packed when its product is F.linear's within FP32_TOLERANCE and then gives
-    oneDNN's product; one off by more than that is not packed; fp32=False packs nothing."""
+    oneDNN's product; one off by more than that is not packed; fp32=False packs nothing, and nor
+    does a weight below FP32_MIN_WEIGHT elements (MKL is faster there)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(96, 40))
     lin = net[0]
+    assert pp.prepack(net)[0] == 0 and "forward" not in vars(lin)  # 3,840 elements: left to MKL
+    monkeypatch.setattr(pp, "FP32_MIN_WEIGHT", 96 * 40)
     assert pp.prepack(net, fp32=False)[0] == 0 and "forward" not in vars(lin)
     monkeypatch.setattr(pp, "_AGREES", {})
     n, undo = pp.prepack(net, batch=8)
