@@ -8,16 +8,17 @@ as they come at 32 rows, 394-403 against 334-344 at 96 (a side run). `prepack` l
 weight out once (`torch.ops.mkldnn._reorder_linear_weight`, what inductor's freezing pass does) and
 multiplies with `torch.ops.mkldnn._linear_pointwise`. An fp32 `nn.Linear` multiplies through MKL;
 oneDNN's laid-out fp32 product is faster on thin products (SmolLM2's output head at 32 rows: 177
-against 76 GFLOP/s; its 1536 x 576 products 207 against 144; a side run, also with both libraries
-held to AVX2) but sums in another order. It pays on large weights only: measured alone at 4 to 96
+against 76 GFLOP/s; its 1536 x 576 products 207 against 144; with both libraries held to AVX2, 140
+against 73 and 187 against 138; a side run) but sums in another order. It pays on large weights only: measured alone at 4 to 96
 rows, oneDNN's laid-out product took 0.3-0.4x MKL's speed on a 64 x 64 weight, 0.7-1.2x on 256 x 256
 and 192 x 576, and 1.1-2.2x on every weight of 384 x 384 and more (a side run); so fp32 weights of
 fewer than `FP32_MIN_WEIGHT` elements are left to MKL (a tiny model's layers: packing them all ran
 its decode at 0.7x).
 
 bf16: what is drawn does not change. The first time a product of a given shape is met in the
-process (weight shape, bias or none, the layout's row count, the input's rows, the number of
-threads), the packed product is compared with `F.linear`'s, bit for bit, and products of that
+process (dtype, weight shape, bias or none, the layout's row count, the input's shape, the number
+of threads), the packed product is compared with `F.linear`'s on a seeded random input of that
+shape (so the verdict depends on the shape alone, never on what was sampled before), bit for bit, and products of that
 shape use the packed weight only if they are equal: a kernel's summation order depends on those,
 not on the values or on which layer holds the weight, so SmolLM2's 211 layers (5 weight shapes) are
 checked 5 times at each row count they meet.
@@ -34,7 +35,9 @@ A layer whose product fails its check on `batch` probe rows is not packed. A lay
 in place through the parameter (an optimiser step), or when a call needs a gradient. A change
 written through `.data` in place (peft's `merge`) is not seen: merge adapters before packing
 (anchorlm saves its models merged). The packed copies cost the linear weights' memory once more
-(270 MB for SmolLM2-135M in bf16) until `undo`.
+(270 MB for SmolLM2-135M in bf16, 510 MB for its 151 large weights in fp32) until `undo`; a weight
+replaced after packing is kept alive by its packed layer until `undo` (so that no new weight can
+take its address and pass for it).
 """
 
 from __future__ import annotations
@@ -104,17 +107,23 @@ def packed_product(x, packed, bias):
 
 def _agrees(key: tuple, x, packed, weight, bias) -> bool:
     """Whether products of shape `key` agree with F.linear's packed (bf16: bit for bit; fp32:
-    within FP32_TOLERANCE of the largest output): compared once, on `x`."""
+    within FP32_TOLERANCE of the largest output, both finite): compared once, on a seeded random
+    input of `x`'s shape (an input without rows agrees: nothing to multiply)."""
     import torch
     import torch.nn.functional as F
 
     if key not in _AGREES:
-        got, want = packed_product(x, packed, bias), F.linear(x, weight, bias)
+        if x.numel() == 0:
+            return True
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.randn(x.shape, generator=gen).to(weight.dtype)
+        got, want = packed_product(probe, packed, bias), F.linear(probe, weight, bias)
         if weight.dtype == torch.bfloat16:
             _AGREES[key] = torch.equal(got, want)
         else:
-            scale = want.abs().max().item()
-            _AGREES[key] = bool(torch.isfinite(got).all()) and (got - want).abs().max().item() <= FP32_TOLERANCE * scale
+            finite = bool(torch.isfinite(got).all() and torch.isfinite(want).all())
+            gap = (got - want).abs().max().item()
+            _AGREES[key] = finite and gap <= FP32_TOLERANCE * want.abs().max().item()
     return _AGREES[key]
 
 
@@ -130,18 +139,19 @@ def _packed_forward(mod, batch: int):
     shape = (*weight.shape, dt, bias is not None, batch)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-        probe = torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(0))
-        if not _agrees((*shape, batch, torch.get_num_threads()), probe.to(dt), packed, weight, bias):
+        rows = torch.empty(batch, weight.shape[1], dtype=dt)  # the probe's shape
+        if not _agrees((*shape, tuple(rows.shape), torch.get_num_threads()), rows, packed, weight, bias):
             return None
     except RuntimeError:
         return None
-    version, ptr = weight._version, weight.data_ptr()
+    held = weight.detach()  # the weight's storage, kept by the closure: no later weight can take its address
+    version = weight._version
 
     def forward(self, x):
         fresh = (
             self.weight is weight
             and self.bias is bias
-            and weight.data_ptr() == ptr
+            and weight.data_ptr() == held.data_ptr()
             and weight._version == version
             and x.dtype == dt
             and x.device.type == "cpu"
@@ -151,7 +161,7 @@ def _packed_forward(mod, batch: int):
         )
         if not fresh or wants_grad:
             return F.linear(x, self.weight, self.bias)
-        key = (*shape, x.numel() // max(x.shape[-1], 1), torch.get_num_threads())
+        key = (*shape, tuple(x.shape), torch.get_num_threads())
         if _agrees(key, x, packed, weight, bias):  # compared the first time this shape is met
             return packed_product(x, packed, bias)
         return F.linear(x, weight, bias)

@@ -129,8 +129,9 @@ def _batches(jobs: list, size: int) -> list[list]:
 
 
 def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
-    """(tokenizer, run, close) of `cfg.backend` for a model, where run(prompts, keys, settings,
-    uncond) samples rows as `anchorlm.engine.generate` does."""
+    """(tokenizer, run, close, precision, prepacked) of `cfg.backend` for a model, where run(prompts,
+    keys, settings, uncond) samples rows as `anchorlm.engine.generate` does and `prepacked` counts the
+    linear layers multiplied with weights laid out once (`anchorlm/prepack.py`; the manifest says it)."""
     if cfg.backend == "vllm":
         return _vllm_backend(cfg, model_dir, anchored)
     import torch
@@ -138,12 +139,12 @@ def _backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
     model, tok = load_model(str(model_dir), tokens="annotations" if anchored else "turns")
     dt = dtype(cfg.precision, model)
     model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dt)
-    _, unpack = prepack(model, cfg.batch_size)  # on a CPU: bf16 the same products, fp32 within rounding; faster
+    packed, unpack = prepack(model, cfg.batch_size)  # on a CPU: bf16 the same products, fp32 within rounding; faster
 
     def run(prompts, keys, settings, uncond=None):
         return engine.generate(model, prompts, keys, settings, tok.pad_token_id, uncond=uncond)
 
-    return tok, run, unpack, "bf16" if dt == torch.bfloat16 else "fp32"
+    return tok, run, unpack, "bf16" if dt == torch.bfloat16 else "fp32", packed
 
 
 def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
@@ -176,7 +177,7 @@ def _vllm_backend(cfg: SampleConfig, model_dir: str | Path, anchored: bool):
         resp = gen(prompts, settings.max_new_tokens, list(settings.stop), cfg, [("resp", k) for k in keys])
         return [engine.Out(*(a if a else ([], None)), ids, stop) for a, (ids, stop) in zip(anns, resp)]
 
-    return tok, run, gen.close, precision
+    return tok, run, gen.close, precision, 0
 
 
 def read_prompts(name: str) -> list[dict]:
@@ -261,7 +262,7 @@ def sample(
         raise ValueError(f"prompt id {dup!r} appears more than once; each prompt needs its own id")
     if cfg.guidance_scale and not anchored:
         raise ValueError("sample.guidance_scale needs anchored sampling: plain samples have no annotation")
-    tok, run, close, precision = _backend(cfg, model_dir, anchored)
+    tok, run, close, precision, packed = _backend(cfg, model_dir, anchored)
     try:
         results = _draw(cfg, tok, run, prompts, anchored, plans)
     finally:
@@ -271,7 +272,7 @@ def sample(
         sidecar(out_path),
         "sample",
         {**to_dict(cfg), "model": str(model_dir), "anchored": anchored},
-        {"samples": len(results), "prompts": len(prompts), "precision": precision},
+        {"samples": len(results), "prompts": len(prompts), "precision": precision, "prepacked_linears": packed},
     )
     write_jsonl(out_path, results)  # the file appears only when complete
     _warn_cut(cfg, results)
