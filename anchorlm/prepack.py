@@ -21,7 +21,7 @@ of threads), the packed product is compared with `F.linear`'s on a seeded random
 shape (so the verdict depends on the shape alone, never on what was sampled before), bit for bit, and products of that
 shape use the packed weight only if they are equal: a kernel's summation order depends on those,
 not on the values or on which layer holds the weight, so SmolLM2's 211 layers (5 weight shapes) are
-checked 5 times at each row count they meet.
+checked 5 times at each input shape they meet.
 
 fp32: the packed product is oneDNN's, not MKL's, and the same check asks it to be within
 `FP32_TOLERANCE` of MKL's (relative to the largest output; they differ by about 1e-6), which a wrong
@@ -105,18 +105,20 @@ def packed_product(x, packed, bias):
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-def _agrees(key: tuple, x, packed, weight, bias) -> bool:
+def _agrees(key: tuple, shape: tuple, packed, weight, bias) -> bool:
     """Whether products of shape `key` agree with F.linear's packed (bf16: bit for bit; fp32:
     within FP32_TOLERANCE of the largest output, both finite): compared once, on a seeded random
-    input of `x`'s shape (an input without rows agrees: nothing to multiply)."""
+    input of `shape` (an input without rows agrees: nothing to multiply)."""
+    import math
+
     import torch
     import torch.nn.functional as F
 
     if key not in _AGREES:
-        if x.numel() == 0:
+        if math.prod(shape) == 0:
             return True
         gen = torch.Generator().manual_seed(0)
-        probe = torch.randn(x.shape, generator=gen).to(weight.dtype)
+        probe = torch.randn(shape, generator=gen).to(weight.dtype)
         got, want = packed_product(probe, packed, bias), F.linear(probe, weight, bias)
         if weight.dtype == torch.bfloat16:
             _AGREES[key] = torch.equal(got, want)
@@ -139,8 +141,8 @@ def _packed_forward(mod, batch: int):
     shape = (*weight.shape, dt, bias is not None, batch)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch)
-        rows = torch.empty(batch, weight.shape[1], dtype=dt)  # the probe's shape
-        if not _agrees((*shape, tuple(rows.shape), torch.get_num_threads()), rows, packed, weight, bias):
+        rows = (batch, weight.shape[1])  # the probe's shape
+        if not _agrees((*shape, rows, torch.get_num_threads()), rows, packed, weight, bias):
             return None
     except RuntimeError:
         return None
@@ -162,7 +164,7 @@ def _packed_forward(mod, batch: int):
         if not fresh or wants_grad:
             return F.linear(x, self.weight, self.bias)
         key = (*shape, tuple(x.shape), torch.get_num_threads())
-        if _agrees(key, x, packed, weight, bias):  # compared the first time this shape is met
+        if _agrees(key, tuple(x.shape), packed, weight, bias):  # compared the first time this shape is met
             return packed_product(x, packed, bias)
         return F.linear(x, weight, bias)
 
