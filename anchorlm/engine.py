@@ -376,6 +376,34 @@ class _Batch:
         self.fed_rows.append(row)
         self.fed.append(token)
 
+    def trim(self, least: int = 32) -> int:
+        """Drop the columns left of every row's first real input once there are `least` of them: in a
+        batch that lives on while rows join and leave (the server's), the rows that wrote them have
+        gone, and every row left masks them. Attention then reads the live rows' span, not the batch's
+        whole life, and the cache makes room for rows to join instead of filling up. Attention's sums
+        then run over other columns (rounding differs): `generate` does not trim. Returns the columns
+        dropped (0 where the cache's layers are not all `kvcache.filled_layer`'s)."""
+        import torch
+
+        from anchorlm.kvcache import filled_layer
+
+        layers = getattr(self.cache, "layers", [])
+        if not len(self.rows) or not layers or any(type(x) is not filled_layer() for x in layers):
+            return 0
+        real = self.mask[:, : self.t].bool()
+        first = int(torch.where(real.any(1), real.int().argmax(1), self.t).min())
+        if first < least:
+            return 0
+        keep = self.t - first
+        for layer in layers:
+            for buf in (layer.keys, layer.values):
+                buf[:, :, :keep] = buf[:, :, first : self.t].clone()
+            layer.crop(-first)  # the count of columns written (where the next one goes) drops by `first`
+        self.mask[:, :keep] = self.mask[:, first : self.t].clone()
+        self.mask[:, keep:] = 0
+        self.t = keep
+        return first
+
     def compact(self, alive: np.ndarray, share: float) -> None:
         """Drop the finished rows once they are `share` of the batch (copying the cache costs)."""
 

@@ -215,3 +215,41 @@ def test_attention_reads_only_the_cache_columns_written(monkeypatch):
         b.step()
     layers = model.config.num_hidden_layers
     assert seen == [4] * layers + [5] * layers + [6] * layers + [7] * layers
+
+
+def test_trim_drops_the_columns_no_row_left_reads_and_nothing_else(model, monkeypatch):
+    """A batch that lives on while rows leave (the server's) drops the columns left of every
+    remaining row's first real input: the next steps' logits are those of the same batch untrimmed
+    (to rounding: attention sums over fewer columns), and the cache has that much more room."""
+    from anchorlm.engine import _Batch
+
+    def run(trim: bool):
+        b = _Batch(model, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], 3, PAD, 40)  # heads of 7, 4 and 1 tokens
+        out, dropped = [], 0
+        for step in range(8):
+            logits = b.step()
+            live = [0, 1, 2] if step < 3 else [1, 2]
+            out.append(logits[b.index(b.at[live])])
+            for r in live:
+                b.feed(r, int(logits[b.at[r]].argmax()))
+            if step == 2:  # row 0 (the longest prompt, the leftmost columns) leaves
+                b.compact(np.array([False, True, True]), 0.25)
+                if trim:
+                    room = b.room()
+                    dropped = b.trim(least=1)
+                    assert b.room() == room + dropped
+        return out, dropped, b
+
+    kept, none, _ = run(trim=False)
+    trimmed, dropped, b = run(trim=True)
+    assert none == 0 and dropped == 3  # row 1's prompt head starts 3 columns after row 0's
+    assert b.t == 7 + 8 - 3 and b.cache.layers[0].filled == b.t  # 7 columns of prompt heads, 8 steps
+    for want, got in zip(kept, trimmed):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert b.trim(least=1) == 0  # nothing left of the remaining rows' first inputs
+
+    from transformers import DynamicCache
+
+    monkeypatch.setattr("anchorlm.engine.preallocated", lambda model, length: DynamicCache())
+    _, dropped, b = run(trim=True)  # a cache of another kind (a growing one) is left as it is
+    assert dropped == 0 and b.t == 7 + 8

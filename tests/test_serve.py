@@ -475,3 +475,28 @@ def test_vllm_engine_arguments_are_read_as_yaml():
     }  # fmt: skip
     with pytest.raises(ValueError, match="KEY=VALUE"):
         engine_args(["dtype"])
+
+
+def test_the_model_is_made_off_the_main_thread(monkeypatch):
+    """`anchorlm serve` loads, casts and prepacks on a thread of its own that has ended before the
+    server starts (torch's parallel work on the main thread slowed the decode thread's), and a
+    failure there is the command's error."""
+    from anchorlm.serve import app
+
+    where = []
+
+    def thread_work():
+        where.append(threading.current_thread())
+        return 7
+
+    assert app.off_main_thread(thread_work) == 7
+    assert where[0] is not threading.main_thread() and not where[0].is_alive()
+
+    def load_model(spec, tokens):
+        where.append(threading.current_thread())
+        raise OSError(f"no model at {spec}")
+
+    monkeypatch.setattr(app, "load_model", load_model)
+    with pytest.raises(OSError, match="no model at nowhere"):
+        app.serve("nowhere")
+    assert where[1] is not threading.main_thread() and not where[1].is_alive()

@@ -166,6 +166,7 @@ class Worker:
                     batch, rows = None, {}
                 else:
                     batch.compact(alive, 0.25)
+                    batch.trim()
             except Exception as e:  # a bug must fail the requests in flight, not hang them and the next
                 try:
                     traceback.print_exc()
