@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from anchorlm.config import SampleConfig  # noqa: E402
 from anchorlm.format import ANN_OPEN  # noqa: E402
 from anchorlm.models import load_tokenizer  # noqa: E402
-from anchorlm.provenance import describe, machine  # noqa: E402
+from anchorlm.provenance import code_version, describe, machine  # noqa: E402
 from anchorlm.sample import sample  # noqa: E402
 
 CLIENTS, REQUESTS, MAX_TOKENS = 16, 20, 32
@@ -188,6 +188,7 @@ def main() -> None:
     served_tps, offline_tps = res["tokens"] / res["wall_s"], offline_tokens / offline_s
     out = {
         "machine": describe(machine()),
+        "code": code_version(),
         "model": str(model) if args.model else f"the smoke recipe's AAT model ({model})",
         "anchored": anchored,
         "clients": CLIENTS,
