@@ -49,3 +49,27 @@ def filled_layer():
             self.filled -= abs(tokens_to_remove)
 
     return FilledStaticLayer
+
+
+def movable(cache) -> bool:
+    """Whether `shift_columns` can move this cache's columns (every layer `filled_layer`'s)."""
+    layers = getattr(cache, "layers", [])
+    return bool(layers) and all(type(x) is filled_layer() for x in layers)
+
+
+def shift_columns(cache, t: int, by: int) -> bool:
+    """Move the `t` columns written of every layer of a `preallocated` cache: `by` > 0 columns to the
+    right (the first `by` then hold nothing: the caller masks them), `by` < 0 drops the first -`by`.
+    The count of columns written follows, so the next token goes after them. False, and nothing
+    moved, where a layer is not `filled_layer`'s (a growing cache)."""
+    if not movable(cache):
+        return False
+    for layer in cache.layers:
+        for buf in (layer.keys, layer.values):
+            if by > 0:
+                buf[:, :, by : t + by] = buf[:, :, :t].clone()
+            else:
+                buf[:, :, : t + by] = buf[:, :, -by:t].clone()
+        layer.cumulative_length.add_(by)  # where StaticLayer.update writes next
+        layer.filled += by
+    return True

@@ -175,9 +175,9 @@ def test_top_p_from_candidates_equals_the_whole_vocabulary_sorted(monkeypatch, t
     """The nucleus found among the most likely candidates (a few here, so that rows fall back to the
     whole sort too) draws what sorting the whole vocabulary draws, ties included (logits rounded
     to bfloat16, as a bf16 model gives them, share values)."""
-    from anchorlm import engine
+    import anchorlm.draw
 
-    monkeypatch.setattr(engine, "NUCLEUS_CANDIDATES", (4, 16))
+    monkeypatch.setattr(anchorlm.draw, "NUCLEUS_CANDIDATES", (4, 16))
     torch.manual_seed(2)
     logits = (torch.randn(64, 300) * torch.linspace(0.5, 6, 64)[:, None]).bfloat16().float()
     u = uniforms(np.arange(64, dtype=np.uint64), np.zeros(64, dtype=np.int64))
@@ -217,39 +217,52 @@ def test_attention_reads_only_the_cache_columns_written(monkeypatch):
     assert seen == [4] * layers + [5] * layers + [6] * layers + [7] * layers
 
 
-def test_trim_drops_the_columns_no_row_left_reads_and_nothing_else(model, monkeypatch):
-    """A batch that lives on while rows leave (the server's) drops the columns left of every
-    remaining row's first real input: the next steps' logits are those of the same batch untrimmed
-    (to rounding: attention sums over fewer columns), and the cache has that much more room."""
+def test_trim_drops_the_columns_no_row_left_reads_and_a_longer_prompt_still_joins(model, monkeypatch):
+    """A batch that lives on while rows join and leave (the server's) drops the columns left of
+    every remaining row's first real input, whichever row that is; a prompt longer than the columns
+    left then moves them back right to join. The steps' logits are those of the same batch
+    untrimmed (to rounding: attention sums over other columns), the joined row's first ones those
+    of its prompt run alone, and the cache has the room it gained."""
     from anchorlm.engine import _Batch
 
+    long = list(range(20, 32))  # a head of 11 tokens: more columns than the trimmed batch has
+
     def run(trim: bool):
-        b = _Batch(model, [PROMPTS[2], PROMPTS[0], PROMPTS[1]], 3, PAD, 40)  # heads of 7, 4 and 1 tokens
-        out, dropped = [], 0
+        b = _Batch(model, [PROMPTS[1], PROMPTS[2], PROMPTS[0]], 3, PAD, 40)  # heads of 1, 7 and 4 tokens
+        out, dropped, live = [], 0, [0, 1, 2]
         for step in range(8):
             logits = b.step()
-            live = [0, 1, 2] if step < 3 else [1, 2]
             out.append(logits[b.index(b.at[live])])
             for r in live:
                 b.feed(r, int(logits[b.at[r]].argmax()))
-            if step == 2:  # row 0 (the longest prompt, the leftmost columns) leaves
-                b.compact(np.array([False, True, True]), 0.25)
+            if step == 2:  # row 1 (the longest prompt, the leftmost columns) leaves
+                live = [0, 2]
+                b.compact(np.array([False if r == 1 else True for r in range(len(b.at))]), 0.25)
                 if trim:
                     room = b.room()
                     dropped = b.trim(least=1)
                     assert b.room() == room + dropped
+            if step == 3:
+                assert b.can_join([long], 4)
+                live = live + b.join(model, [long], PAD)
         return out, dropped, b
 
     kept, none, _ = run(trim=False)
     trimmed, dropped, b = run(trim=True)
-    assert none == 0 and dropped == 3  # row 1's prompt head starts 3 columns after row 0's
-    assert b.t == 7 + 8 - 3 and b.cache.layers[0].filled == b.t  # 7 columns of prompt heads, 8 steps
+    assert none == 0 and dropped == 3  # row 2's prompt head starts 3 columns after row 1's (row 0's: 6)
+    assert b.cache.layers[0].filled == b.t
     for want, got in zip(kept, trimmed):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([long])).logits[0, -1]
+    torch.testing.assert_close(trimmed[4][-1], alone, atol=1e-5, rtol=1e-5)
     assert b.trim(least=1) == 0  # nothing left of the remaining rows' first inputs
 
     from transformers import DynamicCache
 
     monkeypatch.setattr("anchorlm.engine.preallocated", lambda model, length: DynamicCache())
-    _, dropped, b = run(trim=True)  # a cache of another kind (a growing one) is left as it is
-    assert dropped == 0 and b.t == 7 + 8
+    b = _Batch(model, [PROMPTS[1], PROMPTS[2], PROMPTS[0]], 3, PAD, 40)
+    b.step()
+    b.compact(np.array([True, False, True]), 0.25)
+    assert b.trim(least=1) == 0 and b.t == 7 + 1  # a growing cache is left as it is
+    assert not b.can_join([long], 4)  # and a longer prompt waits for the columns
