@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from anchorlm.draw import draw, row_key, uniforms  # noqa: F401 (row_key and uniforms: the engine's API too)
-from anchorlm.kvcache import movable, preallocated, shift_columns
+from anchorlm.kvcache import movable, preallocated, shift, shift_columns
 
 _MASK64 = (1 << 64) - 1
 ANNOTATION, CUT, RESPONSE, DONE = 0, 1, 2, 3
@@ -281,21 +281,17 @@ class _Batch:
         return first
 
     def _move_mask(self, by: int) -> None:
-        """The mask's columns follow `shift_columns`; the batch's current column moves with them."""
-        t = self.t
-        if by > 0:
-            self.mask[:, by : t + by] = self.mask[:, :t].clone()
-            self.mask[:, :by] = 0
-        else:
-            self.mask[:, : t + by] = self.mask[:, -by:t].clone()
-            self.mask[:, t + by :] = 0
-        self.t = t + by
+        """The mask's columns follow `shift_columns` (the columns left empty masked); the batch's
+        current column moves with them."""
+        shift(self.mask, 1, self.t, by).fill_(0)
+        self.t += by
 
-    def compact(self, alive: np.ndarray, share: float) -> None:
-        """Drop the finished rows once they are `share` of the batch (copying the cache costs)."""
+    def compact(self, alive: np.ndarray, share: float) -> bool:
+        """Drop the finished rows once they are `share` of the batch (copying the cache costs);
+        whether it did."""
 
         if alive.all() or (~alive).mean() < share:
-            return
+            return False
         keep = self.index(np.flatnonzero(alive))
         self.cache.reorder_cache(keep)
         self.mask, self.pos, self.next, self.real = (
@@ -304,3 +300,4 @@ class _Batch:
         self.rows = self.rows[alive]
         self.at[:] = -1
         self.at[self.rows] = np.arange(len(self.rows))
+        return True

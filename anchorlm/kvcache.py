@@ -57,6 +57,15 @@ def movable(cache) -> bool:
     return bool(layers) and all(type(x) is filled_layer() for x in layers)
 
 
+def shift(x, dim: int, t: int, by: int):
+    """Move the first `t` entries of `x` along `dim` by `by` (right when positive, dropping the
+    first -`by` when negative), in place; returns the entries left behind (a view: the caller may
+    clear them)."""
+    moved = x.narrow(dim, 0, t).clone() if by > 0 else x.narrow(dim, -by, t + by).clone()
+    x.narrow(dim, max(by, 0), moved.shape[dim]).copy_(moved)
+    return x.narrow(dim, 0, by) if by > 0 else x.narrow(dim, t + by, x.shape[dim] - t - by)
+
+
 def shift_columns(cache, t: int, by: int) -> bool:
     """Move the `t` columns written of every layer of a `preallocated` cache: `by` > 0 columns to the
     right (the first `by` then hold nothing: the caller masks them), `by` < 0 drops the first -`by`.
@@ -66,10 +75,7 @@ def shift_columns(cache, t: int, by: int) -> bool:
         return False
     for layer in cache.layers:
         for buf in (layer.keys, layer.values):
-            if by > 0:
-                buf[:, :, by : t + by] = buf[:, :, :t].clone()
-            else:
-                buf[:, :, : t + by] = buf[:, :, -by:t].clone()
+            shift(buf, 2, t, by)  # the columns left empty keep stale values: masked, then overwritten
         layer.cumulative_length.add_(by)  # where StaticLayer.update writes next
         layer.filled += by
     return True

@@ -165,8 +165,8 @@ class Worker:
                 if not alive.any():
                     batch, rows = None, {}
                 else:
-                    batch.compact(alive, 0.25)
-                    batch.trim()
+                    if batch.compact(alive, 0.25):  # rows left: their columns may be free to drop
+                        batch.trim()
             except Exception as e:  # a bug must fail the requests in flight, not hang them and the next
                 try:
                     traceback.print_exc()
