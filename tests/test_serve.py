@@ -500,3 +500,31 @@ def test_the_model_is_made_off_the_main_thread(monkeypatch):
     with pytest.raises(OSError, match="no model at nowhere"):
         app.serve("nowhere")
     assert where[1] is not threading.main_thread() and not where[1].is_alive()
+
+
+def test_ctrl_c_while_the_model_loads_is_raised_at_once():
+    """Ctrl-C during `anchorlm serve`'s load stops the command without waiting for the load (which
+    for a large model takes minutes): the loading thread is a daemon, left behind."""
+    import _thread
+
+    from anchorlm.serve import app
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_load():
+        started.set()
+        release.wait(60)
+        return "loaded"
+
+    def press_ctrl_c():
+        started.wait(10)
+        _thread.interrupt_main()  # SIGINT's handler, as a key press runs it
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        app.off_main_thread(slow_load)
+    waited = time.monotonic() - t0
+    loaders = [t for t in threading.enumerate() if t.name == "anchorlm-load"]
+    release.set()
+    assert waited < 30 and loaders and all(t.daemon for t in loaders)  # not the 60 s of the load

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -90,11 +91,26 @@ def off_main_thread(fn):
     left its decoding of 16 rows on another thread at about 0.7x in bf16 (about 175 against 250 tok/s)
     and 0.8x in fp32, in side runs on an AMD EPYC with 2 cores; done on a thread that has ended, the
     decoding ran at full speed. So the model is made here, and nothing on the main thread (uvicorn's
-    event loop) runs torch's parallel work."""
-    from concurrent.futures import ThreadPoolExecutor
+    event loop) runs torch's parallel work.
 
-    with ThreadPoolExecutor(1, thread_name_prefix="anchorlm-load") as pool:  # its thread joined on leaving
-        return pool.submit(fn).result()
+    Ctrl-C while it runs is raised here at once (the main thread waits in short joins, so it runs
+    Python's signal handler whichever thread the signal reached) and the load is left to a daemon
+    thread that does not hold the process up: loading SmolLM2 takes seconds, a larger model minutes."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="anchorlm-load", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def create_app(model, tok, name: str, api_key: str | None = None, max_batch: int = 64, max_queue: int = 256,
