@@ -528,3 +528,54 @@ def test_ctrl_c_while_the_model_loads_is_raised_at_once():
     loaders = [t for t in threading.enumerate() if t.name == "anchorlm-load"]
     release.set()
     assert waited < 30 and loaders and all(t.daemon for t in loaders)  # not the 60 s of the load
+
+
+def test_a_long_lived_batch_drops_the_columns_its_rows_left(smoke_run, monkeypatch):
+    """The decode loop in-process, with waves of requests each joining while the one before still
+    decodes, so the batch lives on: once rows leave, `trim` drops the cache columns no live row
+    reads, and the batch's width stays bounded instead of growing with its life."""
+    from anchorlm import engine
+    from anchorlm.format import encode_prompt
+    from anchorlm.models import load_model
+    from anchorlm.serve.worker import Choice, Worker
+
+    model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
+    w = Worker(model, tok)
+    w.eos = -1  # no row stops early: each decodes exactly max_tokens, so the waves overlap as planned
+    n_waves, new, overlap = 6, 40, 10
+    prompt = encode_prompt(tok, "Say something.")
+    trims, widths, waves, ended, done = [], [], [], [], threading.Event()
+
+    def on(kind, value):
+        if kind == "done":
+            ended.append(value)
+            if len(ended) == 2 * n_waves:
+                done.set()
+
+    def submit():
+        k = len(waves)
+        waves.append([Choice(list(prompt), key=10 * k + j, temperature=1.0, top_p=1.0, max_tokens=new,
+                             stops=[], emit=on) for j in range(2)])  # fmt: skip
+        w.submit(waves[-1])
+
+    real_trim, real_step = engine._Batch.trim, engine._Batch.step
+
+    def trim(self, least=32):
+        trims.append(real_trim(self, least))
+        return trims[-1]
+
+    def step(self, *a, **k):  # on the decode thread: the next wave joins `overlap` tokens before this one ends
+        widths.append(self.t)
+        if len(waves) < n_waves and len(waves[-1][0].response) >= new - overlap:
+            submit()
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(engine._Batch, "trim", trim)
+    monkeypatch.setattr(engine._Batch, "step", step)
+    submit()
+    assert done.wait(120), ended
+    assert ended == ["length"] * (2 * n_waves) and all(len(c.response) == new for v in waves for c in v)
+    assert max(trims) >= 32  # columns dropped after a wave left
+    # one batch all along (its width fell only where trimmed), never as wide as it would be untrimmed
+    untrimmed = len(prompt) + (new - overlap) * (n_waves - 1) + new
+    assert len(widths) >= (new - overlap) * (n_waves - 1) and max(widths) < untrimmed / 2, (max(widths), untrimmed)
