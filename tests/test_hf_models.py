@@ -186,16 +186,25 @@ def test_chat_model_sampled_plain_keeps_its_vocabulary(tiny_gpt2, tmp_path):
 def test_hf_dir_dequantises_a_gguf_once_into_a_model_directory(tmp_path, monkeypatch):
     """vLLM and `transformers serve` read no GGUF: `hf_dir` gives them a directory holding the
     model `load_model` loads from the GGUF, written once and then reused."""
+    from anchorlm import models
     from anchorlm.models import hf_dir
 
     monkeypatch.setenv("ANCHORLM_CACHE", str(tmp_path))
-    d = hf_dir("smollm2")
-    assert d.startswith(str(tmp_path)) and not list(tmp_path.glob("gguf/*.tmp*"))
-    from anchorlm.models import _published
+    read = []  # what hf_dir read from the GGUF directly (what every load did before the cache)
+    published = models._published
 
-    # the GGUF read directly (what every load did before the cache), against the cached copy that
-    # load_model now reads: the same token ids, chat template and logits, bit for bit
-    ref, ref_tok = _published("smollm2", "", with_model=True, cached=False)
+    def spy(*a, **k):
+        read.append((k, published(*a, **k)))
+        return read[-1][1]
+
+    monkeypatch.setattr(models, "_published", spy)
+    d = hf_dir("smollm2")
+    monkeypatch.setattr(models, "_published", published)
+    assert d.startswith(str(tmp_path)) and not list(tmp_path.glob("gguf/*.tmp*"))
+    # that, against the cached copy that load_model now reads: the same token ids, chat template and
+    # logits, bit for bit (one dequantisation of the GGUF, not a second one for the reference)
+    assert len(read) == 1 and read[0][0] == {"with_model": True, "cached": False}
+    ref, ref_tok = read[0][1]
     got, got_tok = load_model("smollm2", tokens="none")
     assert got.name_or_path == d and ref_tok.chat_template == got_tok.chat_template
     for text in ("Name three rivers.", "topic:food <|ann|> naïve 日本語 \n\n  x"):
