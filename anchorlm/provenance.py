@@ -66,6 +66,14 @@ def machine() -> dict:
     return out
 
 
+def describe_code(code: dict) -> str:
+    """One line for a report: 'anchorlm 0.1.0 (commit 4b8bb8d96c, uncommitted changes)'."""
+    if not code.get("git_commit"):
+        return f"anchorlm {code.get('anchorlm', '?')}"
+    dirty = ", uncommitted changes" if code.get("git_dirty") else ""
+    return f"anchorlm {code.get('anchorlm')} (commit {code['git_commit'][:10]}{dirty})"
+
+
 def describe(m: dict) -> str:
     """One line for a report: 'NVIDIA H200' or 'AMD EPYC (25/17), 2 cores, bf16 units: yes (avx512_bf16)'."""
     if m.get("gpu"):

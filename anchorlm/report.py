@@ -8,7 +8,7 @@ from pathlib import Path
 
 from anchorlm.io import atomic, write_json
 from anchorlm.metrics import registry
-from anchorlm.provenance import describe
+from anchorlm.provenance import describe, describe_code
 
 
 def fmt(x) -> str:
@@ -183,15 +183,8 @@ def provenance_lines(results: dict) -> list[str]:
         lines.append(
             f"- scoring: {describe(prov['machine'])}, precision {prov.get('precision', 'not recorded')}"
         )
-        code = prov.get("code", {})
-        commit = code.get("git_commit")
-        where = (
-            f" (commit {commit[:10]}{', uncommitted changes' if code.get('git_dirty') else ''})"
-            if commit
-            else ""
-        )
         vers = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
-        lines.append(f"- code: anchorlm {code.get('anchorlm')}{where}; {vers}")
+        lines.append(f"- code: {describe_code(prov.get('code', {}))}; {vers}")
     lines += ["", "Another CPU kind (with or without bf16 units), another precision or other library versions "
               "give other digits.", ""]  # fmt: skip
     return lines
