@@ -67,10 +67,15 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
 
         if vllm_args:
             raise ValueError("--vllm-arg goes with --backend vllm")
+
         def prepared():
             model, tok = load_model(model_spec, tokens="none")
-            model.to(device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)).eval()
-            packed, _ = prepack(model, max_batch)  # on a CPU: bf16 the same products, fp32 within rounding (for the server's life)
+            model.to(
+                device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)
+            ).eval()
+            packed, _ = prepack(
+                model, max_batch
+            )  # on a CPU: bf16 the same products, fp32 within rounding (for the server's life)
             return model, tok, packed
 
         model, tok, packed = off_main_thread(prepared)
