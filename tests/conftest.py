@@ -11,6 +11,21 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs the suite in 2 worker processes (pyproject's addopts): one thread each, and
+    # in the CLI processes they start, so the workers never fight over the cores (oversubscribed
+    # threads spin and slow each other far more than 2x)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# Modules whose tests share a costly session fixture: one xdist worker runs them all, so the fixture
+# is built once (pytest_collection_modifyitems checks that the list is complete).
+SHARED = {"smoke_run": {"test_smoke.py", "test_sample.py", "test_serve.py"}}
+# The slowest scopes first, so that no worker is left alone with a long one at the end.
+SLOWEST = ["smoke_run", "test_reproduce.py", "test_evidence.py", "test_hf_models.py",
+           "test_distributed.py", "test_prepack.py", "test_remote.py", "test_training.py"]  # fmt: skip
 
 
 def pytest_addoption(parser):
@@ -21,6 +36,42 @@ def pytest_addoption(parser):
         help="precision forced on the tests that train and assert learned behaviour (marked `learned`); "
         "bf16 on a CPU without bf16 units is emulated (slow, the same roundings)",
     )
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit an xdist worker takes whole: the module, or the group sharing a session fixture."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return next((f for f, mods in SHARED.items() if module in mods), module)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        for fixture, modules in SHARED.items():
+            if fixture in getattr(item, "fixturenames", ()) and module not in modules:
+                raise pytest.UsageError(f"{module} uses {fixture}: add it to SHARED in tests/conftest.py")
+
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist the suite runs in one process
+    pass
+else:
+
+    class ByScope(LoadScopeScheduling):
+        """xdist's `loadscope`, with `scope_of`'s scopes, handed out slowest first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            rank = {s: i for i, s in enumerate(SLOWEST)}
+            for scope in sorted(self.workqueue, key=lambda s: rank.get(s, len(rank))):
+                self.workqueue.move_to_end(scope)
+            super()._assign_work_unit(node)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return ByScope(config, log) if config.getvalue("dist") == "loadscope" else None
 
 
 @pytest.fixture(scope="session")
