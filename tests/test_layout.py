@@ -68,3 +68,16 @@ def test_no_import_circle():
         if n not in state:
             visit(n, [n])
     assert not cycle
+
+
+def test_the_suites_scheduling_names_its_test_modules():
+    """tests/conftest.py hands whole modules to the test workers by file name (SHARED groups the
+    modules sharing a session fixture, SLOWEST orders the slow ones first): a renamed module must
+    not silently leave its group, where its fixture would be built twice."""
+    from conftest import SHARED, SLOWEST, scope_of
+
+    modules = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    named = set().union(*SHARED.values()) | {s for s in SLOWEST if s not in SHARED}
+    assert named <= modules, sorted(named - modules)
+    assert scope_of("tests/test_sample.py::test_x[a::b]") == "smoke_run"
+    assert scope_of("tests/test_cli.py::test_x") == "test_cli.py"
