@@ -172,17 +172,29 @@ def _full_sort_draw(logits, temperature, top_p, u):
 
 @pytest.mark.parametrize("top_p", [0.5, 0.95, 0.999])
 def test_top_p_from_candidates_equals_the_whole_vocabulary_sorted(monkeypatch, top_p):
-    """The nucleus found among the most likely candidates (a few here, so that rows fall back to the
-    whole sort too) draws what sorting the whole vocabulary draws, ties included (logits rounded
-    to bfloat16, as a bf16 model gives them, share values)."""
+    """The nucleus found among the tokens above a probability floor (high floors here, so that rows
+    fall back to the next floor and to the whole sort too) draws what sorting the whole vocabulary
+    draws, ties included (logits rounded to bfloat16, as a bf16 model gives them, share values)."""
     import anchorlm.draw
 
-    monkeypatch.setattr(anchorlm.draw, "NUCLEUS_CANDIDATES", (4, 16))
+    monkeypatch.setattr(anchorlm.draw, "NUCLEUS_FLOORS", (0.1, 0.02))
     torch.manual_seed(2)
     logits = (torch.randn(64, 300) * torch.linspace(0.5, 6, 64)[:, None]).bfloat16().float()
     u = uniforms(np.arange(64, dtype=np.uint64), np.zeros(64, dtype=np.int64))
     got = draw(logits, 1.0, top_p, u).tolist()
     assert got == _full_sort_draw(logits, 1.0, top_p, u)
+
+
+def test_a_uniform_that_rounds_to_one_draws_the_nucleus_last_token():
+    """u x the nucleus's mass rounds up to the mass itself where u is within 2^-25 of 1 (float32):
+    the draw is then the nucleus's last token, not a token after the nucleus."""
+    logits = torch.tensor([[4.0, 3.0, 2.0] + [0.0] * 61])
+    u = np.array([1 - 2**-53])
+    for top_p in (0.5, 0.9):  # a nucleus of 2 tokens; of 3 and most of the zeros
+        p = torch.softmax(logits[0].double(), -1)
+        order = sorted(range(64), key=lambda i: (-float(p[i]), i))
+        size = int(((torch.cumsum(p[order], 0) - p[order]) < top_p).sum())
+        assert draw(logits, 1.0, top_p, u).item() == order[size - 1]
 
 
 def test_a_tiny_temperature_draws_the_most_likely_token_not_nan():
