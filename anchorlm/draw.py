@@ -99,7 +99,7 @@ def _nucleus(z, top_p: float, u):
         rows = rows[~held]
         if not len(rows):
             return out
-    zk, order = _descending(z[rows], z.shape[-1])
+    zk, order = _descending(z[rows])
     out[rows] = _nucleus_draw(torch.exp(zk - lse[rows]), order, top_p, u[rows])
     return out
 
@@ -126,16 +126,11 @@ def _above(z, floor):
     return vals, ids
 
 
-def _descending(x, k: int):
-    """The `k` largest values of each row and their token ids, in descending order with ties
-    ordered by token id (a stable sort of the candidates, which topk returns in no fixed order)."""
+def _descending(x):
+    """Each row's values in descending order, ties ordered by token id, and their token ids."""
     import torch
 
-    vals, idx = torch.topk(x, k, dim=-1) if k < x.shape[-1] else (x, torch.arange(x.shape[-1]).expand_as(x))
-    idx, at = idx.sort(-1)
-    vals = vals.gather(-1, at)
-    vals, at = torch.sort(vals, dim=-1, descending=True, stable=True)
-    return vals, idx.gather(-1, at)
+    return torch.sort(x, dim=-1, descending=True, stable=True)
 
 
 def _nucleus_draw(vals, order, top_p: float, u):
