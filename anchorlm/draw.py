@@ -84,6 +84,7 @@ def _nucleus(z, top_p: float, u):
 
     import torch
 
+    z = z.cpu()  # the draw's bookkeeping (rows, u, the result) lives on the CPU
     lse = torch.logsumexp(z, -1, keepdim=True)
     out = torch.empty(z.shape[0], dtype=torch.long)
     rows = torch.arange(z.shape[0])
@@ -92,9 +93,10 @@ def _nucleus(z, top_p: float, u):
         zk, order = _above(zr, lr + math.log(floor))
         vals = torch.exp(zk - lr)
         # the tokens above the floor come first in the whole vocabulary's order too, so they hold
-        # the nucleus when it ends among them: when one of them (or the padding after them) lies
-        # outside it
-        held = ((vals.cumsum(-1) - vals) >= top_p).any(-1)
+        # the nucleus when it ends among them: when one of them lies outside it. Not the padding:
+        # its mass before is the candidates' float32 total, and where that equals top_p the whole
+        # sort's next token (its mass before rounded from another sum) can still be inside
+        held = (((vals.cumsum(-1) - vals) >= top_p) & (zk > float("-inf"))).any(-1)
         out[rows[held]] = _nucleus_draw(vals[held], order[held], top_p, u[rows[held]])
         rows = rows[~held]
         if not len(rows):
@@ -111,8 +113,10 @@ def _above(z, floor):
     import torch
 
     z = z.detach().contiguous()
-    # numpy's comparison and flatnonzero: 2.7 ms over 96 x 49k where torch's took 10.7
-    flat = torch.from_numpy(np.flatnonzero(z.numpy() >= floor.numpy()))  # by row, then token id
+    # numpy's comparison and flatnonzero: 2.7 ms over 96 x 49k where torch's took 10.7 (in float32:
+    # rounding keeps the order, so the tokens kept are still the most likely ones)
+    above = z.float().numpy() >= floor.detach().float().numpy()
+    flat = torch.from_numpy(np.flatnonzero(above))  # by row, then token id
     r, c, v = flat // z.shape[-1], flat % z.shape[-1], z.view(-1)[flat]
     at = torch.sort(v, descending=True, stable=True).indices  # by value, ties by token id
     at = at[torch.sort(r[at], stable=True).indices]  # then by row, keeping that order
@@ -137,9 +141,9 @@ def _nucleus_draw(vals, order, top_p: float, u):
     """Inverse-CDF draw over each row's nucleus (descending `vals`, token ids `order`)."""
     import torch
 
-    inside = (vals.cumsum(-1) - vals) < top_p
-    c = vals.masked_fill(~inside, 0.0).cumsum(-1)
+    c = vals.masked_fill((vals.cumsum(-1) - vals) >= top_p, 0.0).cumsum(-1)
     j = torch.searchsorted(c, u[:, None].to(c) * c[:, -1:], right=True)
-    # u x total can round up to the total: the nucleus's last token, never one after it
-    j = torch.minimum(j, inside.sum(-1, keepdim=True) - 1)
+    # u x total can round up to the total: then the last token that carries probability, never
+    # one after it (outside the nucleus, or of probability 0)
+    j = torch.minimum(j, (c < c[:, -1:]).sum(-1, keepdim=True))
     return order.gather(-1, j)[:, 0]

@@ -185,6 +185,41 @@ def test_top_p_from_candidates_equals_the_whole_vocabulary_sorted(monkeypatch, t
     assert got == _full_sort_draw(logits, 1.0, top_p, u)
 
 
+def test_top_p_where_the_candidates_mass_is_exactly_top_p(monkeypatch):
+    """Rows whose tokens above the first probability floor carry exactly top_p in float32, where
+    the whole sort's next token has less than top_p before it (its running sum rounds otherwise),
+    each in a batch beside a row with more candidates (so its own are padded): each draws what the
+    whole vocabulary sorted in float32 draws, and what it draws alone, for u across [0, 1) and
+    near 1."""
+    import math
+
+    import anchorlm.draw
+
+    floor = math.log(anchorlm.draw.NUCLEUS_FLOORS[0])
+    us = np.concatenate([np.linspace(0, 1, 300, endpoint=False), 1 - np.logspace(-3, -16, 30)])
+    cases = []
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        row = torch.cat(
+            [torch.randn(1, 200, generator=g) * 1.5 + 4, torch.randn(1, 1800, generator=g) * 0.1 + 0.3], -1
+        )
+        lse = torch.logsumexp(row, -1, keepdim=True)
+        p = torch.exp(torch.sort(row[0], descending=True).values - lse[0])
+        n = int((row >= lse + floor).sum())
+        top_p = float(p[:n].cumsum(-1)[-1])  # the candidates' float32 total
+        if float((p.cumsum(-1) - p)[n]) < top_p:  # the whole sort keeps token n in the nucleus
+            cases.append((row, top_p))
+    assert len(cases) >= 3
+    for row, top_p in cases[:3]:
+        batch = torch.cat([row, torch.zeros(1, 2000)])  # all 2000 tokens of row 2 are candidates
+        got = [draw(batch, 1.0, top_p, np.array([x, 0.5]))[0].item() for x in us]
+        alone = [draw(row, 1.0, top_p, np.array([x]))[0].item() for x in us]
+        with monkeypatch.context() as m:
+            m.setattr(anchorlm.draw, "NUCLEUS_FLOORS", ())
+            whole = [draw(batch, 1.0, top_p, np.array([x, 0.5]))[0].item() for x in us]
+        assert got == alone == whole
+
+
 def test_a_uniform_that_rounds_to_one_draws_the_nucleus_last_token():
     """u x the nucleus's mass rounds up to the mass itself where u is within 2^-25 of 1 (float32):
     the draw is then the nucleus's last token, not a token after the nucleus."""
@@ -195,6 +230,9 @@ def test_a_uniform_that_rounds_to_one_draws_the_nucleus_last_token():
         order = sorted(range(64), key=lambda i: (-float(p[i]), i))
         size = int(((torch.cumsum(p[order], 0) - p[order]) < top_p).sum())
         assert draw(logits, 1.0, top_p, u).item() == order[size - 1]
+    # a top_p that rounds to 1 keeps tokens of probability 0 in the nucleus: never drawn either
+    blocked = torch.cat([torch.zeros(1, 40), torch.full((1, 10), float("-inf"))], -1)
+    assert draw(blocked, 1.0, 0.99999999, u).item() == 39
 
 
 def test_a_tiny_temperature_draws_the_most_likely_token_not_nan():
