@@ -557,6 +557,10 @@ def markdown(r: dict) -> str:
     for key, label in PROFILE:
         vals = [sm["full"]["by_precision"][p][b]["profile"][key] for p, b in cols]
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    recipe = [sm["full"]["by_precision"][p][b].get("draw_share_at_recipe_settings") for p, b in cols]
+    if all(v is not None for v in recipe):  # a call of its own, at the recipes' T 0.8 and top-p 0.95
+        lines.append("| the draw at the recipes' temperature 0.8, top-p 0.95 (a call of its own) | "
+                     + " | ".join(f"{v:.2f}" for v in recipe) + " |")  # fmt: skip
     lines.append("")
     return "\n".join(lines)
 

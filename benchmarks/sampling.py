@@ -17,7 +17,9 @@ For each precision (fp32; bf16 where the CPU has bf16 units, else emulated and s
   fraction of the peak: the ceiling of a whole step at that batch (prepacked, and as they come);
 - where a decode step's time goes: matrix products, attention, the forward's other operations,
   the forward's Python (transformers' per-layer code), the draw (temperature, top-p), prefill, and
-  the engine's own bookkeeping (`profile_shares` says how each is measured).
+  the engine's own bookkeeping (`profile_shares` says how each is measured);
+- the draw's share of an engine call at the recipes' temperature 0.8 and top-p 0.95 (the figures
+  above sample at temperature 1 without top-p, the cheapest draw).
 
 Runs are interleaved (engine, bare forward, engine unpacked, generate, again) and the median of 3 is reported: a
 shared machine drifts by 10-20% between minutes, and a ratio of two runs taken apart would carry it.
@@ -151,12 +153,12 @@ def _wrapped(names: dict):
     return undo
 
 
-def profile_shares(model, tok, batch: int) -> dict:
-    """Where an engine call's time goes, as shares of its wall time. The coarse split (forward
-    steps, the draw, prefill, the engine's own bookkeeping) comes from timers around each part in an
-    unprofiled run; the forward's share is divided as torch.profiler divides it in a second run
-    (matrix products, attention, other operations, the forward's own Python), because the profiler
-    slows Python-heavy code more than kernels and would inflate the bookkeeping."""
+RECIPES = Settings(temperature=0.8, top_p=0.95, max_new_tokens=NEW, stop=())  # the demo's and studies' draw
+
+
+def _timed_parts(model, tok, batch: int, settings: Settings | None = None) -> tuple[dict, float]:
+    """Seconds in the engine's forward steps, draw and prefill during one engine call, and its wall
+    time, by timers around each part (no profiler)."""
     spent = {"forward": 0.0, "draw": 0.0, "prefill": 0.0}
 
     def timer(part):
@@ -175,10 +177,27 @@ def profile_shares(model, tok, batch: int) -> dict:
     undo = _wrapped({p: timer(p) for p in spent})
     try:
         t = time.perf_counter()
-        engine_run(model, tok, batch)
+        engine_run(model, tok, batch, settings)
         wall = time.perf_counter() - t
     finally:
         undo()
+    return spent, wall
+
+
+def recipe_draw_share(model, tok, batch: int) -> float:
+    """The draw's share of an engine call at the recipes' temperature 0.8 and top-p 0.95 (the
+    benchmark's other figures sample at temperature 1 without top-p, the cheapest draw)."""
+    spent, wall = _timed_parts(model, tok, batch, RECIPES)
+    return round(spent["draw"] / wall, 3)
+
+
+def profile_shares(model, tok, batch: int) -> dict:
+    """Where an engine call's time goes, as shares of its wall time. The coarse split (forward
+    steps, the draw, prefill, the engine's own bookkeeping) comes from timers around each part in an
+    unprofiled run; the forward's share is divided as torch.profiler divides it in a second run
+    (matrix products, attention, other operations, the forward's own Python), because the profiler
+    slows Python-heavy code more than kernels and would inflate the bookkeeping."""
+    spent, wall = _timed_parts(model, tok, batch)
 
     def label(part):
         def wrap(fn):
@@ -270,6 +289,7 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
                 runs["transformers_generate"].append(hf_generate(model, tok, batch))  # transformers as it comes
             packed, unpack = prepack(model, batch)
             prof = profile_shares(model, tok, batch)
+            recipe_draw = recipe_draw_share(model, tok, batch)
             unpack()
             alone = {k: statistics.median(v) for k, v in alone.items() if v}
             med = {k: statistics.median(v) for k, v in runs.items() if v}
@@ -289,6 +309,7 @@ def smollm2_sampling(peaks: dict, precisions: list[str], log=print) -> dict:
                 "matmuls_alone_fraction_of_peak": round(alone["packed"] / peaks[prec], 3),
                 "runs": {k: [round(x, 1) for x in v] for k, v in runs.items() if v},
                 "profile": prof,
+                "draw_share_at_recipe_settings": recipe_draw,
             }
             if runs["engine_unpacked"]:
                 fig.update({
