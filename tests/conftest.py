@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,8 +82,8 @@ else:
             return scope_of(nodeid)
 
         def _assign_work_unit(self, node) -> None:
-            rank = {s: i for i, s in enumerate(SLOWEST)}
-            for scope in sorted(self.workqueue, key=lambda s: rank.get(s, len(rank))):
+            rank = {s: i for i, s in enumerate(SLOWEST)}.get
+            for scope in sorted(self.workqueue, key=lambda s: rank(s, len(SLOWEST))):
                 self.workqueue.move_to_end(scope)
             super()._assign_work_unit(node)
 
@@ -124,8 +125,6 @@ def install_wheel(dest: Path) -> dict:
     """Build anchorlm's wheel from this tree and install it (without its dependencies, which .venv
     has) into `dest`; returns the environment that runs the installed copy, as `pip install .`
     would give it: shipped recipes and the corpus must come from the package, not the repository."""
-    import shutil
-
     src, dist, site = dest / "src", dest / "dist", dest / "site"
     # built from a copy: a build writes build/ and anchorlm.egg-info beside its sources, which the
     # repository's CLI processes (run by the other test worker) read their metadata from

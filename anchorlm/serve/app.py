@@ -70,12 +70,10 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
 
         def prepared():
             model, tok = load_model(model_spec, tokens="none")
-            model.to(
-                device="cuda" if torch.cuda.is_available() else "cpu", dtype=dtype(precision, model)
-            ).eval()
-            packed, _ = prepack(
-                model, max_batch
-            )  # on a CPU: bf16 the same products, fp32 within rounding (for the server's life)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model.to(device=device, dtype=dtype(precision, model)).eval()
+            # on a CPU: bf16 the same products, fp32 within rounding (for the server's life)
+            packed, _ = prepack(model, max_batch)
             return model, tok, packed
 
         model, tok, packed = off_main_thread(prepared)
