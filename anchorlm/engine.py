@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anchorlm.allocator import keep_freed_memory
 from anchorlm.draw import draw, row_key, uniforms  # noqa: F401 (row_key and uniforms: the engine's API too)
 from anchorlm.kvcache import movable, preallocated, shift, shift_columns
 
@@ -89,6 +90,7 @@ def generate(model, prompts: list[list[int]], keys: list[int], s: Settings, pad_
     if uncond is not None and len(uncond) != n:
         raise ValueError("guidance needs one unconditional prompt per row")
     seqs = list(prompts) + list(uncond or [])
+    keep_freed_memory()  # each step's logits and draw reuse the last step's memory (allocator.py)
     if any(len(q) == 0 for q in seqs):
         raise ValueError("every prompt needs at least one token")
     max_steps = (s.annotation[0] + 1 if s.annotation else 0) + s.max_new_tokens + 1

@@ -36,6 +36,7 @@ from datasets import load_from_disk
 from sampling import smollm2_sampling, vllm_tokens_per_s
 from transformers import LlamaConfig, LlamaForCausalLM, set_seed
 
+from anchorlm.allocator import keep_freed_memory
 from anchorlm.annotate import annotate_corpus
 from anchorlm.config import ModelConfig, load_config, replace
 from anchorlm.data.annotated import read_annotated
@@ -51,7 +52,6 @@ from anchorlm.provenance import machine as machine_of
 from anchorlm.sample import sample
 from anchorlm.study.config import load_study_config
 from anchorlm.tokenizer import train_tokenizer
-from anchorlm.train.allocator import keep_freed_memory
 from anchorlm.train.model import build_model
 from anchorlm.train.pretrain import collate_blocks
 
@@ -115,7 +115,7 @@ def train_speed(
 ) -> dict:
     """Tokens/s of training steps: the median of `runs` runs of `steps` steps (after one warm-up
     step; a shared machine drifts between minutes, one run carries it), with the page faults a step
-    takes (memory the allocator maps afresh: see anchorlm/train/allocator.py)."""
+    takes (memory the allocator maps afresh: see anchorlm/allocator.py)."""
     step = _train_step(model, batch, seq_len, precision, vocab)
     step()
     per_run, faults = [], []
@@ -459,7 +459,7 @@ def markdown(r: dict) -> str:
         "Training: forward, backward and a fused AdamW step, as the Trainer runs them (bf16: autocast over "
         "float32 weights); the median of 3 runs of a few steps. Page faults a step: memory the allocator "
         "mapped afresh. `smollm2_glibc_defaults` is SmolLM2 before `keep_freed_memory` "
-        "(anchorlm/train/allocator.py, which the training loop calls) told glibc to reuse what a step frees; "
+        "(anchorlm/allocator.py, which the training loop calls) told glibc to reuse what a step frees; "
         "every other row is measured after it, as anchorlm trains"
         + (
             "."

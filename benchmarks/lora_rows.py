@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import _train_step, machine  # noqa: E402
 
+from anchorlm.allocator import keep_freed_memory  # noqa: E402
 from anchorlm.models import load_model  # noqa: E402
 from anchorlm.precision import fast_bf16  # noqa: E402
 from anchorlm.train import lora  # noqa: E402
-from anchorlm.train.allocator import keep_freed_memory  # noqa: E402
 
 BATCH, SEQ, STEPS, ROUNDS = 8, 256, 2, 5
 

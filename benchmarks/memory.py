@@ -1,10 +1,12 @@
 """Peak memory: annotation and tokenisation at 1x and 10x corpus size, or SmolLM2 training.
 
-Without --training: annotation and tokenisation, sharded against one file. With --training: SmolLM2
-training with glibc's allocator defaults against `keep_freed_memory`.
+Without --training or --sampling: annotation and tokenisation, sharded against one file. With
+--training (--sampling): SmolLM2 training (sampling) with glibc's allocator defaults against
+`keep_freed_memory`.
 
     .venv/bin/python benchmarks/memory.py [--docs-per-shard 1000] [--shards 2]
     .venv/bin/python benchmarks/memory.py --training [--out docs/benchmarks-memory-training.json]
+    .venv/bin/python benchmarks/memory.py --sampling [--out docs/benchmarks-memory-sampling.json]
 
 1x is `--shards` shards of `--docs-per-shard` documents (drawn from the shuffled bundled corpus,
 repeating it when 10x needs more), 10x is ten times as many shards of the same size; the one-file rows hold the same documents in one JSONL.
@@ -15,10 +17,16 @@ bounds the one corpus-wide step too.
 
 --training: SmolLM2 trained as benchmarks/bench.py times it (8 x 256 in the precision `auto` picks,
 a warm-up step and 3 runs of 2 steps), each time in a fresh process: with glibc's allocator as it
-comes (ANCHORLM_MALLOC=default) and after `keep_freed_memory` (anchorlm/train/allocator.py), as the
+comes (ANCHORLM_MALLOC=default) and after `keep_freed_memory` (anchorlm/allocator.py), as the
 training loop runs. Each process's peak resident memory (ru_maxrss), tokens/s and page faults a
 step, alternating the two three times; the medians' ratios: what keeping freed memory costs in
 memory and buys in speed (MB: MiB, ru_maxrss / 1024).
+
+--sampling: the same for SmolLM2 sampled by `anchorlm.engine.generate` (which calls
+`keep_freed_memory`), as `anchorlm sample` runs it (the precision `auto` picks, the weights
+prepacked), at the recipes' temperature 0.8 and top-p 0.95, 48 new tokens a row, batch 32 and 96:
+new tokens/s (the median of 2 calls after a warm-up call), page faults and kernel (system) CPU
+seconds a call, in a fresh process each time, alternating the two (--rounds, default 3: about 4 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ import json, resource, sys
 sys.path.insert(0, {bench!r})
 from bench import _smollm2_training
 from anchorlm.precision import resolve
-from anchorlm.train.allocator import keep_freed_memory
+from anchorlm.allocator import keep_freed_memory
 told = keep_freed_memory()
 p = resolve("auto", 576)
 r = _smollm2_training(p, {{p: 1.0}}, lambda m: None)
@@ -60,6 +68,83 @@ print(json.dumps({{"told_glibc": told, "precision": p, "tokens_per_s": r["tokens
                   "page_faults_per_step": r["page_faults_per_step"],
                   "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}}))
 """
+
+
+SAMPLING_CHILD = """
+import json, resource, statistics, sys, torch
+sys.path.insert(0, {bench!r})
+import sampling as S
+from anchorlm.allocator import keep_freed_memory
+from anchorlm.models import load_model
+from anchorlm.precision import dtype, resolve
+from anchorlm.prepack import prepack
+told = keep_freed_memory()  # what engine.generate calls (a no-op under ANCHORLM_MALLOC=default)
+p = resolve("auto", 576)
+model, tok = load_model("smollm2", tokens="turns")
+model.to(dtype(p))
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+out = {{"told_glibc": told, "precision": p}}
+for batch in (32, 96):
+    prepack(model, batch)  # as anchorlm sample runs it
+    S.engine_run(model, tok, batch, S.RECIPES)  # warm-up
+    speed, flt, kernel = [], [], []
+    for _ in range(2):
+        f, k = faults(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        speed.append(S.engine_run(model, tok, batch, S.RECIPES))
+        flt.append(faults() - f)
+        kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - k)
+    out[str(batch)] = {{"tokens_per_s": round(statistics.median(speed), 1), "page_faults_per_call": min(flt),
+                       "kernel_seconds_per_call": round(min(kernel), 3)}}
+out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps(out))
+"""
+
+
+def sampling_memory(rounds: int = 3) -> dict:
+    """SmolLM2 sampling's speed, page faults and peak memory, glibc's defaults against
+    keep_freed_memory, each in a fresh process (see the module doc)."""
+    from anchorlm.provenance import provenance
+
+    code = SAMPLING_CHILD.format(bench=str(ROOT / "benchmarks"))
+    runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
+    for r in range(rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:  # alternating: the machine drifts
+            runs[name].append(_child(code, name))
+            x = runs[name][-1]
+            print(f"SmolLM2 sampling, {name:17s}: peak {x['peak_mb']:6,d} MB  "
+                  + "  ".join(f"batch {b}: {x[b]['tokens_per_s']:6.1f} tok/s, {x[b]['page_faults_per_call']:8,d} page "
+                              f"faults, {x[b]['kernel_seconds_per_call']:.2f} s in the kernel a call"
+                              for b in ("32", "96")), flush=True)  # fmt: skip
+    med = lambda name, b: statistics.median(x[b]["tokens_per_s"] for x in runs[name])  # noqa: E731
+    peak = {k: statistics.median(x["peak_mb"] for x in v) for k, v in runs.items()}
+    res = {
+        "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
+        "settings": "temperature 0.8, top-p 0.95, 48 new tokens a row",
+        "runs": runs,
+        "peak_mb_median": peak,
+        "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
+        "kernel_seconds_per_call_median": {
+            k: {b: statistics.median(x[b]["kernel_seconds_per_call"] for x in v) for b in ("32", "96")}
+            for k, v in runs.items()
+        },
+        "tokens_per_s_ratio": {
+            b: round(med("keep_freed_memory", b) / med("glibc_defaults", b), 3) for b in ("32", "96")
+        },
+    }
+    print(f"keep_freed_memory / glibc defaults (medians): peak memory {res['peak_ratio']:.2f}x, tokens/s "
+          + ", ".join(f"batch {b} {v:.2f}x" for b, v in res["tokens_per_s_ratio"].items()))  # fmt: skip
+    return res
+
+
+def _child(code: str, name: str) -> dict:
+    """Run `code` in a fresh process with glibc's allocator as it comes or told to keep freed
+    memory; the JSON of its last line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    env["ANCHORLM_MALLOC"] = "default" if name == "glibc_defaults" else "keep"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the {name} process failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def training_memory(rounds: int = 3) -> dict:
@@ -71,12 +156,7 @@ def training_memory(rounds: int = 3) -> dict:
     runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
     for _ in range(rounds):
         for name in runs:
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
-            env["ANCHORLM_MALLOC"] = "default" if name == "glibc_defaults" else "keep"
-            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-            if out.returncode:
-                raise RuntimeError(f"the {name} training process failed:\n{out.stderr[-2000:]}")
-            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[name].append(_child(code, name))
             r = runs[name][-1]
             print(f"SmolLM2 training, {name:17s}: peak {r['peak_mb']:6,d} MB  {r['tokens_per_s']:6.1f} tok/s  "
                   f"{r['page_faults_per_step']:8,d} page faults a step", flush=True)  # fmt: skip
@@ -117,11 +197,21 @@ def main() -> None:
     ap.add_argument(
         "--training", action="store_true", help="SmolLM2 training: glibc defaults against keep_freed_memory"
     )
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-memory-training.json"),
-                    help="with --training: where its JSON goes")  # fmt: skip
+    ap.add_argument(
+        "--sampling", action="store_true", help="SmolLM2 sampling: glibc defaults against keep_freed_memory"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="with --training or --sampling: fresh processes of each"
+    )
+    ap.add_argument("--out", help="with --training or --sampling: where its JSON goes "
+                    "(default docs/benchmarks-memory-training.json or -sampling.json)")  # fmt: skip
     args = ap.parse_args()
-    if args.training:
-        Path(args.out).write_text(json.dumps(training_memory(), indent=1) + "\n")
+    if args.training or args.sampling:
+        kind = "training" if args.training else "sampling"
+        res = (training_memory if args.training else sampling_memory)(args.rounds)
+        Path(args.out or ROOT / "docs" / f"benchmarks-memory-{kind}.json").write_text(
+            json.dumps(res, indent=1) + "\n"
+        )
         return
     with gzip.open(ROOT / "anchorlm/corpus/corpus.jsonl.gz", "rt") as fh:
         rows = [r for r in map(json.loads, fh) if r.get("split") != "heldout"]

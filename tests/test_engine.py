@@ -53,6 +53,18 @@ def test_greedy_equals_one_sequence_at_a_time(model):
         assert (o.response, o.stop) == _argmax_decode(model, p, 12, (EOS, 41))
 
 
+def test_generate_tells_glibc_to_keep_freed_memory(model, monkeypatch):
+    """Each decode step allocates its logits and the draw's passes over them afresh: `generate`
+    calls `keep_freed_memory` (anchorlm/allocator.py; what it does: tests/test_training.py), so
+    `anchorlm sample` and a resumed study's sampling reuse them as training does."""
+    from anchorlm import engine
+
+    told = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: told.append(1) or True)
+    generate(model, PROMPTS[:1], [row_key(0)], Settings(temperature=0, max_new_tokens=2), PAD)
+    assert told
+
+
 def test_anchored_in_one_pass_equals_annotation_then_response(model):
     """One loop (annotation closed by the model, by EOS or by force after 4 tokens) gives the rows
     that two calls give: the annotation first, then the response after prompt + annotation + close,

@@ -250,15 +250,20 @@ def test_a_model_without_annotation_tokens_is_served_plainly(tmp_path):
         s.stop()
 
 
-def test_a_cancelled_choice_leaves_the_batch(smoke_run):
+def test_a_cancelled_choice_leaves_the_batch(smoke_run, monkeypatch):
     """The decode loop in-process: a choice cancelled while it decodes ends as cancelled, the other
-    one of its batch finishes, and the loop goes back to waiting."""
+    one of its batch finishes, and the loop goes back to waiting. The worker tells glibc to keep
+    freed memory, as `generate` does (anchorlm/allocator.py)."""
     from anchorlm.format import encode_prompt
     from anchorlm.models import load_model
+    from anchorlm.serve import worker
     from anchorlm.serve.worker import Choice, Worker
 
+    told = []
+    monkeypatch.setattr(worker, "keep_freed_memory", lambda: told.append(1) or True)
     model, tok = load_model(str(smoke_run / "models" / "aat"), tokens="none")
     w = Worker(model, tok)
+    assert told
     events = {0: [], 1: []}
     done = threading.Event()
 

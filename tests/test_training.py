@@ -242,7 +242,7 @@ def test_anchor_rows_train_as_in_peft_without_the_whole_output_layers_gradient(t
 
 _REUSE = """
 import json, resource, sys, torch
-from anchorlm.train.allocator import keep_freed_memory
+from anchorlm.allocator import keep_freed_memory
 told = keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():  # a training step's large tensors (64 MB: above glibc's largest mmap threshold), then freed

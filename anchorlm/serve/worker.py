@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from anchorlm import engine
+from anchorlm.allocator import keep_freed_memory
 from anchorlm.engine import ANNOTATION, CUT, DONE, RESPONSE, draw, row_key, uniforms
 from anchorlm.format import ANN_CLOSE, ANN_OPEN, annotation_breaks, encode_annotation, eos_id, parse_tags
 from anchorlm.sample import choose_anchors, clean_text
@@ -128,6 +129,7 @@ class Worker:
         self.pending: queue.Queue = queue.Queue()
         self.waiting = 0  # choices queued, not yet decoding
         self.lock = threading.Lock()
+        keep_freed_memory()  # each step reuses the last step's memory (anchorlm/allocator.py)
         self.thread = threading.Thread(target=self._loop, name="anchorlm-decode", daemon=True)
         self.thread.start()
 

@@ -18,10 +18,10 @@ import os
 import sys
 from pathlib import Path
 
+from anchorlm.allocator import keep_freed_memory
 from anchorlm.config import TrainConfig, report_names
 from anchorlm.io import differences, lock_dir, write_json
 from anchorlm.precision import hidden_size, resolve
-from anchorlm.train.allocator import keep_freed_memory
 
 
 def train(

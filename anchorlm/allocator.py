@@ -1,4 +1,4 @@
-"""glibc's allocator told to keep, for the next training step, the memory a step frees.
+"""glibc's allocator told to keep, for the next step, the memory a step frees.
 
 A training step allocates and frees the same large tensors every step: activations, their
 gradients, the output layer's logits over the vocabulary (SmolLM2 at 8 x 256 tokens: 400 MB in
@@ -8,6 +8,9 @@ step faults in the same gigabytes of zeroed pages again: measured on 2 cores (Ze
 page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256 (`benchmarks/bench.py` measures the
 step both ways and counts the faults; `benchmarks/memory.py --training` compares the two in fresh
 processes: 1.24x the tokens/s for 11% more peak memory in docs/benchmarks-memory-training.json).
+A decode step does the same on a smaller scale (the logits over the vocabulary and the draw's
+passes over them: SmolLM2 at batch 96, 250,000-400,000 faults an engine call of 48 tokens), and
+`engine.generate` and the server's worker call it too (`benchmarks/memory.py --sampling`).
 
 `keep_freed_memory` turns both off for the process (`mallopt`: no mmap for large blocks, no heap
 trimming), as Intel's PyTorch CPU guide does with jemalloc or tcmalloc preloaded, without either.
