@@ -29,24 +29,41 @@ def no_aat_collapse(collapse: dict | None, gap) -> bool | None:
     return isinstance(gap, (int, float)) and math.isfinite(gap) and gap >= 1
 
 
-def fmt_gap(g, ci: list | None, collapse: dict | None = None) -> str:
+def fmt_gap(g, ci: list | None, collapse: dict | None = None, collapse_ci: dict | None = None) -> str:
     """A gap closed with its CI; 1 or more is no collapse left to close, not a gain over base;
-    undefined where SFT did not collapse."""
+    undefined where SFT did not collapse, and where its collapse's interval (`collapse_ci`, by
+    variant) reaches 0: a collapse not shown divides by what may be nothing (SFT's 0.017
+    [-0.148, 0.188] made a gap closed of 16.6 [-46.0, 81.8])."""
     if g is None:
         return "–"
     text = f"{fmt(g)}{fmt_ci(ci)}"
     state = no_aat_collapse(collapse, g)
     if state is None:
         return f"undefined: no SFT collapse ({text})"
+    if _sft_collapse_not_shown(collapse_ci):
+        return f"undefined: SFT's collapse not shown ({text})"
     return f"no collapse ({text})" if state else text
 
 
-def fmt_reduction(r, ci: list | None, gap, collapse: dict | None = None) -> str:
+def _sft_collapse_not_shown(collapse_ci: dict | None) -> bool:
+    """Whether SFT's collapse interval (by variant) reaches 0."""
+    lo = ((collapse_ci or {}).get("sft") or [None])[0]
+    return isinstance(lo, (int, float)) and lo <= 0
+
+
+def fmt_reduction(
+    r, ci: list | None, gap, collapse: dict | None = None, collapse_ci: dict | None = None
+) -> str:
     """A collapse reduction with its CI (anchorlm.metrics.summary): infinite, which the JSON writes
     as null, where SFT collapsed and AAT did not: "no AAT collapse"; an upper bound of "inf" where
-    the gap closed's interval reaches 1; "–" where SFT did not collapse."""
+    the gap closed's interval reaches 1; "–" where SFT did not collapse or its collapse's interval
+    reaches 0 (as `fmt_gap`)."""
     state = no_aat_collapse(collapse, gap)
-    if state is None or (not state and (r is None or not math.isfinite(r))):
+    if (
+        state is None
+        or _sft_collapse_not_shown(collapse_ci)
+        or (not state and (r is None or not math.isfinite(r)))
+    ):
         return "–"
     head = "no AAT collapse" if state else fmt(r)
     if not ci:
@@ -98,10 +115,18 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {m} | {fmt(s['collapse']['sft'])}{fmt_ci(s.get('collapse_ci95', {}).get('sft'))} | "
                 f"{fmt(s['collapse']['aat'])}{fmt_ci(s.get('collapse_ci95', {}).get('aat'))} | "
-                f"{fmt_reduction(s['collapse_reduction'], s.get('collapse_reduction_ci95'), s['gap_closed'], s['collapse'])} | "
-                f"{fmt_gap(s['gap_closed'], s.get('gap_closed_ci95'), s['collapse'])} |"
+                f"{fmt_reduction(s['collapse_reduction'], s.get('collapse_reduction_ci95'), s['gap_closed'], s['collapse'], s.get('collapse_ci95'))} | "
+                f"{fmt_gap(s['gap_closed'], s.get('gap_closed_ci95'), s['collapse'], s.get('collapse_ci95'))} |"
             )
     return "\n".join(lines)
+
+
+def classifier_line(c: dict) -> str:
+    """The attribute classifier in one line: its classes, held-out accuracy against chance, and
+    where its held-out documents came from when the corpus had no split field."""
+    line = (f"Attribute classifier: {c.get('classes')} corpus categories, held-out accuracy "
+            f"{fmt(c.get('heldout_accuracy'))} (chance {fmt(c.get('chance'))})")  # fmt: skip
+    return line + (f"; {c['heldout']}." if c.get("heldout") else ".")
 
 
 def anchoring_table(results: dict) -> str:
@@ -304,8 +329,7 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
         t,
         "",
         "Diversity is measured per prompt over its samples and averaged over prompts; CIs resample prompts.",
-        f"Attribute classifier: {c.get('classes')} corpus categories, held-out accuracy "
-        f"{fmt(c.get('heldout_accuracy'))} (chance {fmt(c.get('chance'))}).",
+        classifier_line(c),
         "",
     ]
     md += provenance_lines(results)

@@ -111,3 +111,33 @@ def test_a_precision_given_as_a_function_is_asked_only_where_needed(tmp_path):
     assert asked == [1] and L.Ledger(tmp_path).entries["new"]["precision"] == "fp32"
     with pytest.raises(ValueError, match="made in fp32 and this machine runs it in bf16"):
         L.Ledger(tmp_path).cell(new, {"x": 2}, new.exists, _make(new), precision=lambda: "bf16")
+
+
+@pytest.mark.parametrize(
+    "error, ended", [(KeyboardInterrupt, "interrupted"), (MemoryError, "failed: MemoryError")]
+)
+def test_a_study_that_stops_early_still_records_the_cells_it_ran(tmp_path, monkeypatch, error, ended):
+    """compute.json lists every invocation that ran cells (the report's Compute section): one
+    interrupted or failed after making cells is listed too, saying how it ended; the error goes on."""
+    import json
+
+    from anchorlm.study import run
+    from anchorlm.study.config import load_study_config
+
+    class Cells:  # what _run_study asks of the cell cache: prepare() makes two cells
+        out, cells_run, timings, lm = tmp_path, 0, {}, None
+
+        def prepare(self):
+            self.cells_run, self.timings = 2, {"posttrain": 90.0}
+
+    class Part:
+        key = "sizes"
+
+        def jobs(self, cells, cfg):
+            raise error
+
+    monkeypatch.setattr(run, "parts", lambda cfg: [Part()])
+    with pytest.raises(error):
+        run._run_study(load_study_config("reproduce"), Cells(), "")
+    (inv,) = json.loads((tmp_path / run.COMPUTE).read_text())
+    assert (inv["ended"], inv["cells_run"], inv["minutes_by_stage"]) == (ended, 2, {"posttrain": 1.5})

@@ -111,6 +111,17 @@ def test_reports_say_no_collapse_only_where_sft_collapsed_and_aat_did_not():
     assert fmt_gap(2.0, None, aat_only) == "undefined: no SFT collapse (2.000)"
     assert fmt_reduction(None, None, 2.0, aat_only) == "–"
     assert fmt_reduction(None, None, None) == "–"
+    # SFT's collapse positive but its interval reaching 0: a ratio over what may be nothing
+    weak, weak_ci = {"sft": 0.017, "aat": -0.27}, {"sft": [-0.148, 0.188], "aat": [-0.4, -0.12]}
+    assert (
+        fmt_gap(16.6, [-46.0, 81.8], weak, weak_ci)
+        == "undefined: SFT's collapse not shown (16.600 [-46.000, 81.800])"
+    )
+    assert fmt_reduction(None, [1.0, None], 16.6, weak, weak_ci) == "–"
+    shown = {"sft": [0.24, 0.55], "aat": [-0.4, -0.1]}
+    assert (
+        fmt_gap(1.675, [1.2, 2.6], {"sft": 0.4, "aat": -0.27}, shown) == "no collapse (1.675 [1.200, 2.600])"
+    )
 
 
 def test_summarize_over_seeds_and_prompts():
@@ -133,3 +144,19 @@ def test_summarize_over_seeds_and_prompts():
     assert one == flat
     with pytest.raises(ValueError, match="one shape"):
         summarize({"base": b, "sft": s[:2], "aat": a}, 10, 0)
+
+
+def test_the_report_says_where_the_classifiers_held_out_documents_came_from():
+    """A corpus without a split field: the classifier holds out a share of it itself, and the
+    report's classifier line says so (the JSON's `classifier.heldout`)."""
+    from anchorlm.report import classifier_line
+
+    c = {"classes": 14, "heldout_accuracy": 0.61, "chance": 1 / 14}
+    assert (
+        classifier_line(c)
+        == "Attribute classifier: 14 corpus categories, held-out accuracy 0.610 (chance 0.071)."
+    )
+    c["heldout"] = "the corpus has no 'split' field: 20% of its documents held out here"
+    assert classifier_line(c).endswith(
+        "(chance 0.071); the corpus has no 'split' field: 20% of its documents held out here."
+    )

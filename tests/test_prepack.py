@@ -156,8 +156,14 @@ def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monke
     `fp32=False` nothing is packed."""
     model, tok = load_model("smollm2", tokens="turns")
     assert pp.prepack(model, fp32=False)[0] == 0 and not pp.supported(model, fp32=False)
-    big = sum(m.weight.numel() >= pp.FP32_MIN_WEIGHT for m in model.modules() if isinstance(m, torch.nn.Linear))
-    prompts = ["Tell me about the sea.", "Write one line about a cat.", "What is bread made of? Answer briefly."]
+    big = sum(
+        m.weight.numel() >= pp.FP32_MIN_WEIGHT for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    prompts = [
+        "Tell me about the sea.",
+        "Write one line about a cat.",
+        "What is bread made of? Answer briefly.",
+    ]
     seqs = [encode_prompt(tok, p) for p in prompts]
     ids = torch.tensor([seqs[0]] * 3)
     with torch.no_grad():
@@ -174,7 +180,12 @@ def test_smollm2_in_fp32_packed_within_rounding_and_greedy_equals_generate(monke
     stop = eos_id(tok)
     s = Settings(temperature=0, max_new_tokens=24, stop=(stop,))
     outs = []
-    assert _packed_calls(lambda: outs.extend(generate(model, seqs, [row_key(i) for i in range(3)], s, tok.pad_token_id))) > 100
+    assert (
+        _packed_calls(
+            lambda: outs.extend(generate(model, seqs, [row_key(i) for i in range(3)], s, tok.pad_token_id))
+        )
+        > 100
+    )
     undo()
     assert not any("forward" in vars(m) for m in model.modules())
     for q, o in zip(seqs, outs):
@@ -215,7 +226,52 @@ def test_fp32_products_are_checked_with_a_tolerance(monkeypatch):
         with torch.no_grad():
             want, got = F.linear(x, lin.weight, lin.bias), net(x)
             if packs:  # the packed product: not F.linear's, within the tolerance
-                assert not torch.equal(got, want) and (got - want).abs().max() <= pp.FP32_TOLERANCE * want.abs().max()
+                assert (
+                    not torch.equal(got, want)
+                    and (got - want).abs().max() <= pp.FP32_TOLERANCE * want.abs().max()
+                )
             else:
                 assert torch.equal(got, want)
         undo()
+
+
+_TWO_THREADS = r"""
+import json, sys, torch
+import torch.nn.functional as F
+from anchorlm import prepack as pp
+torch.set_num_threads(2)
+pp.FP32_MIN_WEIGHT = 0
+dt = getattr(torch, sys.argv[1])
+torch.manual_seed(0)
+m = torch.nn.Sequential(torch.nn.Linear(576, 1536)).to(dt)
+n, undo = pp.prepack(m, batch=96)
+rows = []
+with torch.no_grad():
+    for r in (96, 7, 96):  # the batch, another row count (checked when first met), the batch again
+        x = torch.randn(r, 576).to(dt)
+        got, want = m(x).float(), F.linear(x, m[0].weight, m[0].bias).float()
+        rows.append([torch.equal(got, want), (got - want).abs().max().item(), want.abs().max().item()])
+print(json.dumps({"packed": n, "thread_counts": sorted({k[-1] for k in pp._AGREES}), "rows": rows}))
+"""
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_products_at_two_threads_are_checked_at_two_threads(dt):
+    """The suite's workers run torch at one thread each; a user's `anchorlm sample` runs at all its
+    cores, where oneDNN splits a product otherwise. In a process at 2 threads: each shape is
+    checked at 2 threads, and inputs other than the check's seeded probe still give F.linear's
+    products (bf16 bit for bit, fp32 within the tolerance): a summation order that depends on the
+    threads and shapes, not on the values."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    name = "bfloat16" if dt == torch.bfloat16 else "float32"
+    out = subprocess.run([sys.executable, "-c", _TWO_THREADS, name], capture_output=True, text=True, env=env,
+                         check=True)  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["packed"] == 1 and r["thread_counts"] == [2], r
+    for equal, gap, scale in r["rows"]:
+        assert equal if dt == torch.bfloat16 else gap <= pp.FP32_TOLERANCE * scale, r

@@ -28,6 +28,13 @@ def _free_port() -> int:
 
 class Server:
     def __init__(self, model, *extra, start_timeout=120):
+        for _ in range(3):  # a port found free can be taken before the server binds it (the other worker)
+            if self._start(model, extra, start_timeout):
+                return
+        raise RuntimeError("no free port held long enough to start the server")
+
+    def _start(self, model, extra, start_timeout) -> bool:
+        """Start the server on a free port; False where the port was taken meanwhile."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.proc = subprocess.Popen(
@@ -39,12 +46,15 @@ class Server:
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stdout.read())
+                out = self.proc.stdout.read()
+                if "address already in use" in out.lower():
+                    return False
+                raise RuntimeError(out)
             try:
                 urllib.request.urlopen(self.url + "/models", timeout=2)
-                return
+                return True
             except urllib.error.HTTPError:
-                return  # it answers (401 with a key)
+                return True  # it answers (401 with a key)
             except OSError:
                 time.sleep(0.3)
         raise RuntimeError("the server did not start")

@@ -30,7 +30,9 @@ def _g(s: MetricSummary) -> str:
 
 
 def _r(s: MetricSummary) -> str:
-    return fmt_reduction(s.collapse_reduction, s.collapse_reduction_ci95, s.gap_closed, s.collapse)
+    return fmt_reduction(
+        s.collapse_reduction, s.collapse_reduction_ci95, s.gap_closed, s.collapse, s.collapse_ci95
+    )
 
 
 def _c(s: MetricSummary, v: str) -> str:
@@ -173,10 +175,11 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
                 )
     L += evidence_sections(res)
     L += ["", "## Compute", "", "Every invocation that ran cells in this study's cell directory:", ""]
-    L += ["| finished | minutes | cells run | minutes by stage |", "|---|---:|---:|---|"]
+    L += ["| ended | minutes | cells run | minutes by stage |", "|---|---:|---:|---|"]
     for inv in res.compute.invocations_that_ran_cells:
         stages = ", ".join(f"{k} {v}" for k, v in inv["minutes_by_stage"].items())
-        L.append(f"| {inv['finished']} | {inv['minutes']} | {inv['cells_run']} | {stages} |")
+        how = f" ({inv['ended']})" if inv.get("ended") else ""
+        L.append(f"| {inv['finished']}{how} | {inv['minutes']} | {inv['cells_run']} | {stages} |")
     return "\n".join(L) + "\n"
 
 

@@ -22,7 +22,7 @@ QUALITY = (
 
 def gap(s: MetricSummary | None) -> str:
     """Gap closed with its CI; 1 or more is no collapse left to close, not a gain over base."""
-    return "–" if s is None else fmt_gap(s.gap_closed, s.gap_closed_ci95, s.collapse)
+    return "–" if s is None else fmt_gap(s.gap_closed, s.gap_closed_ci95, s.collapse, s.collapse_ci95)
 
 
 def _with_ci(f: Figures, section: str, m: str) -> str:

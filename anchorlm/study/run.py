@@ -39,19 +39,12 @@ def run_study(cfg: StudyConfig, device_hint: str = "", reuse_other_code: bool = 
 def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults:
     t0 = time.time()
     write_json(cells.out / "config.json", to_dict(cfg), indent=2)
-    cells.prepare()
-    rule = (
-        f"continued pretraining of {cells.lm}: {cells.token_budget(cells.focus):,} tokens per variant"
-        if cells.lm
-        else f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)"
-    )
-    scores: dict[Job, dict] = {}
-    found: dict = {}
-    for part in parts(cfg):
-        for job in part.jobs(cells, cfg):
-            if job not in scores:
-                scores[job] = cells.score_job(job)
-        found[part.key] = part.aggregate(cells, cfg, scores.__getitem__)
+    try:
+        found, rule = _run_cells(cfg, cells)
+    except BaseException as e:  # interrupted or failed: the cells it ran are still on the ledger
+        _ledger_of_invocations(cells, (time.time() - t0) / 60,
+                               "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}")  # fmt: skip
+        raise
     res = StudyResults(
         title=cfg.title,
         rule={"tokens_per_param": cfg.tokens_per_param, "text": rule},
@@ -95,6 +88,24 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
     return res
 
 
+def _run_cells(cfg: StudyConfig, cells: Cells) -> tuple[dict, str]:
+    """Make (or reuse) every cell of the plan; each part's aggregate, and the pretraining rule."""
+    cells.prepare()
+    rule = (
+        f"continued pretraining of {cells.lm}: {cells.token_budget(cells.focus):,} tokens per variant"
+        if cells.lm
+        else f"pretraining tokens = {cfg.tokens_per_param:g} x all parameters (embeddings included)"
+    )
+    scores: dict[Job, dict] = {}
+    found: dict = {}
+    for part in parts(cfg):
+        for job in part.jobs(cells, cfg):
+            if job not in scores:
+                scores[job] = cells.score_job(job)
+        found[part.key] = part.aggregate(cells, cfg, scores.__getitem__)
+    return found, rule
+
+
 def keep_samples(cells: Cells, to: Path) -> int:
     """Every samples file the study read, gzipped under `to` with its place in the cell directory
     (models/<size>-s<seed>/<variant>-<digest>/samples/...) and its manifest; returns how many."""
@@ -114,7 +125,9 @@ def keep_samples(cells: Cells, to: Path) -> int:
     return n
 
 
-def _ledger_of_invocations(cells: Cells, minutes: float) -> list[dict]:
+def _ledger_of_invocations(cells: Cells, minutes: float, ended: str = "") -> list[dict]:
+    """compute.json: every invocation that ran cells, this one added if it ran any; `ended` says
+    how one that did not finish ended ("interrupted", "failed: <error>")."""
     path = cells.out / COMPUTE
     ledger = json.loads(path.read_text()) if path.exists() else []
     if cells.cells_run:
@@ -124,6 +137,7 @@ def _ledger_of_invocations(cells: Cells, minutes: float) -> list[dict]:
                 "minutes": round(minutes, 2),
                 "cells_run": cells.cells_run,
                 "minutes_by_stage": {k: round(v / 60, 2) for k, v in cells.timings.items()},
+                **({"ended": ended} if ended else {}),
             }
         )
         write_json(path, ledger)
