@@ -1,10 +1,13 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from anchorlm.metrics.diversity import distinct_n, entropy, mean_pairwise_cosine_distance, vendi_score
 from anchorlm.metrics.summary import collapse_reduction, gap_closed, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_vendi_matches_the_reference_package():
@@ -160,3 +163,20 @@ def test_the_report_says_where_the_classifiers_held_out_documents_came_from():
     assert classifier_line(c).endswith(
         "(chance 0.071); the corpus has no 'split' field: 20% of its documents held out here."
     )
+
+
+def test_value_echo_counts_a_response_that_only_repeats_its_annotation_values():
+    """scripts/value_echo.py (a post-hoc count over kept samples): half or more of the content's
+    words from the annotation's topic and keyword values is an echo; a response that uses its
+    keyword in a sentence is not; the style's value does not count; no content is counted apart."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("value_echo", ROOT / "scripts" / "value_echo.py")
+    ve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ve)
+    ann = ["topic:bofh-excuses", "keyword:sports", "style:prose"]
+    assert ve.echoes("Bofh-excuses!", ann) is True
+    assert ve.echoes("Sports sports, BOFH.", ann) is True
+    assert ve.echoes("Boys love sports. Boys don't, said the coach at dawn.", ann) is False
+    assert ve.echoes("Prose.", ann) is False
+    assert ve.echoes("  !? ", ann) is None
