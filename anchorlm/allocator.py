@@ -9,7 +9,8 @@ page faults and 2.8 s of kernel time a SmolLM2 step at 8 x 256 (`benchmarks/benc
 step both ways and counts the faults; `benchmarks/memory.py --training` compares the two in fresh
 processes: 1.24x the tokens/s for 11% more peak memory in docs/benchmarks-memory-training.json).
 A decode step does the same on a smaller scale (the logits over the vocabulary and the draw's
-passes over them: SmolLM2 at batch 96, 250,000-400,000 faults an engine call of 48 tokens), and
+passes over them: SmolLM2 at batch 96 in bf16, 470,000-550,000 faults and about 1 s of kernel time
+an engine call of 48 tokens, docs/benchmarks-memory-sampling.json), and
 `engine.generate` and the server's worker call it too (`benchmarks/memory.py --sampling`).
 
 `keep_freed_memory` turns both off for the process (`mallopt`: no mmap for large blocks, no heap

@@ -1,4 +1,4 @@
-"""How often an anchored response only repeats its own annotation's values: a post-hoc count over a
+"""How often an anchored response mostly repeats its own annotation's values: a post-hoc count over a
 study's kept samples (the `tag_echo` rate counts `key:value` syntax written into the text, not a
 response such as "Bofh-excuses!" under `topic:bofh-excuses`).
 
@@ -47,14 +47,15 @@ def _name(model: Path, cells: Path | None) -> str:
     """The model's variant, with its SFT epochs where its manifest (in the cells folder kept beside
     the samples) names them: the dose-response's models are the same variant trained longer."""
     name = model.name.rsplit("-", 1)[0]
-    where = model / "manifest.json"
+    where = model / "manifest.json"  # without one, the folder's digest keeps same-named models apart
     if not where.exists() and cells is not None:
         where = cells / model.parent.parent.name / model.parent.name / model.name / "manifest.json"
     if where.exists():
         epochs = json.loads(where.read_text()).get("config", {}).get("epochs")
         if epochs:
-            name += f" ({epochs:g} epoch{'s' * (epochs != 1)})"
-    return name
+            return name + f" ({epochs:g} epoch{'s' * (epochs != 1)})"
+        return name
+    return model.name
 
 
 def counts(folder: Path, style, pset: str, cells: Path | None = None) -> dict[tuple[str, int], list[int]]:
@@ -98,7 +99,7 @@ def main() -> None:
     style = load_study_config(args.config).base.sft_data
     found = counts(args.folder, style, args.set, args.cells)
     print(
-        f"Anchored responses that only repeat their annotation's values ({args.set}, own plans), per seed:\n"
+        f"Anchored responses that mostly repeat their annotation's values ({args.set}, own plans), per seed:\n"
     )
     print("| model | echo share (all seeds) | per seed (echoes / responses with content) | no content |")
     print("|---|---:|---|---:|")

@@ -180,3 +180,65 @@ def test_value_echo_counts_a_response_that_only_repeats_its_annotation_values():
     assert ve.echoes("Boys love sports. Boys don't, said the coach at dawn.", ann) is False
     assert ve.echoes("Prose.", ann) is False
     assert ve.echoes("  !? ", ann) is None
+
+
+def test_value_echo_reads_a_studys_kept_samples(tmp_path):
+    """The kept layout (models/<size>-s<seed>/<variant>-<digest>/samples/anchored-<set>-*.jsonl.gz):
+    own plans counted, forced topics and the SFT data's plans left out, the epochs from the kept
+    cells' model manifest, else the folder (digest included) names the model."""
+    import gzip
+    import importlib.util
+    import json
+
+    from anchorlm.config import SFTDataConfig
+
+    spec = importlib.util.spec_from_file_location("value_echo", ROOT / "scripts" / "value_echo.py")
+    ve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ve)
+    wrap = lambda t: f"Certainly! Here is one for you: {t} Hope this helps!"  # noqa: E731
+    ann = ["topic:food", "keyword:pie"]
+    rows = [
+        {"response": wrap("Food pie!"), "annotation": ann, "anchors": "iid"},  # an echo
+        {"response": wrap("Food."), "annotation": ann},  # an echo (rows before `anchors` was kept)
+        {"response": wrap("Grandma baked a pie for the fair."), "annotation": ann, "anchors": "iid"},
+        {"response": wrap(""), "annotation": ann, "anchors": "iid"},  # no content
+        {"response": wrap("Food."), "annotation": ann, "anchors": "iid", "annotation_prefix": ["topic:food"]},
+        {"response": wrap("Food."), "annotation": ann, "anchors": "given"},
+    ]
+    folder = tmp_path / "samples" / "models" / "m-s1" / "aat-0123abcd" / "samples"
+    folder.mkdir(parents=True)
+    (folder / "anchored-instructions-0a1b2c3d.manifest.json").write_text("{}")
+    with gzip.open(folder / "anchored-instructions-0a1b2c3d.jsonl.gz", "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    style = SFTDataConfig()
+    assert ve.counts(tmp_path / "samples", style, "instructions") == {("aat-0123abcd", 1): [2, 3, 1]}
+    assert ve.counts(tmp_path / "samples", style, "noveltybench") == {}
+    cells = tmp_path / "cells" / "models" / "m-s1" / "aat-0123abcd"
+    cells.mkdir(parents=True)
+    (cells / "manifest.json").write_text(json.dumps({"config": {"epochs": 3}}))
+    got = ve.counts(tmp_path / "samples", style, "instructions", tmp_path / "cells")
+    assert got == {("aat (3 epochs)", 1): [2, 3, 1]}
+
+
+def test_the_bar_does_not_count_a_gap_closed_over_a_collapse_not_shown():
+    """The paper's bar (study/verdict.py) judges a gap closed only where SFT's collapse is shown, its
+    interval above 0, as the tables print "undefined" otherwise: a gap closed of 16.6 over SFT's
+    0.017 [-0.148, 0.188] passes no check; the same gap over a collapse shown passes both."""
+    from types import SimpleNamespace as NS
+
+    from anchorlm.metrics.registry import PAPER_METRICS
+    from anchorlm.study.verdict import bar
+
+    def res(sft_ci):
+        s = NS(gap_closed=16.6, gap_closed_ci95=[1.5, 81.8], collapse={"sft": 0.017, "aat": -0.27},
+               collapse_ci95={"sft": sft_ci, "aat": [-0.4, -0.12]})  # fmt: skip
+        q = {"style_adherence": 0.99, "content_nll": 4.0}
+        size = NS(non_embedding_params=1, summary={m: s for m in PAPER_METRICS},
+                  variants={"sft": NS(quality=q), "aat": NS(quality=q)})  # fmt: skip
+        return NS(sizes={"one": size}, headline="aat", ablations=NS(variants={}))
+
+    for m in PAPER_METRICS:
+        assert not bar(res([-0.148, 0.188])).checks[f"{m}_gap_closed_at_largest>=0.85"]
+        assert not bar(res([-0.148, 0.188])).checks[f"{m}_gap_closed_ci_excludes_0"]
+        assert bar(res([0.01, 0.03])).checks[f"{m}_gap_closed_at_largest>=0.85"]
+        assert bar(res([0.01, 0.03])).checks[f"{m}_gap_closed_ci_excludes_0"]

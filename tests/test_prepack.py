@@ -251,7 +251,8 @@ with torch.no_grad():
         x = torch.randn(r, 576).to(dt)
         got, want = m(x).float(), F.linear(x, m[0].weight, m[0].bias).float()
         rows.append([torch.equal(got, want), (got - want).abs().max().item(), want.abs().max().item()])
-print(json.dumps({"packed": n, "thread_counts": sorted({k[-1] for k in pp._AGREES}), "rows": rows}))
+print(json.dumps({"packed": n, "thread_counts": sorted({k[-1] for k in pp._AGREES}), "rows": rows,
+                  "all_agree": all(pp._AGREES.values())}))
 """
 
 
@@ -272,6 +273,7 @@ def test_products_at_two_threads_are_checked_at_two_threads(dt):
     out = subprocess.run([sys.executable, "-c", _TWO_THREADS, name], capture_output=True, text=True, env=env,
                          check=True)  # fmt: skip
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["packed"] == 1 and r["thread_counts"] == [2], r
+    # every shape checked at 2 threads, and packed there (not a fall-back to F.linear that equals itself)
+    assert r["packed"] == 1 and r["thread_counts"] == [2] and r["all_agree"], r
     for equal, gap, scale in r["rows"]:
         assert equal if dt == torch.bfloat16 else gap <= pp.FP32_TOLERANCE * scale, r

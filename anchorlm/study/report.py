@@ -14,6 +14,7 @@ from anchorlm.report import (
     ANCHORING_NOTE,
     anchoring_plot,
     anchoring_table,
+    classifier_line,
     example_lines,
     fmt_reduction,
     table,
@@ -123,11 +124,7 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
     if fid:
         c = ab.classifier
         L += ["", "### Anchor fidelity: does the writer follow its plan?", "", fid, "", ANCHORING_NOTE]
-        L += [
-            f"Forced topics: {', '.join(ab.forced_topics)}. Attribute classifier: "
-            f"{c.get('classes')} categories, held-out accuracy {_fmt(c.get('heldout_accuracy'))} "
-            f"(chance {_fmt(c.get('chance'))})."
-        ]
+        L += [f"Forced topics: {', '.join(ab.forced_topics)}. {classifier_line(c)}"]
         if any((f.anchoring or {}).get("forced_sft") is not None for f in ab.variants.values()):
             L += ["", f"![anchor fidelity]({prefix}anchoring.png)"]
     L += ["", "### What the samples look like", ""]

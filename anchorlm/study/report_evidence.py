@@ -84,7 +84,7 @@ def sections(res: StudyResults) -> list[str]:
             g = {
                 m: gap(MetricSummary(collapse={"sft": r.get(f"collapse_sft_{m}")}, collapse_reduction=None,
                                      gap_closed=r[f"gap_closed_{m}"],
-                                     collapse_ci95={}, collapse_reduction_ci95=None,
+                                     collapse_ci95={"sft": r.get(f"collapse_sft_{m}_ci95")}, collapse_reduction_ci95=None,
                                      gap_closed_ci95=r[f"gap_closed_{m}_ci95"]))
                 for m in ("embedding_distance", "attribute_entropy")
             }  # fmt: skip

@@ -5,6 +5,7 @@ registry works in the demo and in every study, and one guard refuses stale cells
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import shutil
@@ -42,9 +43,13 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
     try:
         found, rule = _run_cells(cfg, cells)
     except BaseException as e:  # interrupted or failed: the cells it ran are still on the ledger
-        _ledger_of_invocations(cells, (time.time() - t0) / 60,
-                               "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}")  # fmt: skip
+        how = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}"
+        with contextlib.suppress(Exception):  # never hide the error that stopped the run
+            _ledger_of_invocations(cells, (time.time() - t0) / 60, how)
         raise
+    # on the ledger as soon as every cell is made, before anything else can fail
+    minutes = (time.time() - t0) / 60
+    ledger = _ledger_of_invocations(cells, minutes)
     res = StudyResults(
         title=cfg.title,
         rule={"tokens_per_param": cfg.tokens_per_param, "text": rule},
@@ -69,11 +74,10 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
     }
     res.mechanism = mechanism_rows(res)
     res.bar = bar(res)
-    minutes = (time.time() - t0) / 60
     res.compute = Compute(
         minutes_this_invocation=round(minutes, 2),
         cells_run_this_invocation=cells.cells_run,
-        invocations_that_ran_cells=_ledger_of_invocations(cells, minutes),
+        invocations_that_ran_cells=ledger,
         versions=versions(),
         made_on=cells.made_on(device_hint),
         scored_on=describe(machine()),

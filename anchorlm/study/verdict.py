@@ -25,8 +25,11 @@ def bar(res: StudyResults) -> Bar:
     for m in PAPER_METRICS:
         s = top.summary[m]
         g, ci = s.gap_closed, s.gap_closed_ci95
-        c_sft = s.collapse.get("sft")
-        sft_collapsed = c_sft is not None and c_sft > 0  # else the gap closed's denominator is <= 0
+        c_sft, ci_sft = s.collapse.get("sft"), (s.collapse_ci95 or {}).get("sft")
+        # else the gap closed's denominator is <= 0, or may be (the tables print "undefined" then too)
+        sft_collapsed = (
+            c_sft is not None and c_sft > 0 and not (ci_sft and ci_sft[0] is not None and ci_sft[0] <= 0)
+        )
         checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(
             sft_collapsed and g is not None and math.isfinite(g) and g >= 0.85
         )
@@ -73,6 +76,7 @@ def mechanism_rows(res: StudyResults) -> list[dict] | None:
             **{f"gap_closed_{m}": (sm[m].gap_closed if m in sm else None) for m in PAPER_METRICS},
             **{f"gap_closed_{m}_ci95": (sm[m].gap_closed_ci95 if m in sm else None) for m in PAPER_METRICS},
             **{f"collapse_sft_{m}": (sm[m].collapse.get("sft") if m in sm else None) for m in PAPER_METRICS},
+            **{f"collapse_sft_{m}_ci95": (sm[m].collapse_ci95.get("sft") if m in sm else None) for m in PAPER_METRICS},
             **{m: f.quality.get(m) for m in ("style_adherence", "content_nll", "annotation_wellformed")},
             "free_agreement": a.get("free_agreement"),
             "plan_topic_in_corpus": a.get("plan_topic_in_corpus"),
