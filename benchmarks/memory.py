@@ -19,7 +19,7 @@ bounds the one corpus-wide step too.
 a warm-up step and 3 runs of 2 steps), each time in a fresh process: with glibc's allocator as it
 comes (ANCHORLM_MALLOC=default) and after `keep_freed_memory` (anchorlm/allocator.py), as the
 training loop runs. Each process's peak resident memory (ru_maxrss), tokens/s and page faults a
-step, alternating the two three times; the medians' ratios: what keeping freed memory costs in
+step, alternating the two (which goes first too) three times; the medians' ratios: what keeping freed memory costs in
 memory and buys in speed (MB: MiB, ru_maxrss / 1024).
 
 --sampling: the same for SmolLM2 sampled by `anchorlm.engine.generate` (which calls
@@ -103,26 +103,18 @@ print(json.dumps(out))
 def sampling_memory(rounds: int = 3) -> dict:
     """SmolLM2 sampling's speed, page faults and peak memory, glibc's defaults against
     keep_freed_memory, each in a fresh process (see the module doc)."""
-    from anchorlm.provenance import provenance
 
-    code = SAMPLING_CHILD.format(bench=str(ROOT / "benchmarks"))
-    runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
-    for r in range(rounds):
-        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:  # alternating: the machine drifts
-            runs[name].append(_child(code, name))
-            x = runs[name][-1]
-            print(f"SmolLM2 sampling, {name:17s}: peak {x['peak_mb']:6,d} MB  "
-                  + "  ".join(f"batch {b}: {x[b]['tokens_per_s']:6.1f} tok/s, {x[b]['page_faults_per_call']:8,d} page "
-                              f"faults, {x[b]['kernel_seconds_per_call']:.2f} s in the kernel a call"
-                              for b in ("32", "96")), flush=True)  # fmt: skip
+    def show(name: str, x: dict) -> None:
+        print(f"SmolLM2 sampling, {name:17s}: peak {x['peak_mb']:6,d} MB  "
+              + "  ".join(f"batch {b}: {x[b]['tokens_per_s']:6.1f} tok/s, {x[b]['page_faults_per_call']:8,d} page "
+                          f"faults, {x[b]['kernel_seconds_per_call']:.2f} s in the kernel a call"
+                          for b in ("32", "96")), flush=True)  # fmt: skip
+
+    runs = _alternating(SAMPLING_CHILD.format(bench=str(ROOT / "benchmarks")), rounds, show)
     med = lambda name, b: statistics.median(x[b]["tokens_per_s"] for x in runs[name])  # noqa: E731
-    peak = {k: statistics.median(x["peak_mb"] for x in v) for k, v in runs.items()}
     res = {
-        "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
+        **_peaks(runs),
         "settings": "temperature 0.8, top-p 0.95, 48 new tokens a row",
-        "runs": runs,
-        "peak_mb_median": peak,
-        "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
         "kernel_seconds_per_call_median": {
             k: {b: statistics.median(x[b]["kernel_seconds_per_call"] for x in v) for b in ("32", "96")}
             for k, v in runs.items()
@@ -134,6 +126,33 @@ def sampling_memory(rounds: int = 3) -> dict:
     print(f"keep_freed_memory / glibc defaults (medians): peak memory {res['peak_ratio']:.2f}x, tokens/s "
           + ", ".join(f"batch {b} {v:.2f}x" for b, v in res["tokens_per_s_ratio"].items()))  # fmt: skip
     return res
+
+
+def _alternating(code: str, rounds: int, show) -> dict:
+    """{setting: [the JSON of each run]}: glibc's defaults and keep_freed_memory, each in a fresh
+    process `rounds` times, which of the two goes first alternating (the machine drifts)."""
+    runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
+    for r in range(rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            runs[name].append(_child(code, name))
+            show(name, runs[name][-1])
+    return runs
+
+
+def _peaks(runs: dict) -> dict:
+    """The provenance, the runs and their peak memory: medians, ranges and the ratio."""
+    from anchorlm.provenance import provenance
+
+    peak = {k: statistics.median(r["peak_mb"] for r in v) for k, v in runs.items()}
+    return {
+        "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
+        "runs": runs,
+        "peak_mb_median": peak,
+        "peak_mb_range": {
+            k: [min(r["peak_mb"] for r in v), max(r["peak_mb"] for r in v)] for k, v in runs.items()
+        },
+        "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
+    }
 
 
 def _child(code: str, name: str) -> dict:
@@ -150,27 +169,16 @@ def _child(code: str, name: str) -> dict:
 def training_memory(rounds: int = 3) -> dict:
     """SmolLM2 training's peak memory and speed, glibc's defaults against keep_freed_memory, each
     in a fresh process (see the module doc)."""
-    from anchorlm.provenance import provenance
 
-    code = CHILD.format(bench=str(ROOT / "benchmarks"))
-    runs: dict = {"glibc_defaults": [], "keep_freed_memory": []}
-    for _ in range(rounds):
-        for name in runs:
-            runs[name].append(_child(code, name))
-            r = runs[name][-1]
-            print(f"SmolLM2 training, {name:17s}: peak {r['peak_mb']:6,d} MB  {r['tokens_per_s']:6.1f} tok/s  "
-                  f"{r['page_faults_per_step']:8,d} page faults a step", flush=True)  # fmt: skip
-    peak = {k: statistics.median(r["peak_mb"] for r in v) for k, v in runs.items()}
+    def show(name: str, r: dict) -> None:
+        print(f"SmolLM2 training, {name:17s}: peak {r['peak_mb']:6,d} MB  {r['tokens_per_s']:6.1f} tok/s  "
+              f"{r['page_faults_per_step']:8,d} page faults a step", flush=True)  # fmt: skip
+
+    runs = _alternating(CHILD.format(bench=str(ROOT / "benchmarks")), rounds, show)
     speed = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in runs.items()}
     res = {
-        "provenance": provenance(precision=runs["glibc_defaults"][0]["precision"]),
+        **_peaks(runs),
         "batch": "8x256",
-        "runs": runs,
-        "peak_mb_median": peak,
-        "peak_mb_range": {
-            k: [min(r["peak_mb"] for r in v), max(r["peak_mb"] for r in v)] for k, v in runs.items()
-        },
-        "peak_ratio": round(peak["keep_freed_memory"] / peak["glibc_defaults"], 3),
         "tokens_per_s_ratio": round(speed["keep_freed_memory"] / speed["glibc_defaults"], 3),
     }
     print(f"keep_freed_memory / glibc defaults (medians): peak memory {res['peak_ratio']:.2f}x, "
