@@ -82,7 +82,8 @@ def generate(model, prompts: list[list[int]], keys: list[int], s: Settings, pad_
     """Sample every row: (annotation, then) response, as `Settings` say. `keys` name each row's
     random stream and `counters` (default 0) how many draws it has used already. With
     `s.guidance_scale` and `uncond` (each row's prompt without its annotation), response logits
-    are guided."""
+    are guided. Tells glibc to keep freed memory for the process's life (`anchorlm.allocator`; the
+    process then keeps its high-water mark; ANCHORLM_MALLOC=default leaves glibc as it is)."""
 
     n = len(prompts)
     if not n:
