@@ -242,3 +242,30 @@ def test_the_bar_does_not_count_a_gap_closed_over_a_collapse_not_shown():
         assert not bar(res([-0.148, 0.188])).checks[f"{m}_gap_closed_ci_excludes_0"]
         assert bar(res([0.01, 0.03])).checks[f"{m}_gap_closed_at_largest>=0.85"]
         assert bar(res([0.01, 0.03])).checks[f"{m}_gap_closed_ci_excludes_0"]
+
+
+def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
+    """scripts/mechanism_pairs.py: each variant's per-prompt figure minus the reference's on the
+    same seeds and prompts (a constant shift gives that shift, with an interval of width 0);
+    a variant with other seeds is left out."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "mechanism_pairs", ROOT / "scripts" / "mechanism_pairs.py"
+        )
+        mp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mp)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    rng = np.random.default_rng(0)
+    ref = {s: {"per_prompt": {"attribute_entropy": list(rng.normal(1.8, 0.2, 8))}} for s in (0, 1, 2)}
+    shifted = {s: {"per_prompt": {"attribute_entropy": [x - 0.3 for x in r["per_prompt"]["attribute_entropy"]]}}
+               for s, r in ref.items()}  # fmt: skip
+    got = mp.pairs({"aat": ref, "aat_on_plain": shifted, "one_seed": {0: ref[0]}}, "aat", 200, 0)
+    assert set(got) == {"aat_on_plain"}
+    d = got["aat_on_plain"]["attribute_entropy"]
+    assert d["difference"] == pytest.approx(-0.3)
+    assert d["ci95"] == pytest.approx([-0.3, -0.3])
