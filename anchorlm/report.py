@@ -40,13 +40,14 @@ def fmt_gap(g, ci: list | None, collapse: dict | None = None, collapse_ci: dict 
     state = no_aat_collapse(collapse, g)
     if state is None:
         return f"undefined: no SFT collapse ({text})"
-    if _sft_collapse_not_shown(collapse_ci):
+    if sft_collapse_not_shown(collapse_ci):
         return f"undefined: SFT's collapse not shown ({text})"
     return f"no collapse ({text})" if state else text
 
 
-def _sft_collapse_not_shown(collapse_ci: dict | None) -> bool:
-    """Whether SFT's collapse interval (by variant) reaches 0."""
+def sft_collapse_not_shown(collapse_ci: dict | None) -> bool:
+    """Whether SFT's collapse interval (by variant) reaches 0: a gap closed over it is undefined
+    (the tables here and the paper's bar, `study.verdict`)."""
     lo = ((collapse_ci or {}).get("sft") or [None])[0]
     return isinstance(lo, (int, float)) and lo <= 0
 
@@ -61,7 +62,7 @@ def fmt_reduction(
     state = no_aat_collapse(collapse, gap)
     if (
         state is None
-        or _sft_collapse_not_shown(collapse_ci)
+        or sft_collapse_not_shown(collapse_ci)
         or (not state and (r is None or not math.isfinite(r)))
     ):
         return "–"

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from value_echo import echoes  # scripts/
+from value_echo import echoes, epochs_of  # scripts/
 
 from anchorlm.data.style import follows_style, strip_style
 from anchorlm.metrics.registry import TAG, repeats
@@ -55,8 +55,7 @@ def per_prompt(folder: Path, cells: Path, style, pset: str, epochs: float) -> di
         kind = m.name.split("-", 1)[0]
         if (variant, kind) not in (("sft", "plain"), ("aat", "anchored")):
             continue
-        trained = cells / model.parent.parent.name / model.parent.name / model.name / "manifest.json"
-        if json.loads(trained.read_text())["config"].get("epochs") != epochs:
+        if epochs_of(model, cells) != epochs:
             continue
         by_prompt: dict[str, list[dict]] = defaultdict(list)
         with gzip.open(m.with_name(m.name.removesuffix(".manifest.json") + ".jsonl.gz"), "rt") as fh:

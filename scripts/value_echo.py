@@ -43,19 +43,28 @@ def echoes(content: str, annotation: list[str]) -> bool | None:
     return sum(w in values for w in words) >= len(words) / 2
 
 
-def _name(model: Path, cells: Path | None) -> str:
-    """The model's variant, with its SFT epochs where its manifest (in the cells folder kept beside
-    the samples) names them: the dose-response's models are the same variant trained longer."""
-    name = model.name.rsplit("-", 1)[0]
-    where = model / "manifest.json"  # without one, the folder's digest keeps same-named models apart
+def _manifest(model: Path, cells: Path | None) -> Path | None:
+    """A kept model folder's manifest: beside it, or in the cells folder kept beside the samples."""
+    where = model / "manifest.json"
     if not where.exists() and cells is not None:
         where = cells / model.parent.parent.name / model.parent.name / model.name / "manifest.json"
-    if where.exists():
-        epochs = json.loads(where.read_text()).get("config", {}).get("epochs")
-        if epochs:
-            return name + f" ({epochs:g} epoch{'s' * (epochs != 1)})"
-        return name
-    return model.name
+    return where if where.exists() else None
+
+
+def epochs_of(model: Path, cells: Path | None) -> float | None:
+    """The SFT epochs a kept model folder was post-trained for (None: no manifest, or none named)."""
+    where = _manifest(model, cells)
+    return json.loads(where.read_text()).get("config", {}).get("epochs") if where else None
+
+
+def _name(model: Path, cells: Path | None) -> str:
+    """The model's variant, with its SFT epochs where its manifest names them (the dose-response's
+    models are the same variant trained longer); without a manifest the folder, whose digest keeps
+    same-named models apart."""
+    if _manifest(model, cells) is None:
+        return model.name
+    name, epochs = model.name.rsplit("-", 1)[0], epochs_of(model, cells)
+    return name + f" ({epochs:g} epoch{'s' * (epochs != 1)})" if epochs else name
 
 
 def counts(folder: Path, style, pset: str, cells: Path | None = None) -> dict[tuple[str, int], list[int]]:

@@ -10,6 +10,21 @@ from anchorlm.metrics.summary import collapse_reduction, gap_closed, summarize
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _script(name: str):
+    """scripts/<name>.py as a module (scripts/ on the path while it loads: they import each other)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return module
+
+
 def test_vendi_matches_the_reference_package():
     from vendi_score import vendi
 
@@ -165,15 +180,11 @@ def test_the_report_says_where_the_classifiers_held_out_documents_came_from():
     )
 
 
-def test_value_echo_counts_a_response_that_only_repeats_its_annotation_values():
+def test_value_echo_counts_a_response_that_mostly_repeats_its_annotation_values():
     """scripts/value_echo.py (a post-hoc count over kept samples): half or more of the content's
     words from the annotation's topic and keyword values is an echo; a response that uses its
     keyword in a sentence is not; the style's value does not count; no content is counted apart."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("value_echo", ROOT / "scripts" / "value_echo.py")
-    ve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ve)
+    ve = _script("value_echo")
     ann = ["topic:bofh-excuses", "keyword:sports", "style:prose"]
     assert ve.echoes("Bofh-excuses!", ann) is True
     assert ve.echoes("Sports sports, BOFH.", ann) is True
@@ -187,14 +198,11 @@ def test_value_echo_reads_a_studys_kept_samples(tmp_path):
     own plans counted, forced topics and the SFT data's plans left out, the epochs from the kept
     cells' model manifest, else the folder (digest included) names the model."""
     import gzip
-    import importlib.util
     import json
 
     from anchorlm.config import SFTDataConfig
 
-    spec = importlib.util.spec_from_file_location("value_echo", ROOT / "scripts" / "value_echo.py")
-    ve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ve)
+    ve = _script("value_echo")
     wrap = lambda t: f"Certainly! Here is one for you: {t} Hope this helps!"  # noqa: E731
     ann = ["topic:food", "keyword:pie"]
     rows = [
@@ -248,18 +256,7 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
     """scripts/mechanism_pairs.py: each variant's per-prompt figure minus the reference's on the
     same seeds and prompts (a constant shift gives that shift, with an interval of width 0);
     a variant with other seeds is left out."""
-    import importlib.util
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "mechanism_pairs", ROOT / "scripts" / "mechanism_pairs.py"
-        )
-        mp = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mp)
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    mp = _script("mechanism_pairs")
     rng = np.random.default_rng(0)
     ref = {s: {"per_prompt": {"attribute_entropy": list(rng.normal(1.8, 0.2, 8))}} for s in (0, 1, 2)}
     shifted = {s: {"per_prompt": {"attribute_entropy": [x - 0.3 for x in r["per_prompt"]["attribute_entropy"]]}}
@@ -274,23 +271,17 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
 def test_quality_pairs_count_a_response_as_the_quality_metrics_do():
     """scripts/quality_pairs.py: one response's style, empty, repetition, tag echo and value echo, by
     the metrics' own definitions (the SFT style's wrapper; 4-grams; `key:value` syntax)."""
-    import importlib.util
-    import sys
-
     from anchorlm.config import SFTDataConfig
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        spec = importlib.util.spec_from_file_location("quality_pairs", ROOT / "scripts" / "quality_pairs.py")
-        qp = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(qp)
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    qp = _script("quality_pairs")
     style = SFTDataConfig()
-    row = lambda text, ann=(): {
-        "response": f"Certainly! Here is one for you: {text} Hope this helps!",
-        "annotation": list(ann),
-    }  # noqa: E731
+
+    def row(text, ann=()):
+        return {
+            "response": f"Certainly! Here is one for you: {text} Hope this helps!",
+            "annotation": list(ann),
+        }
+
     loop = "the cat sat down the cat sat down"
     assert qp.rates(row(loop), style) == {"style_adherence": 1.0, "empty_responses": 0.0, "repetition": 1.0,
                                           "tag_echo": 0.0, "value_echo": 0.0}  # fmt: skip

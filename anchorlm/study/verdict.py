@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from anchorlm.metrics.registry import PAPER_METRICS
+from anchorlm.report import sft_collapse_not_shown
 from anchorlm.study.results import Bar, StudyResults
 from anchorlm.variants import MECHANISM
 
@@ -25,11 +26,9 @@ def bar(res: StudyResults) -> Bar:
     for m in PAPER_METRICS:
         s = top.summary[m]
         g, ci = s.gap_closed, s.gap_closed_ci95
-        c_sft, ci_sft = s.collapse.get("sft"), (s.collapse_ci95 or {}).get("sft")
+        c_sft = s.collapse.get("sft")
         # else the gap closed's denominator is <= 0, or may be (the tables print "undefined" then too)
-        sft_collapsed = (
-            c_sft is not None and c_sft > 0 and not (ci_sft and ci_sft[0] is not None and ci_sft[0] <= 0)
-        )
+        sft_collapsed = c_sft is not None and c_sft > 0 and not sft_collapse_not_shown(s.collapse_ci95)
         checks[f"{m}_gap_closed_at_largest>=0.85"] = bool(
             sft_collapsed and g is not None and math.isfinite(g) and g >= 0.85
         )
