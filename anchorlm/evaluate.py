@@ -152,8 +152,8 @@ class Scorer:
         return emb
 
     def score(self, rows: list[dict]) -> tuple[dict, dict]:
-        """(figures, per-prompt arrays of each diversity metric and of content NLL, averaged over
-        sampling seeds)."""
+        """(figures, per-prompt arrays of each diversity metric, of content NLL and of each quality
+        rate (registry.RATES), averaged over sampling seeds)."""
         cfg, sft = self.cfg, self.sft
         shown = [r["response"] for r in rows]
         texts = [_for_diversity(t, cfg, sft) for t in shown]
@@ -169,23 +169,26 @@ class Scorer:
         got = fluency_nll([strip_style(sft, shown[i]) for i in scored], self.ref_model, self.ref_tok)
         for i, x in zip(scored, got):
             content_nll[i] = x
+        k = cfg.fluency_max_per_variant or len(rows)
+        pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
+        nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
+        q = Quality(rows, texts, sft, nll, len(pick), content_nll)
+        rates = {m: np.asarray(registry.METRICS[m].per_response(q), dtype=float) for m in registry.RATES}
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             figs = registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx], conf[idx])
             figs["content_nll"] = mean_finite([content_nll[i] for i in idx])
+            figs.update({m: float(a[idx].mean()) for m, a in rates.items()})
             by_prompt[pid].append(figs)
         pids = sorted(by_prompt, key=str)
         per_prompt = {
             m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids])
-            for m in [*(m.name for m in DIVERSITY), "content_nll"]
+            for m in [*(m.name for m in DIVERSITY), "content_nll", *registry.RATES]
         }
-        k = cfg.fluency_max_per_variant or len(rows)
-        pick = np.linspace(0, len(rows) - 1, min(k, len(rows))).round().astype(int)
-        nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
         n_group = int(np.median([len(v) for v in groups.values()]))
         figures = {
             "diversity": {m.name: float(per_prompt[m.name].mean()) for m in DIVERSITY},
-            "quality": registry.quality(Quality(rows, texts, sft, nll, len(pick), content_nll)),
+            "quality": registry.quality(q),
             "ceiling": {
                 "attribute_entropy": self.clf.entropy_ceiling(n_group),
                 "samples_per_prompt": n_group,

@@ -7,7 +7,9 @@ response such as "Bofh-excuses!" under `topic:bofh-excuses`).
 
 A response echoes its values when half or more of its content words (the SFT style's opener and
 closer left out, as the quality metrics leave them out) are words of its annotation's topic and
-keyword values; a response with no content word is counted apart (the `empty` rate counts it).
+keyword values (`anchorlm.metrics.registry.echoes`, the `value_echo` rate's definition; since
+2026-12-06 the study's report gives that rate, over every response); a response with no content
+word is counted apart here (the `empty` rate counts it).
 Only samples that wrote their own annotation count (forced-topic samples and those sampled with
 the SFT data's plans, which were given theirs, are left out). Per model folder and training seed; plain samples have no annotation to echo.
 """
@@ -22,25 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from anchorlm.data.style import strip_style
+from anchorlm.metrics.registry import echoes
 from anchorlm.study.config import load_study_config
-
-WORD = re.compile(r"[a-z0-9]+")
-VALUE_KEYS = ("topic", "keyword")
-
-
-def echoes(content: str, annotation: list[str]) -> bool | None:
-    """Whether half or more of the content's words are words of the annotation's topic and keyword
-    values; None where the content has no word."""
-    words = WORD.findall(content.lower())
-    if not words:
-        return None
-    values = {
-        w
-        for tag in annotation
-        if tag.split(":", 1)[0] in VALUE_KEYS
-        for w in WORD.findall(tag.split(":", 1)[-1].lower())
-    }
-    return sum(w in values for w in words) >= len(words) / 2
 
 
 def _manifest(model: Path, cells: Path | None) -> Path | None:

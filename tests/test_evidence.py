@@ -52,6 +52,49 @@ def test_quality_and_intervals_over_seeds_and_prompts(evidence):
     assert res["variants"]["base"]["ceiling"]["attribute_entropy"] > 0
 
 
+def test_quality_rates_are_paired_against_sft_and_judged(evidence):
+    """Each quality rate (style, empty, repeats, tag echo, value echo) per prompt in the cells: its
+    paired AAT - SFT difference is the difference of the variants' means (every prompt has as many
+    samples), inside its interval; the report judges matched quality on the means and at 95%."""
+    from anchorlm.metrics.registry import RATES
+
+    d, res = evidence
+    assert RATES == ("style_adherence", "empty_responses", "repetition", "tag_echo", "value_echo")
+    for name, ps in res["prompt_sets"].items():
+        sft, aat = ps["variants"]["sft"]["quality"], ps["variants"]["aat"]["quality"]
+        for m in RATES:
+            diff = ps["differences"][m]
+            assert diff["difference"] == pytest.approx(aat[m] - sft[m], abs=1e-12), (name, m)
+            lo, hi = diff["ci95"]
+            assert lo <= diff["difference"] <= hi
+            lo, hi = aat[f"{m}_ci95"]
+            assert lo <= aat[m] <= hi
+        assert sft["value_echo"] == 0  # no annotation to echo
+    md = (d / "docs" / "results.md").read_text()
+    assert "| quality | SFT | AAT | AAT - SFT (95% CI) | matched if AAT is | on the means | at 95% |" in md
+    assert "| value echo |" in md
+
+
+def test_matched_quality_on_the_means_and_over_the_interval():
+    """study.verdict.matched: the protocol's bounds (content NLL within 5%, style within 2 points
+    either way, degenerate rates at most 2 points above), on the means and over the paired CI."""
+    from anchorlm.study.verdict import matched
+
+    sft = {"content_nll": 4.0, "style_adherence": 1.0, "empty_responses": 0.0, "value_echo": 0.0}
+    aat = {"content_nll": 4.1, "style_adherence": 0.985, "empty_responses": 0.01, "value_echo": 0.026}
+    diffs = {"content_nll": {"difference": 0.1, "ci95": [-0.1, 0.25]},
+             "style_adherence": {"difference": -0.015, "ci95": [-0.03, 0.0]},
+             "empty_responses": {"difference": 0.01, "ci95": [0.0, 0.019]}}  # fmt: skip
+    rows = {r["metric"]: r for r in matched(sft, aat, diffs)}
+    assert set(rows) == set(sft)  # repetition and tag echo not measured: no row
+    assert rows["content_nll"]["on_means"] and not rows["content_nll"]["at_95"]  # 0.25 > 5% of 4.0
+    assert rows["style_adherence"]["on_means"] and not rows["style_adherence"]["at_95"]
+    assert rows["empty_responses"]["on_means"] and rows["empty_responses"]["at_95"]
+    ve = rows["value_echo"]
+    assert not ve["on_means"] and ve["at_95"] is None and ve["difference"] == pytest.approx(0.026)
+    assert ve["check"] == "value_echo_within_2_points"
+
+
 def test_mechanism_rows(evidence):
     _, res = evidence
     rows = {r["variant"]: r for r in res["mechanism"]}

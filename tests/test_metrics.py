@@ -181,16 +181,18 @@ def test_the_report_says_where_the_classifiers_held_out_documents_came_from():
 
 
 def test_value_echo_counts_a_response_that_mostly_repeats_its_annotation_values():
-    """scripts/value_echo.py (a post-hoc count over kept samples): half or more of the content's
-    words from the annotation's topic and keyword values is an echo; a response that uses its
-    keyword in a sentence is not; the style's value does not count; no content is counted apart."""
-    ve = _script("value_echo")
+    """The value echo rate (registry.echoes; scripts/value_echo.py counts kept samples with it): half
+    or more of the content's words from the annotation's topic and keyword values is an echo; a
+    response that uses its keyword in a sentence is not; the style's value does not count; no
+    content is counted apart."""
+    from anchorlm.metrics.registry import echoes
+
     ann = ["topic:bofh-excuses", "keyword:sports", "style:prose"]
-    assert ve.echoes("Bofh-excuses!", ann) is True
-    assert ve.echoes("Sports sports, BOFH.", ann) is True
-    assert ve.echoes("Boys love sports. Boys don't, said the coach at dawn.", ann) is False
-    assert ve.echoes("Prose.", ann) is False
-    assert ve.echoes("  !? ", ann) is None
+    assert echoes("Bofh-excuses!", ann) is True
+    assert echoes("Sports sports, BOFH.", ann) is True
+    assert echoes("Boys love sports. Boys don't, said the coach at dawn.", ann) is False
+    assert echoes("Prose.", ann) is False
+    assert echoes("  !? ", ann) is None
 
 
 def test_value_echo_reads_a_studys_kept_samples(tmp_path):

@@ -46,7 +46,7 @@ def test_quality_metrics_skip_what_does_not_apply():
     q = R.quality(R.Quality(rows, ["x", "y"], sft, [2.0, float("nan")], 2))
     assert q == {"style_adherence": 0.5, "finished": 0.5, "style_adherence_finished": 1.0, "fluency_nll": 2.0,
                  "fluency_scored": 2, "empty_responses": 0.0, "length_words": 1.0, "repetition": 0.0,
-                 "tag_echo": 0.0}  # fmt: skip
+                 "tag_echo": 0.0, "value_echo": 0.0}  # fmt: skip
     assert "annotation_wellformed" not in q  # plain rows have no annotation
 
 

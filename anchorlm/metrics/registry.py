@@ -38,6 +38,8 @@ class Metric:
     paper: bool = False  # one of the paper's two diversity metrics
     column: bool = True  # a column of the variants table
     description: str = ""
+    # a rate: (Quality) -> one 0/1 per row; `compute` is its mean, and the study pairs it per prompt
+    per_response: Callable | None = None
 
 
 class Quality:
@@ -54,6 +56,7 @@ class Quality:
         self.has_finished = all("finished" in r for r in rows)
         self.done = [bool(r.get("finished")) for r in rows]
         self.anchored = "annotation_ok" in rows[0]
+        self.annotations = [r.get("annotation") or [] for r in rows]
 
 
 def _style_finished(q: Quality):
@@ -61,6 +64,33 @@ def _style_finished(q: Quality):
         return SKIP
     kept = [s for s, d in zip(q.styled, q.done) if d]
     return float(np.mean(kept)) if kept else None
+
+
+def rate(name: str, label: str, higher_is_better: bool, per_response: Callable, **kw) -> Metric:
+    """A quality metric that is a share of responses: one 0/1 per response (`per_response`), its mean
+    the variant's figure; the study averages it per prompt, so that AAT minus SFT gets a paired CI."""
+    return Metric(name, label, "quality", higher_is_better, lambda q: float(np.mean(per_response(q))),
+                  per_response=per_response, **kw)  # fmt: skip
+
+
+WORD = re.compile(r"[a-z0-9]+")
+VALUE_KEYS = ("topic", "keyword")
+
+
+def echoes(content: str, annotation: list[str]) -> bool | None:
+    """Whether half or more of the content's words are words of the annotation's topic and keyword
+    values (the style's value left out: "Prose." under `style:prose` names no content); None where
+    the content has no word."""
+    words = WORD.findall(content.lower())
+    if not words:
+        return None
+    values = {
+        w
+        for tag in annotation
+        if tag.split(":", 1)[0] in VALUE_KEYS
+        for w in WORD.findall(tag.split(":", 1)[-1].lower())
+    }
+    return sum(w in values for w in words) >= len(words) / 2
 
 
 DIVERSITY = (
@@ -83,8 +113,8 @@ DIVERSITY = (
 )  # fmt: skip
 
 QUALITY = (
-    Metric("style_adherence", "style adh.", "quality", True, lambda q: float(np.mean(q.styled)),
-           description="share of responses with the SFT style's opener and closer"),
+    rate("style_adherence", "style adh.", True, lambda q: [float(x) for x in q.styled],
+         description="share of responses with the SFT style's opener and closer"),
     Metric("finished", "finished", "quality", True,
            lambda q: float(np.mean(q.done)) if q.has_finished else SKIP, column=False,
            description="share of responses that ended before the token cap"),
@@ -94,19 +124,23 @@ QUALITY = (
            description="per-token NLL under the reference LM (SmolLM2-135M)"),
     Metric("fluency_scored", "fluency scored", "quality", None, lambda q: q.scored, column=False,
            description="responses scored for fluency"),
-    Metric("empty_responses", "empty", "quality", False,
-           lambda q: float(np.mean([not t.strip() for t in q.texts])), column=False,
-           description="share of responses with no content besides the SFT style's wrapper"),
+    rate("empty_responses", "empty", False, lambda q: [float(not t.strip()) for t in q.texts], column=False,
+         description="share of responses with no content besides the SFT style's wrapper"),
     Metric("content_nll", "content NLL", "quality", False,
            lambda q: mean_finite(q.content_nll) if q.content_nll is not None else SKIP, column=False,
            description="per-token NLL under the reference LM of every response's content, the SFT style's "
                        "wrapper left out"),
     Metric("length_words", "words", "quality", None, lambda q: float(np.mean([len(c.split()) for c in q.content])),
            column=False, description="words of content per response"),
-    Metric("repetition", "repeats", "quality", False, lambda q: float(np.mean([repeats(c) for c in q.content])),
-           column=False, description="share of responses in which a word 4-gram occurs twice or more (a loop)"),
-    Metric("tag_echo", "tag echo", "quality", False, lambda q: float(np.mean([bool(TAG.search(c)) for c in q.content])),
-           column=False, description="share of responses that write annotation syntax (key:value) into the text"),
+    rate("repetition", "repeats", False, lambda q: [float(repeats(c)) for c in q.content], column=False,
+         description="share of responses in which a word 4-gram occurs twice or more (a loop)"),
+    rate("tag_echo", "tag echo", False, lambda q: [float(bool(TAG.search(c))) for c in q.content], column=False,
+         description="share of responses that write annotation syntax (key:value) into the text"),
+    rate("value_echo", "value echo", False,
+         lambda q: [float(bool(echoes(c, a))) for c, a in zip(q.content, q.annotations)], column=False,
+         description="share of responses half or more of whose content words are their annotation's topic "
+                     "and keyword values (`echoes`; a response without an annotation, or without a word, "
+                     "echoes nothing)"),
     Metric("annotation_wellformed", "ann. ok", "quality", True,
            lambda q: float(np.mean([r["annotation_ok"] for r in q.rows])) if q.anchored else SKIP,
            description="share of self-written annotations closed and well-formed"),
@@ -123,6 +157,7 @@ QUALITY = (
 )  # fmt: skip
 
 METRICS = {m.name: m for m in (*DIVERSITY, *QUALITY)}
+RATES = tuple(m.name for m in QUALITY if m.per_response)  # per prompt in a study's cells, paired against SFT
 COLUMNS = tuple(m for m in METRICS.values() if m.column)  # the variants table, in this order
 PAPER_METRICS = tuple(m.name for m in DIVERSITY if m.paper)
 SUMMARY_METRICS = (*PAPER_METRICS, *(m.name for m in DIVERSITY if m.summary and not m.paper))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anchorlm.metrics.registry import SUMMARY_METRICS
+from anchorlm.metrics.registry import RATES, SUMMARY_METRICS
 from anchorlm.metrics.summary import summarize
 from anchorlm.study.results import Figures, MetricSummary
 
@@ -33,7 +33,8 @@ def hierarchical(arr: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> list[
 def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
     """The mean over seeds of each diversity, quality and anchoring figure (a cell's scores are
     `Scorer.score`'s dict; per-topic figures are those of the first seed), each seed's value, and
-    with `n_boot` a CI over seeds and prompts of each per-prompt figure (diversity, content NLL)."""
+    with `n_boot` a CI over seeds and prompts of each per-prompt figure (diversity, content NLL, the
+    quality rates)."""
 
     def mean(part: str) -> dict:
         out = {}
@@ -52,8 +53,9 @@ def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
         ci = {
             m: hierarchical([r["per_prompt"][m] for r in runs], n_boot, seed) for m in runs[0]["per_prompt"]
         }
-        if "content_nll" in ci:
-            quality["content_nll_ci95"] = ci["content_nll"]
+        for m in ("content_nll", *RATES):  # the per-prompt quality figures
+            if m in ci:
+                quality[f"{m}_ci95"] = ci[m]
     return Figures(
         diversity=mean("diversity"),
         quality=quality,

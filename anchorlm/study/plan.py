@@ -23,7 +23,7 @@ import numpy as np
 
 from anchorlm.metrics.diversity import entropy
 from anchorlm.metrics.fidelity import wilson
-from anchorlm.metrics.registry import SUMMARY_METRICS
+from anchorlm.metrics.registry import RATES, SUMMARY_METRICS
 from anchorlm.study.aggregate import hierarchical, mean_figures, paired_difference, slope, summary
 from anchorlm.study.cells import Cells, Job
 from anchorlm.study.config import StudyConfig
@@ -198,7 +198,8 @@ def _sets(cells: Cells, cfg: StudyConfig, scores) -> dict[str, PromptSet]:
             summary=summary(runs, ev.bootstrap, ev.seed, aat=head),
             differences={
                 m: paired_difference(runs[head], runs["sft"], m, ev.bootstrap, ev.seed)
-                for m in [*SUMMARY_METRICS, "content_nll"]
+                for m in [*SUMMARY_METRICS, "content_nll", *RATES]  # rates: in cells scored since 2026-12-06
+                if all(m in r["per_prompt"] for r in (*runs[head], *runs["sft"]))
             },
         )
     return out

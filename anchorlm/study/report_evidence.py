@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from anchorlm.metrics.registry import label
 from anchorlm.report import fmt, fmt_ci, fmt_gap
-from anchorlm.study.results import Figures, MetricSummary, StudyResults
+from anchorlm.study.results import Figures, MetricSummary, PromptSet, StudyResults
+from anchorlm.study.verdict import matched
 
 DIVERSITY = ("embedding_distance", "vendi", "attribute_entropy")  # label-free first
 QUALITY = (
@@ -16,6 +17,7 @@ QUALITY = (
     "empty_responses",
     "repetition",
     "tag_echo",
+    "value_echo",
     "length_words",
 )
 
@@ -47,6 +49,25 @@ def variants_table(variants: dict[str, Figures], labels: dict) -> list[str]:
     return out
 
 
+def quality_table(ps: PromptSet, head: str) -> list[str]:
+    """The protocol's matched quality on one prompt set: each figure's AAT minus SFT, paired over
+    seeds and prompts, judged on the means and over its whole 95% interval (study.verdict.matched)."""
+    rows = matched(ps.variants["sft"].quality, ps.variants[head].quality, ps.differences)
+    if not rows:
+        return []
+    yes = {True: "yes", False: "**no**", None: "–"}
+    out = [
+        "| quality | SFT | AAT | AAT - SFT (95% CI) | matched if AAT is | on the means | at 95% |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {label(r['metric'])} | {fmt(r['sft'])} | {fmt(r['aat'])} | {fmt(r['difference'])}"
+            f"{fmt_ci(r['ci95'])} | {r['rule']} | {yes[r['on_means']]} | {yes[r['at_95']]} |"
+        )
+    return out
+
+
 def sections(res: StudyResults) -> list[str]:
     L: list[str] = []
     labels, head = res.labels, res.headline
@@ -55,7 +76,11 @@ def sections(res: StudyResults) -> list[str]:
         L += [
             "Each set sampled by base, SFT and the headline variant at every seed. CIs: 95% bootstrap over "
             "seeds, then prompts. Content NLL is the reference LM's per-token NLL of every response without "
-            "the SFT style's wrapper. Gap closed of 1 or more is shown as no collapse.",
+            "the SFT style's wrapper. Gap closed of 1 or more is shown as no collapse. Quality: AAT minus "
+            "SFT per prompt, paired (the same seed and prompt draws for both); matched as the protocol "
+            "defines it, judged on the means and over the whole interval. Tag echo counts annotation "
+            "syntax (`key:value`) in the response; value echo, responses half or more of whose content "
+            "words are their own annotation's topic and keyword values.",
         ]
         for name, ps in res.prompt_sets.items():
             L += ["", f"### {name} ({ps.n_prompts} prompts)", "", *variants_table(ps.variants, labels), ""]
@@ -70,9 +95,7 @@ def sections(res: StudyResults) -> list[str]:
                     f"{fmt(s.collapse['aat'])}{fmt_ci(s.collapse_ci95.get('aat'))} | {gap(s)} | "
                     f"{fmt(d.get('difference'))}{fmt_ci(d.get('ci95'))} |"
                 )
-            d = ps.differences.get("content_nll")
-            if d:
-                L.append(f"| content_nll | | | | {fmt(d['difference'])}{fmt_ci(d['ci95'])} |")
+            L += ["", *quality_table(ps, head)]
     if res.mechanism:
         L += ["", "## The mechanism: training x inference", ""]
         L += [

@@ -9,12 +9,45 @@ from anchorlm.report import sft_collapse_not_shown
 from anchorlm.study.results import Bar, StudyResults
 from anchorlm.variants import MECHANISM
 
+DEGENERATE = ("empty_responses", "repetition", "tag_echo", "value_echo")
+
+
+def matched(sft: dict, aat: dict, differences: dict | None = None) -> list[dict]:
+    """The protocol's matched quality, one row a figure measured for both: content NLL within 5% of
+    SFT's (fluency NLL for results without it), style adherence within 2 points, each degenerate
+    rate at most 2 points above SFT's. `on_means` judges the means; with `differences` (AAT minus
+    SFT per prompt, paired, with its CI: the study's prompt sets) `at_95` judges the whole interval
+    (None where no interval was measured)."""
+    rows = []
+    nll = "content_nll" if aat.get("content_nll") is not None else "fluency_nll"
+    rules = [(nll, "within 5%", f"{nll}_within_5_percent"),
+             ("style_adherence", "within 2 points", "style_adherence_within_2_points")]  # fmt: skip
+    rules += [(r, "at most 2 points above", f"{r}_within_2_points") for r in DEGENERATE]
+    for m, rule, check in rules:
+        a, s = aat.get(m), sft.get(m)
+        if a is None or s is None:
+            continue
+        if m == nll:
+            ok, limits = a <= 1.05 * s, (-math.inf, 0.05 * s)
+        elif m == "style_adherence":
+            ok, limits = abs(a - s) <= 0.02, (-0.02, 0.02)
+        else:
+            ok, limits = a <= s + 0.02, (-math.inf, 0.02)
+        ci = ((differences or {}).get(m) or {}).get("ci95")
+        rows.append({
+            "metric": m, "sft": s, "aat": a, "rule": rule, "check": check, "on_means": bool(ok),
+            "difference": ((differences or {}).get(m) or {}).get("difference", a - s), "ci95": ci,
+            "at_95": None if not ci else bool(limits[0] <= ci[0] and ci[1] <= limits[1]),
+        })  # fmt: skip
+    return rows
+
 
 def bar(res: StudyResults) -> Bar:
     """The paper's headline as checks, at the largest size: gap closed >= 0.85 on both metrics with
     a CI that excludes 0, at matched quality (style adherence within 2 points of SFT, content NLL
     within 5% of SFT's (fluency NLL for results without it), each degenerate rate (empty responses,
-    repeated n-grams, tag echo) at most 2 points above SFT's); gap closed growing with size (with more
+    repeated n-grams, tag echo, value echo; where measured) at most 2 points above SFT's, on the
+    means: `matched`); gap closed growing with size (with more
     than one size); and, where forced
     plans were sampled, the post-trained writer following other topics' plans at least 80% as
     often as the annotated model did before post-training."""
@@ -38,14 +71,8 @@ def bar(res: StudyResults) -> Bar:
             checks[f"{m}_gap_closed_grows_with_size"] = bool(
                 all(a is not None and b is not None and b > a for a, b in zip(seq, seq[1:]))
             )
-    checks["style_adherence_within_2_points"] = bool(
-        abs(q["aat"]["style_adherence"] - q["sft"]["style_adherence"]) <= 0.02
-    )
-    nll = "content_nll" if q["aat"].get("content_nll") is not None else "fluency_nll"
-    checks[f"{nll}_within_5_percent"] = bool(q["aat"][nll] <= 1.05 * q["sft"][nll])
-    for rate in ("empty_responses", "repetition", "tag_echo"):  # degenerate output, where measured
-        if q["aat"].get(rate) is not None and q["sft"].get(rate) is not None:
-            checks[f"{rate}_within_2_points"] = bool(q["aat"][rate] <= q["sft"][rate] + 0.02)
+    for row in matched(q["sft"], q["aat"]):
+        checks[row["check"]] = row["on_means"]
     ab = res.ablations.variants
 
     def forced_other(v: str):
