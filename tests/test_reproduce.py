@@ -222,6 +222,28 @@ def test_kept_cells_carry_a_study_to_a_fresh_checkout(study, tmp_path):
         assert again[k] == first[k]
 
 
+def test_kept_samples_are_the_same_bytes_for_the_same_samples(tmp_path):
+    """run.keep_samples gzips with no timestamp: a study run again (a re-score) rewrites its kept
+    samples byte for byte, so git sees no change where no sample changed."""
+    import gzip
+    import time
+    from types import SimpleNamespace as NS
+
+    from anchorlm.study.run import keep_samples
+
+    folder = tmp_path / "run" / "models" / "b-s0" / "aat-0a1b" / "samples"
+    folder.mkdir(parents=True)
+    (folder / "anchored-x.jsonl").write_text('{"response": "r"}\n')
+    (folder / "anchored-x.manifest.json").write_text("{}")
+    cells = NS(out=tmp_path / "run", used={folder / "anchored-x.manifest.json"})
+    kept = tmp_path / "docs" / "models" / "b-s0" / "aat-0a1b" / "samples" / "anchored-x.jsonl.gz"
+    assert keep_samples(cells, tmp_path / "docs") == 1
+    first = kept.read_bytes()
+    time.sleep(1.1)  # gzip's header counts seconds
+    keep_samples(cells, tmp_path / "docs")
+    assert kept.read_bytes() == first and gzip.decompress(first) == b'{"response": "r"}\n'
+
+
 def test_save_keeps_no_unfinished_cell_and_refuses_to_drop_kept_ones(study, tmp_path):
     """A cell killed after writing its file but before the ledger finished it is not kept (the next
     session would refuse it); a save over kept cells from a directory that lacks them is refused."""

@@ -122,8 +122,11 @@ def keep_samples(cells: Cells, to: Path) -> int:
             continue
         dst = to / src.relative_to(cells.out)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb") as fi, gzip.open(dst.with_name(dst.name + ".gz"), "wb", compresslevel=9) as fo:
-            shutil.copyfileobj(fi, fo)
+        with (
+            open(src, "rb") as fi,
+            gzip.GzipFile(dst.with_name(dst.name + ".gz"), "wb", compresslevel=9, mtime=0) as fo,
+        ):
+            shutil.copyfileobj(fi, fo)  # mtime 0: the same samples, the same bytes (no change for git)
         shutil.copyfile(m, dst.with_name(m.name))
         n += 1
     return n
