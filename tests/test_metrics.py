@@ -268,26 +268,3 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
     d = got["aat_on_plain"]["attribute_entropy"]
     assert d["difference"] == pytest.approx(-0.3)
     assert d["ci95"] == pytest.approx([-0.3, -0.3])
-
-
-def test_quality_pairs_count_a_response_as_the_quality_metrics_do():
-    """scripts/quality_pairs.py: one response's style, empty, repetition, tag echo and value echo, by
-    the metrics' own definitions (the SFT style's wrapper; 4-grams; `key:value` syntax)."""
-    from anchorlm.config import SFTDataConfig
-
-    qp = _script("quality_pairs")
-    style = SFTDataConfig()
-
-    def row(text, ann=()):
-        return {
-            "response": f"Certainly! Here is one for you: {text} Hope this helps!",
-            "annotation": list(ann),
-        }
-
-    loop = "the cat sat down the cat sat down"
-    assert qp.rates(row(loop), style) == {"style_adherence": 1.0, "empty_responses": 0.0, "repetition": 1.0,
-                                          "tag_echo": 0.0, "value_echo": 0.0}  # fmt: skip
-    assert qp.rates(row("topic:food is served"), style)["tag_echo"] == 1.0
-    assert qp.rates(row("Food!", ["topic:food"]), style)["value_echo"] == 1.0
-    assert qp.rates(row(""), style)["empty_responses"] == 1.0
-    assert qp.rates({"response": "no wrapper at all", "annotation": []}, style)["style_adherence"] == 0.0
