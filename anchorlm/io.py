@@ -106,6 +106,25 @@ def atomic(path: str | Path, mode: str = "w"):
         tmp.unlink(missing_ok=True)
 
 
+def gzip_copy(src: str | Path, dst: str | Path) -> None:
+    """`src` gzipped to `dst`, atomically, with no timestamp: the same file gives the same bytes
+    (kept samples in git change only where a sample did). The header names the temporary file, as
+    the kept samples of the SmolLM2 study were written."""
+    import gzip
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        with open(src, "rb") as fi, open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fo:
+                shutil.copyfileobj(fi, fo)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
     """Strict JSON (NaN and infinities written as null), atomically."""
     with atomic(path) as fh:

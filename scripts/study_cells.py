@@ -22,13 +22,12 @@ weights are not there). The ledger still refuses cells made by other code unless
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import time
 from pathlib import Path
 
-from anchorlm.io import MARKER
+from anchorlm.io import MARKER, gzip_copy
 from anchorlm.study.config import load_study_config
 
 KEPT = (MARKER, "cells.json", "compute.json", "classifier-*.json", "models/**/*.scores-*.json",
@@ -65,18 +64,6 @@ def _copy(src: Path, dst: Path) -> None:
     tmp.replace(dst)  # atomic: a killed save leaves the old file or the new one, never half of one
 
 
-def _gzip(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with (
-        open(src, "rb") as fi,
-        open(tmp, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as fo,
-    ):
-        shutil.copyfileobj(fi, fo)  # mtime 0: the same samples give the same bytes (no change for git)
-    tmp.replace(dst)
-
-
 def save(out: Path, cells: Path, samples: Path) -> None:
     if (cells / "cells.json").exists():
         kept = set(json.loads((cells / "cells.json").read_text()))
@@ -102,7 +89,7 @@ def save(out: Path, cells: Path, samples: Path) -> None:
         rel = p.relative_to(out)
         if str(rel) not in done:
             continue
-        _gzip(p, samples / rel.with_name(rel.name + ".gz"))
+        gzip_copy(p, samples / rel.with_name(rel.name + ".gz"))
         side = p.with_name(p.stem + ".manifest.json")
         if side.exists():
             _copy(side, samples / rel.with_name(side.name))

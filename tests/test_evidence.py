@@ -86,13 +86,44 @@ def test_matched_quality_on_the_means_and_over_the_interval():
              "style_adherence": {"difference": -0.015, "ci95": [-0.03, 0.0]},
              "empty_responses": {"difference": 0.01, "ci95": [0.0, 0.019]}}  # fmt: skip
     rows = {r["metric"]: r for r in matched(sft, aat, diffs)}
-    assert set(rows) == set(sft)  # repetition and tag echo not measured: no row
     assert rows["content_nll"]["on_means"] and not rows["content_nll"]["at_95"]  # 0.25 > 5% of 4.0
     assert rows["style_adherence"]["on_means"] and not rows["style_adherence"]["at_95"]
     assert rows["empty_responses"]["on_means"] and rows["empty_responses"]["at_95"]
     ve = rows["value_echo"]
     assert not ve["on_means"] and ve["at_95"] is None and ve["difference"] == pytest.approx(0.026)
     assert ve["check"] == "value_echo_within_2_points"
+    # repetition and tag echo not measured (results scored before the rates): neither passed nor judged
+    assert rows["repetition"]["on_means"] is None and rows["tag_echo"]["at_95"] is None
+    # intervals inside the bounds pass
+    inside = {"content_nll": {"difference": 0.1, "ci95": [-0.1, 0.19]},
+              "style_adherence": {"difference": -0.015, "ci95": [-0.019, 0.01]}}  # fmt: skip
+    rows = {r["metric"]: r for r in matched(sft, aat, inside)}
+    assert rows["content_nll"]["at_95"] and rows["style_adherence"]["at_95"]
+    assert not matched(sft, {**aat, "style_adherence": 0.97}, inside)[1]["on_means"]  # 3 points below
+
+
+def test_the_bar_checks_matched_quality_on_the_means_value_echo_included():
+    """The bar's quality checks are `matched` on the means: value echo counts (2.6 points above SFT's
+    0 fails), and a rate the results lack fails its check instead of passing it."""
+    from types import SimpleNamespace as NS
+
+    from anchorlm.metrics.registry import PAPER_METRICS
+    from anchorlm.study.verdict import bar
+
+    def res(aat_q):
+        s = NS(gap_closed=1.0, gap_closed_ci95=[0.5, 1.5], collapse={"sft": 0.4, "aat": 0.0},
+               collapse_ci95={"sft": [0.2, 0.6], "aat": [-0.1, 0.1]})  # fmt: skip
+        q = {"style_adherence": 0.99, "content_nll": 4.0, "empty_responses": 0.0, "repetition": 0.01,
+             "tag_echo": 0.0, "value_echo": 0.0}  # fmt: skip
+        size = NS(non_embedding_params=1, summary={m: s for m in PAPER_METRICS},
+                  variants={"sft": NS(quality=q), "aat": NS(quality={**q, **aat_q})})  # fmt: skip
+        return NS(sizes={"one": size}, headline="aat", ablations=NS(variants={}))
+
+    assert bar(res({})).met
+    echo = bar(res({"value_echo": 0.026}))
+    assert not echo.met and not echo.checks["value_echo_within_2_points"]
+    assert echo.checks["tag_echo_within_2_points"] and echo.checks["content_nll_within_5_percent"]
+    assert not bar(res({"repetition": None})).checks["repetition_within_2_points"]
 
 
 def test_mechanism_rows(evidence):

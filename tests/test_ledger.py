@@ -141,3 +141,24 @@ def test_a_study_that_stops_early_still_records_the_cells_it_ran(tmp_path, monke
         run._run_study(load_study_config("reproduce"), Cells(), "")
     (inv,) = json.loads((tmp_path / run.COMPUTE).read_text())
     assert (inv["ended"], inv["cells_run"], inv["minutes_by_stage"]) == (ended, 2, {"posttrain": 1.5})
+
+
+def test_cells_behind_a_reused_cell_are_named_when_other_code_made_them(tmp_path, monkeypatch):
+    """A score reused without opening what it was made from: the samples behind it, made by other
+    code, are named too (`behind`), if the results read them; cells made by this code, unfinished
+    ones, and ones the results do not read are not."""
+    led = L.Ledger(tmp_path)
+    for rel in ("samples", "other", "score"):
+        led.cell(tmp_path / rel, {"x": rel}, (tmp_path / rel).exists, _make(tmp_path / rel))
+    monkeypatch.setattr(L, "code_identity", lambda: {"anchorlm": "9.9", "package_tree": "f" * 16})
+    led = L.Ledger(tmp_path, reuse_other_code=True)
+    led.entries["unfinished"] = {"identity": {}, "started": "now"}
+    led.cell(tmp_path / "new", {"x": 1}, (tmp_path / "new").exists, _make(tmp_path / "new"))
+    assert (
+        led.cell(tmp_path / "score", {"x": "score"}, (tmp_path / "score").exists, _make(tmp_path / "x"))
+        is False
+    )
+    assert list(led.other_code) == ["score"]
+    led.behind(lambda rel: rel != "other")
+    assert sorted(led.other_code) == ["samples", "score"]
+    assert led.other_code["samples"]["code"] == L.Ledger(tmp_path).entries["samples"]["code"]

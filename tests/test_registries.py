@@ -50,6 +50,31 @@ def test_quality_metrics_skip_what_does_not_apply():
     assert "annotation_wellformed" not in q  # plain rows have no annotation
 
 
+def test_a_rate_is_the_mean_of_its_per_response_values():
+    """Quality rates (registry.RATES) count one 0/1 per response; the variant's figure is their mean.
+    An anchored response that mostly repeats its annotation's values is a value echo; the same
+    words under an annotation that does not name them are not."""
+    from anchorlm.config import SFTDataConfig
+
+    sft = SFTDataConfig()
+    wrap = lambda t: f"{sft.opener} {t} {sft.closer}"  # noqa: E731
+    rows = [
+        {"response": wrap("Food!"), "annotation": ["topic:food"], "annotation_ok": True},
+        {"response": wrap("Food!"), "annotation": ["topic:love"], "annotation_ok": True},
+        {"response": wrap("topic:food, food!"), "annotation": ["topic:food"], "annotation_ok": False},
+        {"response": "no wrapper", "annotation": [], "annotation_ok": True},
+    ]
+    q = R.Quality(rows, [R.strip_style(sft, r["response"]) for r in rows], sft, [], 0)
+    per = {m: R.METRICS[m].per_response(q) for m in R.RATES}
+    assert per["value_echo"] == [1.0, 0.0, 1.0, 0.0]
+    assert per["tag_echo"] == [0.0, 0.0, 1.0, 0.0]
+    assert per["style_adherence"] == [1.0, 1.0, 1.0, 0.0]
+    figures = R.quality(q)
+    for m in R.RATES:
+        assert figures[m] == np.mean(per[m])
+    assert figures["value_echo"] == 0.5 and figures["annotation_wellformed"] == 0.75
+
+
 def test_annotators_come_from_the_registry(tmp_path):
     from anchorlm.annotators import get_annotator
     from anchorlm.annotators.registry import NAMES

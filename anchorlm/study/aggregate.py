@@ -39,7 +39,10 @@ def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
     def mean(part: str) -> dict:
         out = {}
         for k, first in runs[0][part].items():
-            vals = [r[part][k] for r in runs if r[part].get(k) is not None]
+            if any(k not in r[part] for r in runs):  # not measured at every seed (older cells)
+                out[k] = None
+                continue
+            vals = [r[part][k] for r in runs if r[part][k] is not None]
             out[k] = first if isinstance(first, dict) else float(np.mean(vals)) if vals else None
         return out
 
@@ -51,7 +54,9 @@ def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
     ci = None
     if n_boot and all("per_prompt" in r for r in runs):
         ci = {
-            m: hierarchical([r["per_prompt"][m] for r in runs], n_boot, seed) for m in runs[0]["per_prompt"]
+            m: hierarchical([r["per_prompt"][m] for r in runs], n_boot, seed)
+            for m in runs[0]["per_prompt"]
+            if all(m in r["per_prompt"] for r in runs)  # older cells lack the quality rates
         }
         for m in ("content_nll", *RATES):  # the per-prompt quality figures
             if m in ci:

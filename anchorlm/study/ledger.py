@@ -116,3 +116,16 @@ class Ledger:
             self.entries[rel]["commit"] = commit  # which commit made it, for the record
         self._save()
         return True
+
+    def behind(self, read: Callable[[str], bool]) -> None:
+        """Name too the cells made by other code that the results read without visiting them: the
+        samples and models behind a reused score (a score found is not opened further, so `cell`
+        never sees what it was made from). `read(rel)` says whether the results read that cell."""
+        for rel, entry in self.entries.items():
+            if (
+                rel not in self.other_code
+                and "finished" in entry
+                and entry.get("code") != self.code
+                and read(rel)
+            ):
+                self.other_code[rel] = {"code": entry.get("code") or "not recorded"}

@@ -56,11 +56,15 @@ def quality_table(ps: PromptSet, head: str) -> list[str]:
     if not rows:
         return []
     yes = {True: "yes", False: "**no**", None: "–"}
+    rows = [r for r in rows if r["on_means"] is not None] + [r for r in rows if r["on_means"] is None]
     out = [
         "| quality | SFT | AAT | AAT - SFT (95% CI) | matched if AAT is | on the means | at 95% |",
         "|---|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
+        if r["on_means"] is None:
+            out.append(f"| {label(r['metric'])} | not measured | | | {r['rule']} | – | – |")
+            continue
         out.append(
             f"| {label(r['metric'])} | {fmt(r['sft'])} | {fmt(r['aat'])} | {fmt(r['difference'])}"
             f"{fmt_ci(r['ci95'])} | {r['rule']} | {yes[r['on_means']]} | {yes[r['at_95']]} |"
@@ -78,9 +82,10 @@ def sections(res: StudyResults) -> list[str]:
             "seeds, then prompts. Content NLL is the reference LM's per-token NLL of every response without "
             "the SFT style's wrapper. Gap closed of 1 or more is shown as no collapse. Quality: AAT minus "
             "SFT per prompt, paired (the same seed and prompt draws for both); matched as the protocol "
-            "defines it, judged on the means and over the whole interval. Tag echo counts annotation "
-            "syntax (`key:value`) in the response; value echo, responses half or more of whose content "
-            "words are their own annotation's topic and keyword values.",
+            "defines it, judged on the means and over the whole two-sided 95% interval. Tag echo counts "
+            "annotation syntax (`key:value`) in the response; value echo (added after the protocol), "
+            "responses half or more of whose content words are the topic and keyword values of the "
+            "annotation they were written under (SFT has none: 0).",
         ]
         for name, ps in res.prompt_sets.items():
             L += ["", f"### {name} ({ps.n_prompts} prompts)", "", *variants_table(ps.variants, labels), ""]

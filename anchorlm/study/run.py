@@ -6,7 +6,6 @@ registry works in the demo and in every study, and one guard refuses stale cells
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import shutil
 import time
@@ -14,10 +13,11 @@ from pathlib import Path
 
 from anchorlm.config import StagesConfig, to_dict
 from anchorlm.evaluate import evaluate
-from anchorlm.io import lock_dir, write_json
+from anchorlm.io import gzip_copy, lock_dir, write_json
 from anchorlm.logs import log
 from anchorlm.provenance import code_version, describe, machine, versions
 from anchorlm.report import write_report
+from anchorlm.sample import sidecar
 from anchorlm.study.cells import Cells, Job
 from anchorlm.study.config import StudyConfig
 from anchorlm.study.plan import parts
@@ -72,6 +72,8 @@ def _run_study(cfg: StudyConfig, cells: Cells, device_hint: str) -> StudyResults
         },
         "document": "docs/protocol.md",
     }
+    cells.ledger.behind(lambda rel: any(m in cells.used for m in (cells.out / rel / "manifest.json",
+                                                                  sidecar(cells.out / rel))))  # fmt: skip
     res.mechanism = mechanism_rows(res)
     res.bar = bar(res)
     res.compute = Compute(
@@ -121,12 +123,7 @@ def keep_samples(cells: Cells, to: Path) -> int:
         if not src.exists():
             continue
         dst = to / src.relative_to(cells.out)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            open(src, "rb") as fi,
-            gzip.GzipFile(dst.with_name(dst.name + ".gz"), "wb", compresslevel=9, mtime=0) as fo,
-        ):
-            shutil.copyfileobj(fi, fo)  # mtime 0: the same samples, the same bytes (no change for git)
+        gzip_copy(src, dst.with_name(dst.name + ".gz"))  # the same samples, the same bytes
         shutil.copyfile(m, dst.with_name(m.name))
         n += 1
     return n

@@ -13,11 +13,14 @@ DEGENERATE = ("empty_responses", "repetition", "tag_echo", "value_echo")
 
 
 def matched(sft: dict, aat: dict, differences: dict | None = None) -> list[dict]:
-    """The protocol's matched quality, one row a figure measured for both: content NLL within 5% of
-    SFT's (fluency NLL for results without it), style adherence within 2 points, each degenerate
-    rate at most 2 points above SFT's. `on_means` judges the means; with `differences` (AAT minus
-    SFT per prompt, paired, with its CI: the study's prompt sets) `at_95` judges the whole interval
-    (None where no interval was measured)."""
+    """The protocol's matched quality, one row a figure: content NLL within 5% of SFT's (fluency NLL
+    for results without it), style adherence within 2 points, each degenerate rate at most 2 points
+    above SFT's (value echo, which SFT cannot do without an annotation, was added after the
+    protocol: AAT's at most 2%). `on_means` judges the means, None where either was not measured
+    (results scored before the rate existed: the bar then counts the check failed, not passed);
+    with `differences` (AAT minus SFT per prompt, paired, with its two-sided 95% CI: the study's
+    prompt sets) `at_95` asks the whole interval to lie within the bound (each side a 2.5% test;
+    None where no interval was measured)."""
     rows = []
     nll = "content_nll" if aat.get("content_nll") is not None else "fluency_nll"
     rules = [(nll, "within 5%", f"{nll}_within_5_percent"),
@@ -26,6 +29,8 @@ def matched(sft: dict, aat: dict, differences: dict | None = None) -> list[dict]
     for m, rule, check in rules:
         a, s = aat.get(m), sft.get(m)
         if a is None or s is None:
+            rows.append({"metric": m, "sft": s, "aat": a, "rule": rule, "check": check, "on_means": None,
+                         "difference": None, "ci95": None, "at_95": None})  # fmt: skip
             continue
         if m == nll:
             ok, limits = a <= 1.05 * s, (-math.inf, 0.05 * s)
@@ -72,7 +77,7 @@ def bar(res: StudyResults) -> Bar:
                 all(a is not None and b is not None and b > a for a, b in zip(seq, seq[1:]))
             )
     for row in matched(q["sft"], q["aat"]):
-        checks[row["check"]] = row["on_means"]
+        checks[row["check"]] = bool(row["on_means"])  # not measured: not shown to be matched
     ab = res.ablations.variants
 
     def forced_other(v: str):
