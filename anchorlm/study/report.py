@@ -59,6 +59,7 @@ def render(res: StudyResults, device: str, prefix: str = "") -> str:
         f"Token rule: {res.rule['text']}. Seeds: scaling {cfg['seeds']}, ablations {cfg['ablation_seeds']}"
         + (f", entropy study {cfg['entropy_seeds']}" if res.entropy_study else "")
         + (f", frontier {cfg['frontier_seeds']}" if res.frontier else "")
+        + (f", dose-response {res.dose.seeds}" if res.dose else "")
         + ". Run seed k = pretraining, post-training and sampling seed k. CIs: 95% bootstrap over seeds, "
         f"then prompts. The AAT variant judged: `{head}` ({labels.get(head, head)}).",
         "",
