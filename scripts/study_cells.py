@@ -11,7 +11,9 @@ classifier's figures and every manifest of a finished cell into `<docs_dir>/<res
 and gzips every finished samples file (with its manifest) into `<docs_dir>/<results_name>-samples/`
 (where the study itself keeps them); it appends the session to `sessions.json` (when, where, which
 cells, their minutes: a killed study writes no compute.json) and compares every model trained again
-with the manifest kept from its first training (`retrained.json` where they differ). `restore` puts the ledger, scores and samples manifests back into the cell directory;
+with the manifest kept from its first training (`retrained.json` where they differ, and the first
+manifest kept beside the new one as `manifest.first.json`: the samples and post-trainings made
+before came from those weights). `restore` puts the ledger, scores and samples manifests back into the cell directory;
 the study then makes a score again only where it is missing, and the samples and models it needs for
 that (cells.Cells makes inputs only for a cell it makes). Models are never kept: a model whose
 samples are all scored is not needed again, and one that is gets retrained from its seed. Model
@@ -30,6 +32,7 @@ from pathlib import Path
 from anchorlm.io import MARKER, gzip_copy
 from anchorlm.study.config import load_study_config
 
+FIRST = "manifest.first.json"  # a model retrained differently: its first training's manifest, kept beside
 KEPT = (MARKER, "cells.json", "compute.json", "classifier-*.json", "models/**/*.scores-*.json",
         "models/**/*.forced-*.json", "models/**/*.manifest.json", "models/**/manifest.json")  # fmt: skip
 
@@ -75,6 +78,7 @@ def save(out: Path, cells: Path, samples: Path) -> None:
             )
     done = _finished(out)
     retrained = _compare_models(out, cells)
+    retrained_models = {r["model"] for r in retrained}
     n = skipped = 0
     for p in _kept(out):
         rel = p.relative_to(out)
@@ -82,6 +86,9 @@ def save(out: Path, cells: Path, samples: Path) -> None:
             skipped += 1
             continue
         if p.name != "cells.json":
+            first = (cells / rel).with_name(FIRST)
+            if p.name == "manifest.json" and str(rel.parent) in retrained_models and not first.exists():
+                _copy(cells / rel, first)  # the weights its first samples and post-trainings came from
             _copy(p, cells / rel)
             n += 1
     k = 0

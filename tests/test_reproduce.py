@@ -244,6 +244,41 @@ def test_kept_samples_are_the_same_bytes_for_the_same_samples(tmp_path):
     assert kept.read_bytes() == first and gzip.decompress(first) == b'{"response": "r"}\n'
 
 
+def test_save_keeps_the_first_manifest_of_a_model_retrained_differently(tmp_path):
+    """A model retrained on another machine (its weights are never kept) that ends with another loss:
+    `save` keeps its new manifest and, beside it, the first one (what the cells made before came
+    from), once; `retrained.json` records both."""
+    script = [sys.executable, str(ROOT / "scripts" / "study_cells.py")]
+    model = "models/b-s1/plain-0a1b2c3d"
+    out, docs = tmp_path / "run", tmp_path / "docs"
+    for d, loss in ((out, 2.6797), (docs / "results-cells", 2.6804)):
+        (d / model).mkdir(parents=True)
+        (d / model / "manifest.json").write_text(
+            json.dumps({"counts": {"final_loss": loss, "precision": "bf16"}})
+        )
+        (d / "cells.json").write_text(
+            json.dumps(
+                {model: {"identity": {}, "started": "2026-12-06T10:21:47", "finished": "2026-12-06T10:26:19"}}
+            )
+        )
+    cfg = [
+        "--config",
+        str(ASSETS / "reproduce-tiny.yaml"),
+        "--set",
+        f"docs_dir={docs}",
+        "--set",
+        f"out_dir={out}",
+    ]
+    for _ in range(2):  # the second save finds the new manifest kept: nothing retrained, the first one stays
+        proc = subprocess.run(script + ["save", *cfg], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = docs / "results-cells" / model
+    assert json.loads((kept / "manifest.json").read_text())["counts"]["final_loss"] == 2.6797
+    assert json.loads((kept / "manifest.first.json").read_text())["counts"]["final_loss"] == 2.6804
+    (row,) = json.loads((docs / "results-cells" / "retrained.json").read_text())
+    assert row["model"] == model and row["kept"]["final_loss"] == 2.6804
+
+
 def test_save_keeps_no_unfinished_cell_and_refuses_to_drop_kept_ones(study, tmp_path):
     """A cell killed after writing its file but before the ledger finished it is not kept (the next
     session would refuse it); a save over kept cells from a directory that lacks them is refused."""
