@@ -53,8 +53,6 @@ def quality_table(ps: PromptSet, head: str) -> list[str]:
     """The protocol's matched quality on one prompt set: each figure's AAT minus SFT, paired over
     seeds and prompts, judged on the means and over its whole 95% interval (study.verdict.matched)."""
     rows = matched(ps.variants["sft"].quality, ps.variants[head].quality, ps.differences)
-    if not rows:
-        return []
     yes = {True: "yes", False: "**no**", None: "–"}
     rows = [r for r in rows if r["on_means"] is not None] + [r for r in rows if r["on_means"] is None]
     out = [

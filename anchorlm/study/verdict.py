@@ -38,10 +38,11 @@ def matched(sft: dict, aat: dict, differences: dict | None = None) -> list[dict]
             ok, limits = abs(a - s) <= 0.02, (-0.02, 0.02)
         else:
             ok, limits = a <= s + 0.02, (-math.inf, 0.02)
-        ci = ((differences or {}).get(m) or {}).get("ci95")
+        d = (differences or {}).get(m) or {}
+        ci = d.get("ci95")
         rows.append({
             "metric": m, "sft": s, "aat": a, "rule": rule, "check": check, "on_means": bool(ok),
-            "difference": ((differences or {}).get(m) or {}).get("difference", a - s), "ci95": ci,
+            "difference": d.get("difference", a - s), "ci95": ci,
             "at_95": None if not ci else bool(limits[0] <= ci[0] and ci[1] <= limits[1]),
         })  # fmt: skip
     return rows
