@@ -47,3 +47,24 @@ def test_overrides_and_unknown_keys():
         load_config(None, ["posttrain.method=dpo"])
     with pytest.raises(ValueError, match="divisible by num_heads"):
         load_config(None, ["pretrain.model.hidden_size=30"])
+
+
+def test_a_recipe_extends_another_and_lays_its_keys_over_it(tmp_path):
+    """`extends`: the named recipe's mapping with this one's keys laid over it (mappings merge,
+    lists and values replace); a file beside the recipe is found by its name; a loop is refused."""
+    from anchorlm.config.base import read_recipe
+    from anchorlm.study.config import load_study_config
+
+    cross = load_study_config("reproduce-smollm2-cross")
+    study = load_study_config("reproduce-smollm2")
+    assert cross.base == study.base and cross.seeds == study.seeds  # the same cells
+    assert cross.out_dir != study.out_dir and "aat_unmasked_no_annotation" in cross.ablations
+    (tmp_path / "a.yaml").write_text("base: {sample: {top_p: 0.9, seeds: [1, 2]}}\nseeds: [0]\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nbase: {sample: {seeds: [3]}}\n")
+    assert read_recipe(tmp_path / "b.yaml") == {"base": {"sample": {"top_p": 0.9, "seeds": [3]}}, "seeds": [0]}
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ValueError, match="comes back to itself"):
+        read_recipe(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("extends: [a, b]\n")
+    with pytest.raises(ValueError, match="extends must name one recipe"):
+        read_recipe(tmp_path / "c.yaml")

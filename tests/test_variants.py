@@ -47,3 +47,15 @@ def test_recipe_entries_start_like_another_and_add_to_it():
 def test_bad_recipe_entries_are_named(entry, named):
     with pytest.raises(ValueError, match=named.replace("[", r"\[").replace("(", r"\(")):
         custom([entry])
+
+
+def test_the_mechanism_cross_samples_each_training_without_its_plan():
+    """Each training of the mechanism has a no-plan twin that samples the same model plain, and the
+    mechanism table names both (training x inference)."""
+    from anchorlm.variants import MECHANISM
+
+    for t in ("aat", "aat_mask_all", "aat_unmasked", "aat_constant", "aat_on_plain"):
+        twin = REGISTRY[f"{t}_no_annotation"]
+        assert twin.model == t and not twin.anchored and REGISTRY[t].anchored
+        assert twin.data == REGISTRY[t].data and twin.posttrain == REGISTRY[t].posttrain
+        assert MECHANISM[twin.name][1] == "no plan" and MECHANISM[t][1] == "own plan"

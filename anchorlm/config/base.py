@@ -237,19 +237,43 @@ def set_path(data: dict, dotted: str, value: Any) -> None:
     data[keys[-1]] = value
 
 
+def merged(under: dict, over: dict) -> dict:
+    """`over` laid on `under`: mappings merge key by key, anything else (a list, a value) replaces."""
+    out = dict(under)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_recipe(name: str | Path, seen: tuple = ()) -> dict:
+    """A recipe's mapping; with `extends: <recipe>` at its top, that recipe's mapping (read the same
+    way) with this one's keys laid over it (mappings merge, lists and values replace)."""
+    path = recipe(name)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text (UTF-8) YAML file ({e.reason} at byte {e.start})") from None
+    data = parse_yaml(text, str(path)) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections")
+    if "extends" not in data:
+        return data
+    parent = data.pop("extends")
+    if not isinstance(parent, str) or not parent:
+        raise ValueError(f"{path}: extends must name one recipe (a file or a shipped name), not {parent!r}")
+    key = Path(path).resolve()
+    if key in seen:
+        raise ValueError(f"{path}: extends {parent!r} comes back to itself")
+    beside = Path(path).parent / parent  # a file named beside this one, else as `recipe` finds it
+    return merged(read_recipe(beside if beside.is_file() else parent, (*seen, key)), data)
+
+
 def load_recipe(path: str | Path | None, overrides: list[str], cls):
     """A YAML recipe (or the defaults) read into section `cls`, with ``section.field=value``
     overrides applied."""
-    data: dict = {}
+    data: dict = read_recipe(path) if path else {}
     if path:
         path = recipe(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not a text (UTF-8) YAML file ({e.reason} at byte {e.start})") from None
-        data = parse_yaml(text, str(path)) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of sections")
     for o in overrides:
         k, eq, v = o.partition("=")
         if not eq or not k.strip():
