@@ -1,12 +1,14 @@
 """The mechanism's variants against AAT, paired: a post-hoc count over a study's kept score cells.
 
     .venv/bin/python scripts/mechanism_pairs.py docs/results-smollm2-cells [--config reproduce-smollm2] [--set instructions]
+    .venv/bin/python scripts/mechanism_pairs.py docs/results-smollm2-cross-cells --twins   # the cross
 
 The study's report gives each mechanism variant's figures and its gap closed, but no interval for
 the difference between two of them (is AAT sampled without its plan as diverse as with it?). Here
 each variant's per-prompt figures minus AAT's own-plan ones, on the same seeds and prompts, with
 the study's own paired bootstrap (`anchorlm.study.aggregate.paired_difference`: seeds resampled,
-then prompts, the same draws for both; the study config's bootstrap count and seed).
+then prompts, the same draws for both; the study config's bootstrap count and seed). With `--twins`, each training's no-plan samples
+minus its own-plan ones (`<t>_no_annotation` minus `<t>`, the same model): the mechanism's cross.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from topic_shares import variant_of  # scripts/: how a score cell names its vari
 from anchorlm.study.aggregate import paired_difference
 from anchorlm.study.config import load_study_config
 
-METRICS = ("attribute_entropy", "embedding_distance", "vendi", "content_nll")
+METRICS = ("attribute_entropy", "embedding_distance", "vendi", "content_nll", "style_adherence")
 
 
 def score_runs(folder: Path, pset: str) -> dict[str, dict[int, dict]]:
@@ -51,19 +53,39 @@ def pairs(runs: dict[str, dict[int, dict]], against: str, n_boot: int, seed: int
     return out
 
 
+def twins(runs: dict[str, dict[int, dict]], n_boot: int, seed: int) -> dict[str, dict]:
+    """Each `<t>_no_annotation` minus `<t>` (the same model sampled without and with its plan), on
+    the seeds both have: {twin: {metric: {difference, ci95}}}."""
+    out = {}
+    for v in sorted(runs):
+        name, _, epochs = v.partition(" (")
+        if not name.endswith("_no_annotation"):
+            continue
+        own = name.removesuffix("_no_annotation") + (f" ({epochs}" if epochs else "")
+        if own in runs:
+            out.update(pairs({v: runs[v], own: runs[own]}, own, n_boot, seed))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path, help="a study's kept cells (or its runs/ cell folder)")
     ap.add_argument("--config", default="reproduce-smollm2", help="the study config (bootstrap count, seed)")
     ap.add_argument("--set", default="instructions", help="the prompt set (as in the samples' file names)")
     ap.add_argument("--against", help="the variant the others are compared with (default: AAT's own plan)")
+    ap.add_argument("--twins", action="store_true", help="each training without its plan minus with it")
     args = ap.parse_args()
     ev = load_study_config(args.config).base.evaluate
     runs = score_runs(args.folder, args.set)
-    against = args.against or next(v for v in runs if v.split(" (")[0] == "aat" and "3 epochs" in v)
-    found = pairs(runs, against, ev.bootstrap, ev.seed)
-    print(f"Each variant minus {against} ({args.set}; seeds {sorted(runs[against])}; 95% CIs over seeds, then "
-          f"prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
+    if args.twins:
+        found = twins(runs, ev.bootstrap, ev.seed)
+        print(f"Each training sampled without its plan minus with it ({args.set}; 95% CIs over seeds, then "
+              f"prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
+    else:
+        against = args.against or next(v for v in runs if v.split(" (")[0] == "aat" and "3 epochs" in v)
+        found = pairs(runs, against, ev.bootstrap, ev.seed)
+        print(f"Each variant minus {against} ({args.set}; seeds {sorted(runs[against])}; 95% CIs over seeds, "
+              f"then prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
     print("| variant | " + " | ".join(METRICS) + " |")
     print("|---|" + "---:|" * len(METRICS))
     for v, d in found.items():

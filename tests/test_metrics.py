@@ -268,3 +268,21 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
     d = got["aat_on_plain"]["attribute_entropy"]
     assert d["difference"] == pytest.approx(-0.3)
     assert d["ci95"] == pytest.approx([-0.3, -0.3])
+
+
+def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
+    """scripts/mechanism_pairs.py --twins: `<t>_no_annotation` minus `<t>` at the same epochs, and
+    nothing for a variant without a twin or a twin without its training."""
+    mp = _script("mechanism_pairs")
+    rng = np.random.default_rng(1)
+
+    def runs(shift=0.0):
+        return {s: {"per_prompt": {"attribute_entropy": list(rng.normal(1.5, 0.2, 6) + shift)}} for s in (0, 1)}
+
+    own = runs()
+    twin = {s: {"per_prompt": {"attribute_entropy": [x + 0.2 for x in r["per_prompt"]["attribute_entropy"]]}}
+            for s, r in own.items()}  # fmt: skip
+    got = mp.twins({"aat_unmasked (3 epochs)": own, "aat_unmasked_no_annotation (3 epochs)": twin,
+                    "aat_constant_no_annotation (3 epochs)": runs(), "sft (3 epochs)": runs()}, 200, 0)  # fmt: skip
+    assert set(got) == {"aat_unmasked_no_annotation (3 epochs)"}
+    assert got["aat_unmasked_no_annotation (3 epochs)"]["attribute_entropy"]["difference"] == pytest.approx(0.2)
