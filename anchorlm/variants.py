@@ -128,11 +128,13 @@ REGISTRY = {
     )
 }
 for _t in ("aat_mask_all", "aat_unmasked", "aat_constant", "aat_on_plain"):  # the mechanism's cross: each
-    _v = dataclasses.replace(  # training sampled without its plan too, as aat_no_annotation samples aat
-        REGISTRY[_t], name=f"{_t}_no_annotation", label=f"{_t} sampled without its annotation", anchored=False,
-        model=_t,
-    )  # fmt: skip
-    REGISTRY[_v.name] = _v
+    for _v in (  # training sampled as aat's model is: without its plan, and with the SFT data's plans
+        dataclasses.replace(REGISTRY[_t], name=f"{_t}_no_annotation", label=f"{_t} sampled without its annotation",
+                            anchored=False, model=_t),
+        dataclasses.replace(REGISTRY[_t], name=f"{_t}_sft_plans", label=f"{_t} sampled with the SFT data's plans",
+                            sample={"anchors": "given"}, model=_t),
+    ):  # fmt: skip
+        REGISTRY[_v.name] = _v
 # what the mechanism table says of each variant: (training, inference)
 MECHANISM = {
     "sft": ("SFT on the plain continuation", "no plan"),
@@ -141,12 +143,16 @@ MECHANISM = {
     "aat_sft_plans": ("anchored SFT, annotation values masked", "plans drawn from the SFT data"),
     "aat_mask_all": ("anchored SFT, whole annotation masked (the paper's default)", "own plan"),
     "aat_mask_all_no_annotation": ("anchored SFT, whole annotation masked", "no plan"),
+    "aat_mask_all_sft_plans": ("anchored SFT, whole annotation masked", "plans drawn from the SFT data"),
     "aat_unmasked": ("anchored SFT, annotation in the loss", "own plan"),
     "aat_unmasked_no_annotation": ("anchored SFT, annotation in the loss", "no plan"),
+    "aat_unmasked_sft_plans": ("anchored SFT, annotation in the loss", "plans drawn from the SFT data"),
     "aat_constant": ("anchored SFT, one constant content-free annotation", "own plan"),
     "aat_constant_no_annotation": ("anchored SFT, one constant content-free annotation", "no plan"),
+    "aat_constant_sft_plans": ("anchored SFT, one constant content-free annotation", "plans drawn from the SFT data"),
     "aat_on_plain": ("anchored SFT on the plain continuation (values masked)", "own plan"),
     "aat_on_plain_no_annotation": ("anchored SFT on the plain continuation", "no plan"),
+    "aat_on_plain_sft_plans": ("anchored SFT on the plain continuation", "plans drawn from the SFT data"),
     "annotated": ("annotated continuation, no post-training", "own plan"),
     "base": ("plain continuation, no post-training", "no plan"),
 }

@@ -7,8 +7,9 @@ The study's report gives each mechanism variant's figures and its gap closed, bu
 the difference between two of them (is AAT sampled without its plan as diverse as with it?). Here
 each variant's per-prompt figures minus AAT's own-plan ones, on the same seeds and prompts, with
 the study's own paired bootstrap (`anchorlm.study.aggregate.paired_difference`: seeds resampled,
-then prompts, the same draws for both; the study config's bootstrap count and seed). With `--twins`, each training's no-plan samples
-minus its own-plan ones (`<t>_no_annotation` minus `<t>`, the same model): the mechanism's cross.
+then prompts, the same draws for both; the study config's bootstrap count and seed). With `--twins`, each training's samples without a
+plan and with the SFT data's plans minus its own-plan ones (`<t>_no_annotation`, `<t>_sft_plans`
+minus `<t>`, the same model): the mechanism's cross.
 """
 
 from __future__ import annotations
@@ -53,15 +54,20 @@ def pairs(runs: dict[str, dict[int, dict]], against: str, n_boot: int, seed: int
     return out
 
 
+MODES = ("_no_annotation", "_sft_plans")  # a training's other inference modes, as its variants name them
+
+
 def twins(runs: dict[str, dict[int, dict]], n_boot: int, seed: int) -> dict[str, dict]:
-    """Each `<t>_no_annotation` minus `<t>` (the same model sampled without and with its plan), on
-    the seeds both have: {twin: {metric: {difference, ci95}}}."""
+    """Each `<t>_no_annotation` and `<t>_sft_plans` minus `<t>` (the same model sampled without a
+    plan, or with the SFT data's, against its own), on the seeds both have: {twin: {metric:
+    {difference, ci95}}}."""
     out = {}
     for v in sorted(runs):
         name, _, epochs = v.partition(" (")
-        if not name.endswith("_no_annotation"):
+        mode = next((m for m in MODES if name.endswith(m)), None)
+        if mode is None:
             continue
-        own = name.removesuffix("_no_annotation") + (f" ({epochs}" if epochs else "")
+        own = name.removesuffix(mode) + (f" ({epochs}" if epochs else "")
         if own in runs:
             out.update(pairs({v: runs[v], own: runs[own]}, own, n_boot, seed))
     return out
@@ -73,13 +79,13 @@ def main() -> None:
     ap.add_argument("--config", default="reproduce-smollm2", help="the study config (bootstrap count, seed)")
     ap.add_argument("--set", default="instructions", help="the prompt set (as in the samples' file names)")
     ap.add_argument("--against", help="the variant the others are compared with (default: AAT's own plan)")
-    ap.add_argument("--twins", action="store_true", help="each training without its plan minus with it")
+    ap.add_argument("--twins", action="store_true", help="each training's other inference modes minus its own plan")
     args = ap.parse_args()
     ev = load_study_config(args.config).base.evaluate
     runs = score_runs(args.folder, args.set)
     if args.twins:
         found = twins(runs, ev.bootstrap, ev.seed)
-        print(f"Each training sampled without its plan minus with it ({args.set}; 95% CIs over seeds, then "
+        print(f"Each training sampled without a plan or with the SFT data's, minus its own ({args.set}; 95% CIs over seeds, then "
               f"prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
     else:
         against = args.against or next(v for v in runs if v.split(" (")[0] == "aat" and "3 epochs" in v)

@@ -271,7 +271,7 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
 
 
 def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
-    """scripts/mechanism_pairs.py --twins: `<t>_no_annotation` minus `<t>` at the same epochs, and
+    """scripts/mechanism_pairs.py --twins: `<t>_no_annotation` (and `_sft_plans`) minus `<t>` at the same epochs, and
     nothing for a variant without a twin or a twin without its training."""
     mp = _script("mechanism_pairs")
     rng = np.random.default_rng(1)
@@ -283,6 +283,7 @@ def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
     twin = {s: {"per_prompt": {"attribute_entropy": [x + 0.2 for x in r["per_prompt"]["attribute_entropy"]]}}
             for s, r in own.items()}  # fmt: skip
     got = mp.twins({"aat_unmasked (3 epochs)": own, "aat_unmasked_no_annotation (3 epochs)": twin,
-                    "aat_constant_no_annotation (3 epochs)": runs(), "sft (3 epochs)": runs()}, 200, 0)  # fmt: skip
-    assert set(got) == {"aat_unmasked_no_annotation (3 epochs)"}
+                    "aat_unmasked_sft_plans (3 epochs)": runs(), "aat_constant_no_annotation (3 epochs)": runs(),
+                    "sft (3 epochs)": runs()}, 200, 0)  # fmt: skip
+    assert set(got) == {"aat_unmasked_no_annotation (3 epochs)", "aat_unmasked_sft_plans (3 epochs)"}
     assert got["aat_unmasked_no_annotation (3 epochs)"]["attribute_entropy"]["difference"] == pytest.approx(0.2)

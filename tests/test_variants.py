@@ -50,8 +50,8 @@ def test_bad_recipe_entries_are_named(entry, named):
 
 
 def test_the_mechanism_cross_samples_each_training_without_its_plan():
-    """Each training of the mechanism has a no-plan twin that samples the same model plain, and the
-    mechanism table names both (training x inference)."""
+    """Each training of the mechanism has a no-plan twin that samples the same model plain and one
+    given the SFT data's plans, and the mechanism table names them (training x inference)."""
     from anchorlm.variants import MECHANISM
 
     for t in ("aat", "aat_mask_all", "aat_unmasked", "aat_constant", "aat_on_plain"):
@@ -59,3 +59,6 @@ def test_the_mechanism_cross_samples_each_training_without_its_plan():
         assert twin.model == t and not twin.anchored and REGISTRY[t].anchored
         assert twin.data == REGISTRY[t].data and twin.posttrain == REGISTRY[t].posttrain
         assert MECHANISM[twin.name][1] == "no plan" and MECHANISM[t][1] == "own plan"
+        given = REGISTRY[f"{t}_sft_plans"]
+        assert given.model == t and given.anchored and given.sample == {"anchors": "given"}
+        assert given.posttrain == REGISTRY[t].posttrain and MECHANISM[given.name][1].startswith("plans drawn")
