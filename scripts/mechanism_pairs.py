@@ -9,7 +9,7 @@ each variant's per-prompt figures minus AAT's own-plan ones, on the same seeds a
 the study's own paired bootstrap (`anchorlm.study.aggregate.paired_difference`: seeds resampled,
 then prompts, the same draws for both; the study config's bootstrap count and seed). With `--twins`, each training's samples without a
 plan and with the SFT data's plans minus its own-plan ones (`<t>_no_annotation`, `<t>_sft_plans`
-minus `<t>`, the same model): the mechanism's cross.
+minus `<t>`, the same model, on the same seeds): the mechanism's cross.
 """
 
 from __future__ import annotations
@@ -57,20 +57,24 @@ def pairs(runs: dict[str, dict[int, dict]], against: str, n_boot: int, seed: int
 MODES = ("_no_annotation", "_sft_plans")  # a training's other inference modes, as its variants name them
 
 
-def twins(runs: dict[str, dict[int, dict]], n_boot: int, seed: int) -> dict[str, dict]:
+def twins(runs: dict[str, dict[int, dict]], n_boot: int, seed: int) -> tuple[dict[str, dict], list[str]]:
     """Each `<t>_no_annotation` and `<t>_sft_plans` minus `<t>` (the same model sampled without a
-    plan, or with the SFT data's, against its own), on the seeds both have: {twin: {metric:
-    {difference, ci95}}}."""
-    out = {}
+    plan, or with the SFT data's, against its own), where both have the same seeds: ({twin: {metric:
+    {difference, ci95}}}, the twins left out and why)."""
+    out, skipped = {}, []
     for v in sorted(runs):
         name, _, epochs = v.partition(" (")
         mode = next((m for m in MODES if name.endswith(m)), None)
         if mode is None:
             continue
         own = name.removesuffix(mode) + (f" ({epochs}" if epochs else "")
-        if own in runs:
+        if own not in runs:
+            skipped.append(f"{v}: no {own} to compare with")
+        elif sorted(runs[v]) != sorted(runs[own]):
+            skipped.append(f"{v}: seeds {sorted(runs[v])}, {own} seeds {sorted(runs[own])}")
+        else:
             out.update(pairs({v: runs[v], own: runs[own]}, own, n_boot, seed))
-    return out
+    return out, skipped
 
 
 def main() -> None:
@@ -83,8 +87,9 @@ def main() -> None:
     args = ap.parse_args()
     ev = load_study_config(args.config).base.evaluate
     runs = score_runs(args.folder, args.set)
+    skipped: list[str] = []
     if args.twins:
-        found = twins(runs, ev.bootstrap, ev.seed)
+        found, skipped = twins(runs, ev.bootstrap, ev.seed)
         print(f"Each training sampled without a plan or with the SFT data's, minus its own ({args.set}; 95% CIs over seeds, then "
               f"prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
     else:
@@ -98,6 +103,8 @@ def main() -> None:
         cells = [f"{d[m]['difference']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]" if m in d else "–"
                  for m in METRICS]  # fmt: skip
         print(f"| {v} | " + " | ".join(cells) + " |")
+    for why in skipped:
+        print(f"left out: {why}")
 
 
 if __name__ == "__main__":

@@ -271,8 +271,8 @@ def test_mechanism_pairs_are_each_variant_minus_the_reference_paired():
 
 
 def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
-    """scripts/mechanism_pairs.py --twins: `<t>_no_annotation` (and `_sft_plans`) minus `<t>` at the same epochs, and
-    nothing for a variant without a twin or a twin without its training."""
+    """scripts/mechanism_pairs.py --twins: `<t>_no_annotation` (and `_sft_plans`) minus `<t>` at the
+    same epochs; a twin without its training, or with other seeds, is named as left out."""
     mp = _script("mechanism_pairs")
     rng = np.random.default_rng(1)
 
@@ -282,8 +282,11 @@ def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
     own = runs()
     twin = {s: {"per_prompt": {"attribute_entropy": [x + 0.2 for x in r["per_prompt"]["attribute_entropy"]]}}
             for s, r in own.items()}  # fmt: skip
-    got = mp.twins({"aat_unmasked (3 epochs)": own, "aat_unmasked_no_annotation (3 epochs)": twin,
-                    "aat_unmasked_sft_plans (3 epochs)": runs(), "aat_constant_no_annotation (3 epochs)": runs(),
-                    "sft (3 epochs)": runs()}, 200, 0)  # fmt: skip
+    got, skipped = mp.twins({"aat_unmasked (3 epochs)": own, "aat_unmasked_no_annotation (3 epochs)": twin,
+                             "aat_unmasked_sft_plans (3 epochs)": runs(), "aat_constant_no_annotation (3 epochs)": runs(),
+                             "aat_mask_all (3 epochs)": runs(), "aat_mask_all_sft_plans (3 epochs)": {0: own[0]},
+                             "sft (3 epochs)": runs()}, 200, 0)  # fmt: skip
     assert set(got) == {"aat_unmasked_no_annotation (3 epochs)", "aat_unmasked_sft_plans (3 epochs)"}
+    assert [x.split(":")[0] for x in skipped] == ["aat_constant_no_annotation (3 epochs)",
+                                                 "aat_mask_all_sft_plans (3 epochs)"]  # fmt: skip
     assert got["aat_unmasked_no_annotation (3 epochs)"]["attribute_entropy"]["difference"] == pytest.approx(0.2)
