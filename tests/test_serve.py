@@ -4,7 +4,8 @@ threads at once, and by `anchorlm noveltybench`; the decode loop itself in-proce
 
 import json
 import os
-import socket
+import queue
+import re
 import subprocess
 import sys
 import threading
@@ -20,44 +21,57 @@ from anchorlm.io import read_jsonl
 openai = pytest.importorskip("openai", reason="the openai client comes with the `serve` extra")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, model, *extra, start_timeout=120):
-        for _ in range(3):  # a port found free can be taken before the server binds it (the other worker)
-            if self._start(model, extra, start_timeout):
-                return
-        raise RuntimeError("no free port held long enough to start the server")
+    """`anchorlm serve` on a port it picks itself (--port 0) and names in its first line: no port
+    found free here can be taken by another test worker's server before this one binds it."""
 
-    def _start(self, model, extra, start_timeout) -> bool:
-        """Start the server on a free port; False where the port was taken meanwhile."""
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+    def __init__(self, model, *extra, start_timeout=120):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "anchorlm.cli", "serve", "--model", str(model), "--port", str(self.port),
-             "--name", "m", *extra],
+            [sys.executable, "-m", "anchorlm.cli", "serve", "--model", str(model), "--port", "0", "--name", "m",
+             *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )  # fmt: skip
+        self._lines: queue.Queue = queue.Queue()  # the server's output, read as it comes (the pipe never fills)
+        self._reader = threading.Thread(target=lambda: [self._lines.put(x) for x in self.proc.stdout], daemon=True)
+        self._reader.start()
+        self._seen: list[str] = []
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                out = self.proc.stdout.read()
-                if "address already in use" in out.lower():
-                    return False
-                raise RuntimeError(out)
+            try:
+                line = self._lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    self._fail("the server exited before it started")
+                continue
+            self._seen.append(line)
+            found = re.match(r"anchorlm serve: m on (http://127\.0\.0\.1:(\d+)/v1)", line)
+            if found:
+                self.url, self.port = found.group(1), int(found.group(2))
+                break
+        else:
+            self._fail("the server did not start")
+        while time.monotonic() < deadline:  # its port is bound: it answers once uvicorn listens
             try:
                 urllib.request.urlopen(self.url + "/models", timeout=2)
-                return True
+                return
             except urllib.error.HTTPError:
-                return True  # it answers (401 with a key)
+                return  # it answers (401 with a key)
             except OSError:
+                if self.proc.poll() is not None:
+                    self._fail("the server exited before it answered")
                 time.sleep(0.3)
-        raise RuntimeError("the server did not start")
+        self._fail("the server did not answer")
+
+    def _fail(self, why: str):
+        """Stop the server and raise with everything it printed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=5)
+        while not self._lines.empty():
+            self._seen.append(self._lines.get())
+        raise RuntimeError(f"{why}:\n" + "".join(self._seen))
 
     def client(self, key="none"):
         return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=120)

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -50,6 +51,7 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
     by vLLM's engine (`backend` 'vllm', with engine arguments `vllm_args` as KEY=VALUE)."""
     import uvicorn
 
+    sock = bind(host, port)
     name = name or Path(str(model_spec)).name.removesuffix(".gguf")
     how = backend
     if backend == "vllm":
@@ -82,8 +84,29 @@ def serve(model_spec: str, host: str = "127.0.0.1", port: int = 8000, api_key: s
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         app = create_app(model, tok, name, api_key, max_batch, max_queue)
-    print(f"anchorlm serve: {name} on http://{host}:{port}/v1 ({how})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    bound = sock.getsockname()[1]
+    print(f"anchorlm serve: {name} on http://{host}:{bound}/v1 ({how})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    try:  # as uvicorn.run runs it, on the socket bound above
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down (and re-raises the signal)
+        pass
+    if not server.started:
+        raise RuntimeError(f"the server on {host}:{bound} did not start (its error is above)")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a port in use is said at once, and the line
+    printed at start names the port held (`port` 0: any free one). Not inherited by child processes
+    (vLLM's engine), as every socket Python makes."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def off_main_thread(fn):
