@@ -230,6 +230,9 @@ def test_5_ctrl_c_says_interrupted_without_a_traceback(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "anchorlm.cli", "annotate", "--corpus", corpus, "--out", str(tmp_path / "o")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as a terminal starts it: a suite run in the background (nohup, `cmd &`) ignores SIGINT, and
+        # a child would inherit that, so Python would install no Ctrl-C handler in it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "o").exists() and time.monotonic() < deadline:

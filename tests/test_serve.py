@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -549,11 +550,17 @@ def test_ctrl_c_while_the_model_loads_is_raised_at_once():
         started.wait(10)
         _thread.interrupt_main()  # SIGINT's handler, as a key press runs it
 
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        app.off_main_thread(slow_load)
-    waited = time.monotonic() - t0
+    # Python's own Ctrl-C handler, as in a terminal (a suite run in the background ignores SIGINT,
+    # and interrupt_main then does nothing)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            app.off_main_thread(slow_load)
+        waited = time.monotonic() - t0
+    finally:
+        signal.signal(signal.SIGINT, before)
     loaders = [t for t in threading.enumerate() if t.name == "anchorlm-load"]
     release.set()
     assert waited < 30 and loaders and all(t.daemon for t in loaders)  # not the 60 s of the load
