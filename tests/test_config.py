@@ -62,6 +62,11 @@ def test_a_recipe_extends_another_and_lays_its_keys_over_it(tmp_path):
     (tmp_path / "a.yaml").write_text("base: {sample: {top_p: 0.9, seeds: [1, 2]}}\nseeds: [0]\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\nbase: {sample: {seeds: [3]}}\n")
     assert read_recipe(tmp_path / "b.yaml") == {"base": {"sample": {"top_p": 0.9, "seeds": [3]}}, "seeds": [0]}
+    (tmp_path / "d.yaml").write_text("extends: a\nseeds: [5]\n")  # the name without .yaml, beside it
+    assert read_recipe(tmp_path / "d.yaml")["seeds"] == [5] and "base" in read_recipe(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("extends: no-such-recipe\n")
+    with pytest.raises(FileNotFoundError, match="e.yaml: extends 'no-such-recipe'"):
+        read_recipe(tmp_path / "e.yaml")
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     with pytest.raises(ValueError, match="comes back to itself"):
         read_recipe(tmp_path / "b.yaml")

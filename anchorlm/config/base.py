@@ -264,8 +264,13 @@ def read_recipe(name: str | Path, seen: tuple = ()) -> dict:
     key = Path(path).resolve()
     if key in seen:
         raise ValueError(f"{path}: extends {parent!r} comes back to itself")
-    beside = Path(path).parent / parent  # a file named beside this one, else as `recipe` finds it
-    return merged(read_recipe(beside if beside.is_file() else parent, (*seen, key)), data)
+    here = Path(path).parent  # a file beside this one (`base` or `base.yaml`), else as `recipe` finds it
+    beside = next((p for p in (here / parent, here / f"{parent}.yaml") if p.is_file()), None)
+    try:
+        under = read_recipe(beside or parent, (*seen, key))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: extends {parent!r}: {e}") from None
+    return merged(under, data)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str], cls):
