@@ -7,9 +7,10 @@ The study's report gives each mechanism variant's figures and its gap closed, bu
 the difference between two of them (is AAT sampled without its plan as diverse as with it?). Here
 each variant's per-prompt figures minus AAT's own-plan ones, on the same seeds and prompts, with
 the study's own paired bootstrap (`anchorlm.study.aggregate.paired_difference`: seeds resampled,
-then prompts, the same draws for both; the study config's bootstrap count and seed). With `--twins`, each training's samples without a
-plan and with the SFT data's plans minus its own-plan ones (`<t>_no_annotation`, `<t>_sft_plans`
-minus `<t>`, the same model, on the same seeds): the mechanism's cross.
+then prompts, the same draws for both; the study config's bootstrap count and seed). With
+`--twins`, each training's samples without a plan and with the SFT data's plans minus its own-plan
+ones (`<t>_no_annotation`, `<t>_sft_plans` minus `<t>`, the same model, on the same seeds): the
+mechanism's cross.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def main() -> None:
     skipped: list[str] = []
     if args.twins:
         found, skipped = twins(runs, ev.bootstrap, ev.seed)
-        print(f"Each training sampled without a plan or with the SFT data's, minus its own ({args.set}; 95% CIs over seeds, then "
-              f"prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
+        print(f"Each training sampled without a plan or with the SFT data's, minus its own ({args.set}; "
+              f"95% CIs over seeds, then prompts, {ev.bootstrap} resamples):\n")  # fmt: skip
     else:
         against = args.against or next(v for v in runs if v.split(" (")[0] == "aat" and "3 epochs" in v)
         found = pairs(runs, against, ev.bootstrap, ev.seed)

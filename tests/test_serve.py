@@ -532,6 +532,23 @@ def test_the_model_is_made_off_the_main_thread(monkeypatch):
     assert where[1] is not threading.main_thread() and not where[1].is_alive()
 
 
+def test_a_port_in_use_is_said_before_the_model_loads():
+    """serve binds its socket first: a taken port is an error naming it (no model is loaded), and
+    port 0 gets a free port of its own."""
+    import socket
+
+    from anchorlm.serve.app import bind
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}"):
+            bind("127.0.0.1", port)
+    with bind("127.0.0.1", 0) as free:
+        assert free.getsockname()[1] not in (0, port)
+
+
 def test_ctrl_c_while_the_model_loads_is_raised_at_once():
     """Ctrl-C during `anchorlm serve`'s load stops the command without waiting for the load (which
     for a large model takes minutes): the loading thread is a daemon, left behind."""

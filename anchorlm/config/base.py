@@ -276,9 +276,10 @@ def read_recipe(name: str | Path, seen: tuple = ()) -> dict:
 def load_recipe(path: str | Path | None, overrides: list[str], cls):
     """A YAML recipe (or the defaults) read into section `cls`, with ``section.field=value``
     overrides applied."""
-    data: dict = read_recipe(path) if path else {}
+    data: dict = {}
     if path:
         path = recipe(path)
+        data = read_recipe(path)
     for o in overrides:
         k, eq, v = o.partition("=")
         if not eq or not k.strip():
