@@ -135,24 +135,26 @@ for _t in ("aat_mask_all", "aat_unmasked", "aat_constant", "aat_on_plain"):  # t
                             sample={"anchors": "given"}, model=_t),
     ):  # fmt: skip
         REGISTRY[_v.name] = _v
-# what the mechanism table says of each variant: (training, inference)
+# what the mechanism table says of each variant: (training, inference); a training's twins (no plan, the
+# SFT data's plans) carry the label of the training they sample
+TRAININGS = {
+    "aat": "anchored SFT, annotation values masked (keys in the loss)",
+    "aat_mask_all": "anchored SFT, whole annotation masked (the paper's default)",
+    "aat_unmasked": "anchored SFT, annotation in the loss",
+    "aat_constant": "anchored SFT, one constant content-free annotation",
+    "aat_on_plain": "anchored SFT on the plain continuation (values masked)",
+}
 MECHANISM = {
     "sft": ("SFT on the plain continuation", "no plan"),
-    "aat": ("anchored SFT, annotation values masked (keys in the loss)", "own plan"),
-    "aat_no_annotation": ("anchored SFT, annotation values masked", "no plan"),
-    "aat_sft_plans": ("anchored SFT, annotation values masked", "plans drawn from the SFT data"),
-    "aat_mask_all": ("anchored SFT, whole annotation masked (the paper's default)", "own plan"),
-    "aat_mask_all_no_annotation": ("anchored SFT, whole annotation masked", "no plan"),
-    "aat_mask_all_sft_plans": ("anchored SFT, whole annotation masked", "plans drawn from the SFT data"),
-    "aat_unmasked": ("anchored SFT, annotation in the loss", "own plan"),
-    "aat_unmasked_no_annotation": ("anchored SFT, annotation in the loss", "no plan"),
-    "aat_unmasked_sft_plans": ("anchored SFT, annotation in the loss", "plans drawn from the SFT data"),
-    "aat_constant": ("anchored SFT, one constant content-free annotation", "own plan"),
-    "aat_constant_no_annotation": ("anchored SFT, one constant content-free annotation", "no plan"),
-    "aat_constant_sft_plans": ("anchored SFT, one constant content-free annotation", "plans drawn from the SFT data"),
-    "aat_on_plain": ("anchored SFT on the plain continuation (values masked)", "own plan"),
-    "aat_on_plain_no_annotation": ("anchored SFT on the plain continuation", "no plan"),
-    "aat_on_plain_sft_plans": ("anchored SFT on the plain continuation", "plans drawn from the SFT data"),
+    **{
+        v: (label, inference)
+        for t, label in TRAININGS.items()
+        for v, inference in (
+            (t, "own plan"),
+            (f"{t}_no_annotation", "no plan"),
+            (f"{t}_sft_plans", "plans drawn from the SFT data"),
+        )
+    },
     "annotated": ("annotated continuation, no post-training", "own plan"),
     "base": ("plain continuation, no post-training", "no plan"),
 }
