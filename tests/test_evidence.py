@@ -140,7 +140,7 @@ def test_mechanism_rows(evidence):
 def test_plan_following_has_power(evidence):
     d, res = evidence
     pf = res["plan_following"]
-    assert set(pf["variants"]) == {"aat", "annotated"}
+    assert set(pf["variants"]) == {"aat", "annotated", "aat_mask_all"}
     a = pf["variants"]["aat"]
     assert a["samples_per_prompt_and_topic"] == 4
     lo, hi = a["forced_other_wilson95"]
@@ -148,8 +148,15 @@ def test_plan_following_has_power(evidence):
     assert np.isclose(a["lift_other"], a["forced_other"] - a["unforced_other"])
     diff = pf["after_minus_before"]
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    # another post-training's writer against the headline's: paired, so its difference is the
+    # difference of the two pooled rates (every prompt has as many forced samples in each)
+    other = pf["minus_headline"]["aat_mask_all"]
+    assert other["headline"] == "aat" and set(pf["minus_headline"]) == {"aat_mask_all"}
+    assert other["ci95"][0] <= other["difference"] <= other["ci95"][1]
+    assert np.isclose(other["difference"], pf["variants"]["aat_mask_all"]["forced_other"] - a["forced_other"])
     md = (d / "docs" / "results.md").read_text()
     assert "## Plan following" in md and "## The mechanism" in md and "## Dose-response" in md
+    assert "aat_mask_all minus aat, forced other topics:" in md
 
 
 def test_dose_response_levels(evidence):

@@ -244,8 +244,8 @@ def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
     """Forced plans `topic:<t>`: per anchored variant, the share of responses in the forced topic
     with its Wilson interval (pooled over seeds and prompts), the same topic's share among the
     variant's own free samples (the unforced rate), and the lift between them; then the writer
-    after anchored SFT against before it (the headline minus `annotated`), with a CI resampling
-    seeds, then prompts."""
+    after anchored SFT against before it (the headline minus `annotated`), and every other forced
+    variant against the headline (minus the headline), with CIs resampling seeds, then prompts."""
     ev, sft_topics = cfg.base.evaluate, set(cfg.base.sft_data.categories)
     out: dict = {"variants": {}}
     per_prompt = {}
@@ -283,6 +283,16 @@ def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
             "before": "annotated",
             "difference": float(d.mean()),
             "ci95": hierarchical(d, ev.bootstrap, ev.seed),
+        }
+    others = [v for v in per_prompt if v not in (head, "annotated")]
+    if head in per_prompt and others:  # other post-trainings' writers against the headline's, paired
+        out["minus_headline"] = {
+            v: {
+                "headline": head,
+                "difference": float((per_prompt[v] - per_prompt[head]).mean()),
+                "ci95": hierarchical(per_prompt[v] - per_prompt[head], ev.bootstrap, ev.seed),
+            }
+            for v in others
         }
     return out
 

@@ -141,6 +141,9 @@ def sections(res: StudyResults) -> list[str]:
         if d:
             L += ["", f"After anchored SFT minus before ({d['after']} - {d['before']}), forced other topics: "
                   f"{fmt(d['difference'])}{fmt_ci(d['ci95'])} (bootstrap over seeds, then prompts)."]  # fmt: skip
+        for v, d in (pf.get("minus_headline") or {}).items():
+            L += ["", f"{v} minus {d['headline']}, forced other topics: {fmt(d['difference'])}{fmt_ci(d['ci95'])} "
+                  "(paired, bootstrap over seeds, then prompts)."]  # fmt: skip
     if res.dose:
         L += ["", f"## Dose-response: SFT strength (size {res.dose.size}, seeds {res.dose.seeds})", ""]
         L += [
