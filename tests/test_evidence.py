@@ -146,6 +146,9 @@ def test_plan_following_has_power(evidence):
     lo, hi = a["forced_other_wilson95"]
     assert lo <= a["forced_other"] <= hi
     assert np.isclose(a["lift_other"], a["forced_other"] - a["unforced_other"])
+    # a seed's Wilson interval is not averaged over seeds into a number: the pooled one is above
+    mean = res["ablations"]["variants"]["aat"]["anchoring"]
+    assert mean["forced_other_wilson95"] is None and np.isclose(mean["forced_other"], a["forced_other"])
     diff = pf["after_minus_before"]
     assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
     # another post-training's writer against the headline's: paired, so its difference is the

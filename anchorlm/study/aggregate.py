@@ -32,9 +32,10 @@ def hierarchical(arr: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> list[
 
 def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
     """The mean over seeds of each diversity, quality and anchoring figure (a cell's scores are
-    `Scorer.score`'s dict; per-topic figures are those of the first seed), each seed's value, and
-    with `n_boot` a CI over seeds and prompts of each per-prompt figure (diversity, content NLL, the
-    quality rates)."""
+    `Scorer.score`'s dict; per-topic figures are those of the first seed; a seed's interval, such as
+    a forced rate's Wilson interval, is not averaged but left out, None: the intervals pooled over
+    seeds are the study's plan following), each seed's value, and with `n_boot` a CI over seeds and
+    prompts of each per-prompt figure (diversity, content NLL, the quality rates)."""
 
     def mean(part: str) -> dict:
         out = {}
@@ -43,6 +44,9 @@ def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
                 out[k] = None
                 continue
             vals = [r[part][k] for r in runs if r[part][k] is not None]
+            if isinstance(first, list):  # an interval: the mean of the seeds' ends is none
+                out[k] = None
+                continue
             out[k] = first if isinstance(first, dict) else float(np.mean(vals)) if vals else None
         return out
 
