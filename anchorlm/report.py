@@ -158,7 +158,8 @@ ANCHORING_NOTE = (
     "attribute classifier puts in their annotation's topic, of those whose annotation names a topic. "
     "Forced plan: the annotation's start fixed to `topic:<t>`; share of responses "
     "classified as t, for topics of the SFT data and for others. The classifier's held-out accuracy "
-    "on real documents of the same topics is the most any writer can score."
+    "on real documents of the same topics (its ceiling) is what a writer as much on topic as the "
+    "corpus scores; text more plainly on one topic than the corpus's documents can score more."
 )
 
 
