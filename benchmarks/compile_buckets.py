@@ -1,0 +1,139 @@
+"""Does `torch.compile` pay for SmolLM2's decode step when attention reads the cache in buckets?
+Measured side by side in one run:
+
+    .venv/bin/python benchmarks/compile_buckets.py > docs/benchmarks-compile-buckets.json   # about 15 minutes
+
+`benchmarks/compile_decode.py` compiles transformers' static cache, whose attention reads the whole
+preallocation every step (inductor fails on the engine's cache, whose length grows every step).
+Here attention reads the columns written so far rounded up to a multiple of `BUCKET` (16): the
+shapes change only every 16 steps, so inductor compiles one graph per bucket (`dynamic=False`),
+and attention pays for at most 15 columns more than the engine's. At batch 32 and 96, in the
+precision `auto` picks, greedy decoding of 48 new tokens after a prefill, tokens/s of the steps
+after a warm-up of 8 (the median of 3 interleaved rounds) of:
+
+- `engine`: the engine's eager step as `anchorlm sample` runs it (the cache of anchorlm/kvcache.py,
+  every linear weight prepacked: anchorlm/prepack.py);
+- `eager`: the same, the products as transformers makes them;
+- `compiled`: the bucketed cache under `torch.compile`, the products as transformers makes them
+  (inductor cannot lower the prepacked products, and with inductor's own weight freezing the
+  compiled kernel fails at run time: index out of bounds, torch 2.13).
+
+Also: the first compiled decode's wall time (one graph per bucket; less where inductor's on-disk
+cache holds graphs from an earlier run) and the share of the greedy tokens the compiled decode
+draws as the eager one does (compiled kernels round differently).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+
+import torch
+from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
+
+from anchorlm.data.sft import INSTRUCTIONS
+from anchorlm.format import encode_prompt
+from anchorlm.kvcache import preallocated
+from anchorlm.models import load_model
+from anchorlm.precision import dtype
+from anchorlm.prepack import prepack
+from anchorlm.provenance import provenance
+
+BATCHES, NEW, WARM, BUCKET, ROUNDS = (32, 96), 48, 8, 16, 3
+
+
+class Bucketed(StaticLayer):
+    """transformers' static layer, its attention handed the first `bucket` columns."""
+
+    bucket = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        return keys[:, :, : self.bucket], values[:, :, : self.bucket]
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self.bucket, 0
+
+
+def main() -> None:
+    model, tok = load_model("smollm2", tokens="turns")
+    model.to(dtype("auto", model))
+    qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
+
+    def step(nxt, mask, pos, cache):
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)  # fmt: skip
+        return out.logits[:, -1]
+
+    compiled = torch.compile(step, dynamic=False)
+    out = {"provenance": provenance(), "precision": str(next(model.parameters()).dtype), "bucket": BUCKET}
+    for batch in BATCHES:
+        out[f"batch_{batch}"] = measure(model, tok, step, compiled, [qs[i % 4] for i in range(batch)])
+    print(json.dumps(out, indent=1))
+
+
+def measure(model, tok, step, compiled, seqs: list[list[int]]) -> dict:
+    """The three decodes of the module docstring at len(seqs) rows, interleaved."""
+    batch, width = len(seqs), max(map(len, seqs))
+    ids = torch.full((batch, width), tok.pad_token_id)
+    real = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, width - len(q) :], real[i, width - len(q) :] = torch.tensor(q), 1
+    length = width + NEW
+
+    def decode(fn, bucketed: bool) -> tuple[float, torch.Tensor]:
+        """Tokens/s of steps WARM..NEW of one greedy decode, and the tokens drawn."""
+        if bucketed:
+            cache = StaticCache(config=model.config, max_cache_len=length)
+            for layer in cache.layers:
+                layer.__class__, layer.bucket = Bucketed, width
+        else:
+            cache = preallocated(model, length)
+        mask = torch.zeros(batch, length, dtype=torch.long)
+        mask[:, :width] = real
+        drawn = []
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=real, position_ids=(real.cumsum(-1) - 1).clamp(min=0),
+                  past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+            nxt, pos = torch.full((batch, 1), tok.eos_token_id), real.sum(-1, keepdim=True)
+            for s in range(NEW):
+                if s == WARM:
+                    t = time.perf_counter()
+                mask[:, width + s] = 1
+                cols = width + s + 1
+                if bucketed:
+                    cols = min(length, math.ceil(cols / BUCKET) * BUCKET)
+                    for layer in cache.layers:
+                        layer.bucket = cols
+                nxt = fn(nxt, mask[:, :cols], pos, cache).argmax(-1, keepdim=True)
+                drawn.append(nxt)
+                pos = pos + 1
+        return batch * (NEW - WARM) / (time.perf_counter() - t), torch.cat(drawn, 1)
+
+    t = time.perf_counter()
+    _, by_compiled = decode(compiled, True)
+    first = time.perf_counter() - t
+    _, by_eager = decode(step, False)
+    runs: dict[str, list[float]] = {"engine": [], "eager": [], "compiled": []}
+    for _ in range(ROUNDS):
+        runs["eager"].append(decode(step, False)[0])
+        runs["compiled"].append(decode(compiled, True)[0])
+        _, undo = prepack(model, batch)
+        runs["engine"].append(decode(step, False)[0])
+        undo()
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "tokens_per_s": {k: round(v, 1) for k, v in med.items()},
+        "compiled_over_engine": round(med["compiled"] / med["engine"], 3),
+        "compiled_over_eager": round(med["compiled"] / med["eager"], 3),
+        "first_compiled_decode_seconds": round(first, 1),
+        "greedy_tokens_as_eager": round(float((by_compiled == by_eager).float().mean()), 3),
+        "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+    }
+
+
+if __name__ == "__main__":
+    main()
