@@ -31,6 +31,7 @@ import statistics
 import time
 
 import torch
+from compile_decode import NEW, greedy_decode, left_padded
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
@@ -42,7 +43,7 @@ from anchorlm.precision import dtype
 from anchorlm.prepack import prepack
 from anchorlm.provenance import provenance
 
-BATCHES, NEW, WARM, BUCKET, ROUNDS = (32, 96), 48, 8, 16, 3
+BATCHES, BUCKET, ROUNDS = (32, 96), 16, 3  # 48 new tokens, timed after 8: compile_decode's
 
 
 class Bucketed(StaticLayer):
@@ -63,7 +64,7 @@ def main() -> None:
     model.to(dtype("auto", model))
     qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
 
-    def step(nxt, mask, pos, cache):
+    def step(nxt, mask, pos, cache, at):  # the engine's call: no cache_position (`at` unused)
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)  # fmt: skip
         return out.logits[:, -1]
@@ -77,41 +78,28 @@ def main() -> None:
 
 def measure(model, tok, step, compiled, seqs: list[list[int]]) -> dict:
     """The three decodes of the module docstring at len(seqs) rows, interleaved."""
-    batch, width = len(seqs), max(map(len, seqs))
-    ids = torch.full((batch, width), tok.pad_token_id)
-    real = torch.zeros_like(ids)
-    for i, q in enumerate(seqs):
-        ids[i, width - len(q) :], real[i, width - len(q) :] = torch.tensor(q), 1
+    ids, real = left_padded(tok, seqs)
+    batch, width = ids.shape
     length = width + NEW
 
     def decode(fn, bucketed: bool) -> tuple[float, torch.Tensor]:
         """Tokens/s of steps WARM..NEW of one greedy decode, and the tokens drawn."""
-        if bucketed:
-            cache = StaticCache(config=model.config, max_cache_len=length)
-            for layer in cache.layers:
-                layer.__class__, layer.bucket = Bucketed, width
-        else:
+        if not bucketed:  # the engine's cache: attention over the columns written
             cache = preallocated(model, length)
-        mask = torch.zeros(batch, length, dtype=torch.long)
-        mask[:, :width] = real
-        drawn = []
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=real, position_ids=(real.cumsum(-1) - 1).clamp(min=0),
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-            nxt, pos = torch.full((batch, 1), tok.eos_token_id), real.sum(-1, keepdim=True)
-            for s in range(NEW):
-                if s == WARM:
-                    t = time.perf_counter()
-                mask[:, width + s] = 1
-                cols = width + s + 1
-                if bucketed:
-                    cols = min(length, math.ceil(cols / BUCKET) * BUCKET)
-                    for layer in cache.layers:
-                        layer.bucket = cols
-                nxt = fn(nxt, mask[:, :cols], pos, cache).argmax(-1, keepdim=True)
-                drawn.append(nxt)
-                pos = pos + 1
-        return batch * (NEW - WARM) / (time.perf_counter() - t), torch.cat(drawn, 1)
+            return greedy_decode(
+                model, fn, ids, real, cache, tok.eos_token_id, columns=lambda s: width + s + 1
+            )
+        cache = StaticCache(config=model.config, max_cache_len=length)
+        for layer in cache.layers:
+            layer.__class__, layer.bucket = Bucketed, width
+
+        def columns(s: int) -> int:  # the written columns rounded up to a bucket
+            cols = min(length, math.ceil((width + s + 1) / BUCKET) * BUCKET)
+            for layer in cache.layers:
+                layer.bucket = cols
+            return cols
+
+        return greedy_decode(model, fn, ids, real, cache, tok.eos_token_id, columns=columns)
 
     t = time.perf_counter()
     _, by_compiled = decode(compiled, True)

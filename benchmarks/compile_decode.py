@@ -35,44 +35,61 @@ from anchorlm.provenance import provenance
 BATCH, NEW, WARM = 32, 48, 8
 
 
+def left_padded(tok, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts left-padded to one width: ids and the mask of their real tokens."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    real = torch.zeros_like(ids)
+    for i, q in enumerate(seqs):
+        ids[i, width - len(q) :], real[i, width - len(q) :] = torch.tensor(q), 1
+    return ids, real
+
+
+def greedy_decode(model, fn, ids, real, cache, eos_id: int, steps: int = NEW, timed_from: int = WARM,
+                  columns=None, prof=None) -> tuple[float, torch.Tensor]:  # fmt: skip
+    """Prefill `ids` into `cache`, then `steps` greedy steps of `fn(next, mask, positions, cache,
+    cache_position)`: tokens/s of steps timed_from..steps and the tokens drawn. `columns(s)`, where
+    given, says how many of the mask's columns step s hands `fn` (default: all of them); with
+    `prof`, a profiler started at timed_from and stopped after the last step."""
+    batch, width = ids.shape
+    mask = torch.zeros(batch, width + steps, dtype=torch.long)
+    mask[:, :width] = real
+    drawn = []
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=real, position_ids=(real.cumsum(-1) - 1).clamp(min=0),
+              past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+        nxt, pos = torch.full((batch, 1), eos_id), real.sum(-1, keepdim=True)
+        for s in range(steps):
+            if s == timed_from:
+                t = time.perf_counter()
+                if prof is not None:
+                    prof.start()
+            mask[:, width + s] = 1
+            cols = columns(s) if columns else mask.shape[1]
+            nxt = fn(nxt, mask[:, :cols], pos, cache, torch.tensor([width + s])).argmax(-1, keepdim=True)
+            drawn.append(nxt)
+            pos = pos + 1
+    if prof is not None:
+        prof.stop()
+    return batch * (steps - timed_from) / (time.perf_counter() - t), torch.cat(drawn, 1)
+
+
 def main() -> None:
     model, tok = load_model("smollm2", tokens="turns")
     model.to(dtype("auto", model))
     qs = [encode_prompt(tok, q) for q in INSTRUCTIONS[:4]]
-    seqs = [qs[i % 4] for i in range(BATCH)]
-    width = max(map(len, seqs))
-    ids = torch.full((BATCH, width), tok.pad_token_id)
-    real = torch.zeros_like(ids)
-    for i, q in enumerate(seqs):
-        ids[i, width - len(q) :], real[i, width - len(q) :] = torch.tensor(q), 1
+    ids, real = left_padded(tok, [qs[i % 4] for i in range(BATCH)])
 
     def step(nxt, mask, pos, cache, at):
         out = model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache,
                     use_cache=True, logits_to_keep=1, cache_position=at)  # fmt: skip
         return out.logits[:, -1]
 
-    def decode(fn, steps: int = NEW, timed_from: int = WARM, prof=None) -> float:
-        """Tokens/s of steps timed_from..steps of one greedy decode over a fresh static cache (with
-        `prof`, a profiler started there and stopped after the last step)."""
+    def decode(fn, prof=None) -> float:
+        """Tokens/s of one greedy decode over a fresh static cache (with `prof`, profiled)."""
         torch.manual_seed(0)
-        cache = StaticCache(config=model.config, max_cache_len=width + steps)
-        mask = torch.zeros(BATCH, width + steps, dtype=torch.long)
-        mask[:, :width] = real
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=real, position_ids=(real.cumsum(-1) - 1).clamp(min=0),
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-            nxt, pos = torch.full((BATCH, 1), tok.eos_token_id), real.sum(-1, keepdim=True)
-            for s in range(steps):
-                if s == timed_from:
-                    t = time.perf_counter()
-                    if prof is not None:
-                        prof.start()
-                mask[:, width + s] = 1
-                nxt = fn(nxt, mask, pos, cache, torch.tensor([width + s])).argmax(-1, keepdim=True)
-                pos = pos + 1
-        if prof is not None:
-            prof.stop()
-        return BATCH * (steps - timed_from) / (time.perf_counter() - t)
+        cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + NEW)
+        return greedy_decode(model, fn, ids, real, cache, tok.eos_token_id, prof=prof)[0]
 
     compiled = torch.compile(step, dynamic=False)
     t = time.perf_counter()
