@@ -244,7 +244,7 @@ def anchoring_plot(results: dict, path: Path) -> list[str]:
         ax.bar(x + (i - 1) * 0.27, [a.get(k) or 0 for a in rows.values()], 0.27, label=label)
     ceiling = next(iter(rows.values())).get("classifier_accuracy")
     if ceiling is not None:
-        ax.axhline(ceiling, color="k", ls="--", lw=1, label="classifier ceiling")
+        ax.axhline(ceiling, color="k", ls="--", lw=1, label="classifier on real documents")
     ax.set_xticks(x, list(rows))
     ax.set_ylabel("responses in the planned topic")
     ax.set_ylim(0, 1)

@@ -127,14 +127,6 @@ REGISTRY = {
         ),
     )
 }
-for _t in ("aat_mask_all", "aat_unmasked", "aat_constant", "aat_on_plain"):  # the mechanism's cross: each
-    for _v in (  # training sampled as aat's model is: without its plan, and with the SFT data's plans
-        dataclasses.replace(REGISTRY[_t], name=f"{_t}_no_annotation", label=f"{_t} sampled without its annotation",
-                            anchored=False, model=_t),
-        dataclasses.replace(REGISTRY[_t], name=f"{_t}_sft_plans", label=f"{_t} sampled with the SFT data's plans",
-                            sample={"anchors": "given"}, model=_t),
-    ):  # fmt: skip
-        REGISTRY[_v.name] = _v
 # what the mechanism table says of each variant: (training, inference); a training's twins (no plan, the
 # SFT data's plans) carry the label of the training they sample
 TRAININGS = {
@@ -144,6 +136,14 @@ TRAININGS = {
     "aat_constant": "anchored SFT, one constant content-free annotation",
     "aat_on_plain": "anchored SFT on the plain continuation (values masked)",
 }
+for _t in [t for t in TRAININGS if t != "aat"]:  # the mechanism's cross: each
+    for _v in (  # training sampled as aat's model is: without its plan, and with the SFT data's plans
+        dataclasses.replace(REGISTRY[_t], name=f"{_t}_no_annotation", label=f"{_t} sampled without its annotation",
+                            anchored=False, model=_t),
+        dataclasses.replace(REGISTRY[_t], name=f"{_t}_sft_plans", label=f"{_t} sampled with the SFT data's plans",
+                            sample={"anchors": "given"}, model=_t),
+    ):  # fmt: skip
+        REGISTRY[_v.name] = _v
 MECHANISM = {
     "sft": ("SFT on the plain continuation", "no plan"),
     **{

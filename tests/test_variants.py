@@ -62,5 +62,3 @@ def test_the_mechanism_cross_samples_each_training_without_its_plan():
         given = REGISTRY[f"{t}_sft_plans"]
         assert given.model == t and given.anchored and given.sample == {"anchors": "given"}
         assert given.posttrain == REGISTRY[t].posttrain and MECHANISM[given.name][1].startswith("plans drawn")
-        # the twins name the training they sample as its own-plan row does
-        assert MECHANISM[twin.name][0] == MECHANISM[given.name][0] == MECHANISM[t][0]

@@ -53,7 +53,8 @@ def forced_plan(rows: list[dict], labels: list[str], sft_topics, per_category: d
     """Does the writer follow a plan it is given? Rows sampled with the annotation's start fixed to
     `topic:<t>` (their `annotation_prefix`): the share of responses the attribute classifier puts
     in t, over topics of the SFT data (`forced_sft`) and over the others (`forced_other`), beside
-    the classifier's own held-out accuracy on real documents of the same topics (its ceiling)."""
+    the classifier's own held-out accuracy on real documents of the same topics (its "ceiling": a
+    reference, which text more plainly on topic than the corpus can exceed)."""
     hits: dict = defaultdict(list)
     per_prompt: dict = defaultdict(list)  # other topics' hits by the prompt they were forced on
     labels = [as_topic(lab) for lab in labels]

@@ -43,10 +43,10 @@ def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:
             if any(k not in r[part] for r in runs):  # not measured at every seed (older cells)
                 out[k] = None
                 continue
-            vals = [r[part][k] for r in runs if r[part][k] is not None]
-            if isinstance(first, list):  # an interval: the mean of the seeds' ends is none
+            if any(isinstance(r[part][k], list) for r in runs):  # an interval: the mean of the ends is none
                 out[k] = None
                 continue
+            vals = [r[part][k] for r in runs if r[part][k] is not None]
             out[k] = first if isinstance(first, dict) else float(np.mean(vals)) if vals else None
         return out
 

@@ -273,27 +273,22 @@ def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
             "samples_per_prompt_and_topic": cfg.base.sample.forced_samples,
             "by_topic": by_topic,
         }
-        pids = sorted(runs[0]["anchoring"]["forced_other_per_prompt"])
-        per_prompt[v] = np.array([[r["anchoring"]["forced_other_per_prompt"][p] for p in pids] for r in runs])
+        per_prompt[v] = {p: [r["anchoring"]["forced_other_per_prompt"][p] for r in runs]
+                         for p in runs[0]["anchoring"]["forced_other_per_prompt"]}  # fmt: skip
+
+    def paired(a: str, b: str) -> dict:  # a minus b, prompt by prompt and seed by seed
+        if set(per_prompt[a]) != set(per_prompt[b]):
+            raise ValueError(f"forced plans of {a} and {b} were scored on different prompts")
+        d = np.array([np.subtract(per_prompt[a][p], per_prompt[b][p]) for p in sorted(per_prompt[a])]).T
+        return {"difference": float(d.mean()), "ci95": hierarchical(d, ev.bootstrap, ev.seed)}
+
     head = cfg.headline
     if head in per_prompt and "annotated" in per_prompt:
-        d = per_prompt[head] - per_prompt["annotated"]
-        out["after_minus_before"] = {
-            "after": head,
-            "before": "annotated",
-            "difference": float(d.mean()),
-            "ci95": hierarchical(d, ev.bootstrap, ev.seed),
-        }
-    others = [v for v in per_prompt if v not in (head, "annotated")]
-    if head in per_prompt and others:  # other post-trainings' writers against the headline's, paired
-        out["minus_headline"] = {
-            v: {
-                "headline": head,
-                "difference": float((per_prompt[v] - per_prompt[head]).mean()),
-                "ci95": hierarchical(per_prompt[v] - per_prompt[head], ev.bootstrap, ev.seed),
-            }
-            for v in others
-        }
+        out["after_minus_before"] = {"after": head, "before": "annotated", **paired(head, "annotated")}
+    # other post-trainings' writers against the headline's (not the headline's own model sampled otherwise)
+    others = [v for v in per_prompt if v not in (head, "annotated") and cells.variants[v].model_name != head]
+    if head in per_prompt and others:
+        out["minus_headline"] = {v: {"headline": head, **paired(v, head)} for v in others}
     return out
 
 
