@@ -6,7 +6,8 @@ Measured side by side in one run:
 `benchmarks/compile_decode.py` compiles transformers' static cache, whose attention reads the whole
 preallocation every step (inductor fails on the engine's cache, whose length grows every step).
 Here attention reads the columns written so far rounded up to a multiple of `BUCKET` (16): the
-shapes change only every 16 steps, so inductor compiles one graph per bucket (`dynamic=False`),
+shapes change only every 16 steps, so inductor compiles one graph per bucket and batch
+(`dynamic=False`; more than dynamo's limit of recompiles fails the run instead of running eager),
 and attention pays for at most 15 columns more than the engine's. At batch 32 and 96, in the
 precision `auto` picks, greedy decoding of 48 new tokens after a prefill, tokens/s of the steps
 after a warm-up of 8 (the median of 3 interleaved rounds) of:
@@ -19,8 +20,9 @@ after a warm-up of 8 (the median of 3 interleaved rounds) of:
   compiled kernel fails at run time: index out of bounds, torch 2.13).
 
 Also: the first compiled decode's wall time (one graph per bucket; less where inductor's on-disk
-cache holds graphs from an earlier run) and the share of the greedy tokens the compiled decode
-draws as the eager one does (compiled kernels round differently).
+cache holds graphs from an earlier run), the number of graphs compiled in the run, and the share of
+the greedy tokens the compiled decode draws as the eager one does (compiled kernels round
+differently).
 """
 
 from __future__ import annotations
@@ -69,10 +71,14 @@ def main() -> None:
                     use_cache=True, logits_to_keep=1)  # fmt: skip
         return out.logits[:, -1]
 
+    # a graph per bucket and batch; never fall back to eager quietly when they outnumber dynamo's limit
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     compiled = torch.compile(step, dynamic=False)
     out = {"provenance": provenance(), "precision": str(next(model.parameters()).dtype), "bucket": BUCKET}
     for batch in BATCHES:
         out[f"batch_{batch}"] = measure(model, tok, step, compiled, [qs[i % 4] for i in range(batch)])
+    out["graphs_compiled"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     print(json.dumps(out, indent=1))
 
 
