@@ -51,6 +51,8 @@ def greedy_decode(model, fn, ids, real, cache, eos_id: int, steps: int = NEW, ti
     cache_position)`: tokens/s of steps timed_from..steps and the tokens drawn. `columns(s)`, where
     given, says how many of the mask's columns step s hands `fn` (default: all of them); with
     `prof`, a profiler started at timed_from and stopped after the last step."""
+    if not 0 <= timed_from < steps:
+        raise ValueError(f"timed_from ({timed_from}) must be a step: 0 <= timed_from < steps ({steps})")
     batch, width = ids.shape
     mask = torch.zeros(batch, width + steps, dtype=torch.long)
     mask[:, :width] = real
