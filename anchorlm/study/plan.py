@@ -24,7 +24,7 @@ import numpy as np
 from anchorlm.metrics.diversity import entropy
 from anchorlm.metrics.fidelity import wilson
 from anchorlm.metrics.registry import RATES, SUMMARY_METRICS
-from anchorlm.study.aggregate import hierarchical, mean_figures, paired_difference, slope, summary
+from anchorlm.study.aggregate import mean_figures, paired_difference, slope, summary
 from anchorlm.study.cells import Cells, Job
 from anchorlm.study.config import StudyConfig
 from anchorlm.study.results import (
@@ -273,14 +273,14 @@ def _following(cells: Cells, cfg: StudyConfig, scores) -> dict:
             "samples_per_prompt_and_topic": cfg.base.sample.forced_samples,
             "by_topic": by_topic,
         }
-        per_prompt[v] = {p: [r["anchoring"]["forced_other_per_prompt"][p] for r in runs]
-                         for p in runs[0]["anchoring"]["forced_other_per_prompt"]}  # fmt: skip
+        per_prompt[v] = [r["anchoring"]["forced_other_per_prompt"] for r in runs]  # a seed's {prompt: rate}
 
-    def paired(a: str, b: str) -> dict:  # a minus b, prompt by prompt and seed by seed
-        if set(per_prompt[a]) != set(per_prompt[b]):
+    def paired(a: str, b: str) -> dict:  # a minus b, prompt by prompt (by name) and seed by seed
+        pids = sorted(per_prompt[a][0])
+        if any(sorted(x) != pids for x in per_prompt[a] + per_prompt[b]):
             raise ValueError(f"forced plans of {a} and {b} were scored on different prompts")
-        d = np.array([np.subtract(per_prompt[a][p], per_prompt[b][p]) for p in sorted(per_prompt[a])]).T
-        return {"difference": float(d.mean()), "ci95": hierarchical(d, ev.bootstrap, ev.seed)}
+        rows = {v: [{"per_prompt": {"forced": [x[p] for p in pids]}} for x in per_prompt[v]] for v in (a, b)}
+        return paired_difference(rows[a], rows[b], "forced", ev.bootstrap, ev.seed)
 
     head = cfg.headline
     if head in per_prompt and "annotated" in per_prompt:
