@@ -24,11 +24,16 @@ from anchorlm.metrics.classifier import AttributeClassifier
 from anchorlm.metrics.fidelity import anchoring, forced_plan
 from anchorlm.metrics.quality import fluency_nll, mean_finite
 from anchorlm.metrics.registry import DIVERSITY, SUMMARY_METRICS, Quality
-from anchorlm.metrics.summary import summarize
+from anchorlm.metrics.summary import shares_against_base, summarize
 from anchorlm.models import cache_dir, load_embedder, load_model, minilm_dir
 from anchorlm.precision import dtype, hidden_size, resolve
 from anchorlm.provenance import provenance, versions
 from anchorlm.variants import SUMMARY_TRIO
+
+
+# the share of samples the attribute classifier puts in the SFT data's topics: SFT's pull across
+# prompts, which the within-prompt figures do not see where one prompt's samples share a topic
+IN_SFT_TOPICS = "in_sft_topics"
 
 
 def _for_diversity(text: str, cfg: EvaluateConfig, sft: SFTDataConfig) -> str:
@@ -174,6 +179,8 @@ class Scorer:
         nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
         q = Quality(rows, texts, sft, nll, len(pick), content_nll)
         rates = {m: np.asarray(registry.METRICS[m].per_response(q), dtype=float) for m in registry.RATES}
+        if sft.categories:  # each sample in one of the SFT data's topics, by the classifier
+            rates[IN_SFT_TOPICS] = np.isin(np.asarray(labels, dtype=object), list(sft.categories)).astype(float)
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             figs = registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx], conf[idx])
@@ -183,7 +190,7 @@ class Scorer:
         pids = sorted(by_prompt, key=str)
         per_prompt = {
             m: np.array([np.mean([g[m] for g in by_prompt[p]]) for p in pids])
-            for m in [*(m.name for m in DIVERSITY), "content_nll", *registry.RATES]
+            for m in [*(m.name for m in DIVERSITY), "content_nll", *rates]
         }
         n_group = int(np.median([len(v) for v in groups.values()]))
         figures = {
@@ -275,6 +282,11 @@ def evaluate(
         "versions": versions(),
         "provenance": provenance(precision=resolve(cfg.precision, hidden_size(scorer.ref_model))),
     }
+    if sft.categories and "base" in per_prompt:
+        results[IN_SFT_TOPICS] = {
+            "topics": list(sft.categories),
+            **shares_against_base({v: d[IN_SFT_TOPICS] for v, d in per_prompt.items()}, cfg.bootstrap, cfg.seed),
+        }
     if set(SUMMARY_TRIO) <= set(per_prompt):
         results["summary"] = {
             m: summarize({v: per_prompt[v][m] for v in SUMMARY_TRIO}, cfg.bootstrap, cfg.seed)

@@ -122,6 +122,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def sft_topics_section(results: dict) -> list[str]:
+    """Where the samples land: each variant's share of samples the classifier puts in the SFT data's
+    topics, and its difference from base's, with their CIs (evaluate's `in_sft_topics`), and the
+    topics each variant's samples land in most."""
+    pull = results.get("in_sft_topics")
+    if not pull:
+        return []
+    topics = ", ".join(f"`{t}`" for t in pull["topics"])
+    lines = [
+        "## Where the samples land",
+        "",
+        "| variant | in the SFT topics (95% CI) | minus base (95% CI) | most common topics |",
+        "|---|---:|---:|---|",
+    ]
+    for v, share in pull["share"].items():
+        diff = pull.get("minus_base", {}).get(v)
+        minus = "–" if diff is None else f"{fmt(diff)}{fmt_ci(pull['minus_base_ci95'].get(v))}"
+        counts = results["variants"].get(v, {}).get("label_counts") or {}
+        n = sum(counts.values())
+        common = ", ".join(f"{t} {c / n:.0%}" for t, c in list(counts.items())[:3]) if n else "–"
+        lines.append(f"| {v} | {fmt(share)}{fmt_ci(pull['share_ci95'].get(v))} | {minus} | {common} |")
+    return lines + [
+        "",
+        f"Share of each variant's samples the attribute classifier puts in the SFT data's topics ({topics}), "
+        "over every prompt; CIs resample prompts, the same ones for every variant. SFT's pull towards its "
+        "topics shows here even where the table above, which measures variety within one prompt's "
+        "samples, shows none (one prompt's samples of base may share a topic).",
+        "",
+    ]
+
+
 def classifier_line(c: dict) -> str:
     """The attribute classifier in one line: its classes, held-out accuracy against chance, and
     where its held-out documents came from when the corpus had no split field."""
@@ -335,6 +366,7 @@ def write_report(results: dict | str | Path, out_dir: str | Path, title: str = "
         "",
     ]
     md += provenance_lines(results)
+    md += sft_topics_section(results)
     anchored = anchoring_table(results)
     if anchored:
         md += ["## Anchor fidelity", "", anchored, "", ANCHORING_NOTE, ""]

@@ -290,3 +290,32 @@ def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
     assert [x.split(":")[0] for x in skipped] == ["aat_constant_no_annotation (3 epochs)",
                                                  "aat_mask_all_sft_plans (3 epochs)"]  # fmt: skip
     assert got["aat_unmasked_no_annotation (3 epochs)"]["attribute_entropy"]["difference"] == pytest.approx(0.2)
+
+
+def test_shares_against_base_match_the_exact_bootstrap():
+    """Each variant's share and its minus base's, against the exact bootstrap distribution
+    (every one of the 3^3 resamples of 3 prompts enumerated), and a closed form: a difference
+    equal on every prompt has a CI of that one value."""
+    import itertools
+
+    from anchorlm.metrics.summary import shares_against_base
+
+    per_prompt = {"base": [0.0, 0.5, 0.25], "sft": [1.0, 0.5, 0.75], "aat": [0.25, 0.75, 0.5]}
+    got = shares_against_base(per_prompt, n_boot=40_000, seed=0)
+    assert got["share"] == pytest.approx({"base": 0.25, "sft": 0.75, "aat": 0.5})
+    assert got["minus_base"] == pytest.approx({"sft": 0.5, "aat": 0.25})
+    assert set(got["minus_base"]) == {"sft", "aat"}  # base minus itself is not a row
+    exact = {}
+    for v in per_prompt:
+        d = np.asarray(per_prompt[v]) - (np.asarray(per_prompt["base"]) if v != "base" else 0)
+        means = [d[list(i)].mean() for i in itertools.product(range(3), repeat=3)]
+        # the exact distribution's quantiles (27 equally likely resamples: no quantile falls on a
+        # jump of its CDF, so 40,000 draws' percentiles land on these values)
+        exact[v] = tuple(np.percentile(means, q, method="inverted_cdf") for q in (2.5, 97.5))
+    assert got["share_ci95"]["base"] == pytest.approx(exact["base"], abs=1e-9)
+    assert got["minus_base_ci95"]["sft"] == pytest.approx(exact["sft"], abs=1e-9)
+    assert got["minus_base_ci95"]["aat"] == pytest.approx(exact["aat"], abs=1e-9)
+    same = shares_against_base({"base": [0.1, 0.4, 0.2], "sft": [0.6, 0.9, 0.7]}, n_boot=200, seed=1)
+    assert same["minus_base_ci95"]["sft"] == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="one value per prompt"):
+        shares_against_base({"base": [0.1, 0.2], "sft": [0.3]})

@@ -77,6 +77,26 @@ def test_report_shows_sample_texts_beside_the_table(smoke_run):
         assert line + " ".join(first["response"].split())[:300] in md
 
 
+def test_report_says_where_the_samples_land(smoke_run):
+    """Each variant's share of samples in the SFT data's topics is the share its label counts give
+    (every prompt has as many samples, so the mean of per-prompt shares is the overall share), its
+    minus base is the two shares' difference, and the report prints them."""
+    r = json.loads((smoke_run / "results.json").read_text())
+    pull = r["in_sft_topics"]
+    assert pull["topics"] and set(pull["share"]) == set(r["variants"])
+    for v, figs in r["variants"].items():
+        counts = figs["label_counts"]
+        want = sum(counts.get(t, 0) for t in pull["topics"]) / sum(counts.values())
+        assert pull["share"][v] == pytest.approx(want)
+        lo, hi = pull["share_ci95"][v]
+        assert 0 <= lo <= pull["share"][v] <= hi <= 1
+        if v != "base":
+            assert pull["minus_base"][v] == pytest.approx(want - pull["share"]["base"])
+    md = (smoke_run / "report.md").read_text()
+    assert "## Where the samples land" in md
+    assert f"| sft | {pull['share']['sft']:.3f} [" in md
+
+
 @pytest.mark.learned
 def test_post_training_taught_the_style(smoke_run):
     """Base never writes the SFT style; both post-trained variants learned it. Measured on the

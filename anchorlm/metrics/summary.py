@@ -77,6 +77,26 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in out.items()}
 
 
+def shares_against_base(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict:
+    """A per-prompt share (0-1) of each variant, and each variant's minus base's, with 95% bootstrap
+    CIs over prompts (the same resampled prompts for every variant: paired by prompt). Values are
+    [prompts], every variant's in the same prompt order; `base` among them for the differences."""
+    arr = {v: np.asarray(x, dtype=float) for v, x in per_prompt.items()}
+    if len({a.shape for a in arr.values()}) > 1:
+        raise ValueError(f"every variant needs one value per prompt, not {[a.shape for a in arr.values()]}")
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(arr.values()))) if arr else 0
+    draws = [rng.integers(0, n, n) for _ in range(n_boot)] if n else []
+    out: dict = {"share": {v: float(a.mean()) for v, a in arr.items()}}
+    out["share_ci95"] = {v: _percentile_ci([a[i].mean() for i in draws]) for v, a in arr.items()}
+    if "base" in arr:
+        b = arr["base"]
+        others = [v for v in arr if v != "base"]
+        out["minus_base"] = {v: float(arr[v].mean() - b.mean()) for v in others}
+        out["minus_base_ci95"] = {v: _percentile_ci([(arr[v][i] - b[i]).mean() for i in draws]) for v in others}
+    return out
+
+
 def _reduction_ci(gaps: list, sft_collapses: list) -> list[float] | None:
     """The collapse reduction's CI from the gap closed's draws where SFT collapsed; None where it
     did not in more than 2.5% of the draws (the interval would then reach an undefined ratio)."""
