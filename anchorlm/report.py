@@ -243,6 +243,11 @@ def provenance_lines(results: dict) -> list[str]:
         )
         vers = ", ".join(f"{k} {v}" for k, v in prov.get("versions", {}).items())
         lines.append(f"- code: {describe_code(prov.get('code', {}))}; {vers}")
+    if results.get("cells_from_other_code"):
+        lines.append(
+            "- **made by other code** (or in another precision) and reused (`--reuse-cells`), the code above "
+            f"being this invocation's: {', '.join(results['cells_from_other_code'])}"
+        )
     lines += ["", "Another CPU kind (with or without bf16 units), another precision or other library versions "
               "give other digits.", ""]  # fmt: skip
     return lines

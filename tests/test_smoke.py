@@ -195,3 +195,5 @@ def test_rerun_by_other_code_is_refused_unless_asked(smoke_run, precision):
         and "samples/aat.jsonl" in after["cells_from_other_code"]
     )
     assert after["variants"]["aat"]["diversity"] == before["variants"]["aat"]["diversity"]
+    md = (smoke_run / "report.md").read_text()  # the report says so too, not only the JSON
+    assert "**made by other code**" in md and "models/aat" in md.split("**made by other code**")[1]
