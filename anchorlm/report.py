@@ -146,9 +146,9 @@ def sft_topics_section(results: dict) -> list[str]:
     return lines + [
         "",
         f"Share of each variant's samples the attribute classifier puts in the SFT data's topics ({topics}), "
-        "over every prompt; CIs resample prompts, the same ones for every variant. SFT's pull towards its "
-        "topics shows here even where the table above, which measures variety within one prompt's "
-        "samples, shows none (one prompt's samples of base may share a topic).",
+        "over every prompt; CIs resample prompts, the same ones for every variant (not training runs). "
+        "This counts how many samples land in those topics across prompts, which the table above, "
+        "variety within one prompt's samples, does not measure.",
         "",
     ]
 

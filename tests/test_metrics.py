@@ -293,28 +293,37 @@ def test_mechanism_twins_are_each_training_without_its_plan_minus_with_it():
 
 
 def test_shares_against_base_match_the_exact_bootstrap():
-    """Each variant's share and its minus base's, against the exact bootstrap distribution
-    (every one of the 3^3 resamples of 3 prompts enumerated), and a closed form: a difference
-    equal on every prompt has a CI of that one value."""
+    """Each variant's share and its minus base's, against the exact bootstrap distribution (every
+    one of the 5^5 resamples of 5 prompts enumerated): the 95% interval's ends lie between the
+    exact 2nd and 3rd percentiles, and the 97th and 98th, a band that excludes the extremes and a
+    90% interval; a difference equal on every prompt has a CI of that one value."""
     import itertools
 
     from anchorlm.metrics.summary import shares_against_base
 
-    per_prompt = {"base": [0.0, 0.5, 0.25], "sft": [1.0, 0.5, 0.75], "aat": [0.25, 0.75, 0.5]}
-    got = shares_against_base(per_prompt, n_boot=40_000, seed=0)
-    assert got["share"] == pytest.approx({"base": 0.25, "sft": 0.75, "aat": 0.5})
-    assert got["minus_base"] == pytest.approx({"sft": 0.5, "aat": 0.25})
+    per_prompt = {
+        "base": [0.0, 0.5, 0.25, 0.125, 0.375],
+        "sft": [1.0, 0.5, 0.75, 0.25, 0.875],
+        "aat": [0.3, 0.55, 0.45, 0.275, 0.475],  # aat - base varies by prompt: an unpaired CI is wider
+    }
+    got = shares_against_base(per_prompt, n_boot=20_000, seed=0)
+    assert got["share"] == pytest.approx({"base": 0.25, "sft": 0.675, "aat": 0.41})
+    assert got["minus_base"] == pytest.approx({"sft": 0.425, "aat": 0.16})
     assert set(got["minus_base"]) == {"sft", "aat"}  # base minus itself is not a row
-    exact = {}
-    for v in per_prompt:
-        d = np.asarray(per_prompt[v]) - (np.asarray(per_prompt["base"]) if v != "base" else 0)
-        means = [d[list(i)].mean() for i in itertools.product(range(3), repeat=3)]
-        # the exact distribution's quantiles (27 equally likely resamples: no quantile falls on a
-        # jump of its CDF, so 40,000 draws' percentiles land on these values)
-        exact[v] = tuple(np.percentile(means, q, method="inverted_cdf") for q in (2.5, 97.5))
-    assert got["share_ci95"]["base"] == pytest.approx(exact["base"], abs=1e-9)
-    assert got["minus_base_ci95"]["sft"] == pytest.approx(exact["sft"], abs=1e-9)
-    assert got["minus_base_ci95"]["aat"] == pytest.approx(exact["aat"], abs=1e-9)
+    draws = np.array(list(itertools.product(range(5), repeat=5)))
+    base = np.asarray(per_prompt["base"])
+    cases = [
+        ("base", base, got["share_ci95"]["base"]),
+        ("sft", np.asarray(per_prompt["sft"]), got["share_ci95"]["sft"]),
+        ("sft - base", np.asarray(per_prompt["sft"]) - base, got["minus_base_ci95"]["sft"]),
+        ("aat - base", np.asarray(per_prompt["aat"]) - base, got["minus_base_ci95"]["aat"]),
+    ]
+    for name, d, ci in cases:
+        means = d[draws].mean(1)
+        q = {k: np.percentile(means, k, method="inverted_cdf") for k in (2, 3, 5, 95, 97, 98)}
+        assert q[2] <= ci[0] <= q[3] and q[97] <= ci[1] <= q[98], (name, ci, q)
+        # the band tells the 95% interval from the extremes and from a 90% interval
+        assert means.min() < q[2] and q[98] < means.max() and q[3] < q[5] and q[95] < q[97], name
     same = shares_against_base({"base": [0.1, 0.4, 0.2], "sft": [0.6, 0.9, 0.7]}, n_boot=200, seed=1)
     assert same["minus_base_ci95"]["sft"] == pytest.approx([0.5, 0.5])
     with pytest.raises(ValueError, match="one value per prompt"):

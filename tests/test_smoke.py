@@ -171,6 +171,10 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, preci
     after = json.loads((smoke_run / "results.json").read_text())
     for v in before["variants"]:  # evaluate ran again on the same samples: the same bits
         assert after["variants"][v]["diversity"] == before["variants"][v]["diversity"], v
+    # what the run before took is kept beside this one's (the first run's stage times included)
+    kept = after["pipeline"]["earlier_invocations"]
+    assert kept[-1] == {k: v for k, v in before["pipeline"].items() if k != "earlier_invocations"}
+    assert kept[0]["minutes_by_stage"].get("pretrain", 0) > 0
 
 
 def test_rerun_with_another_config_is_refused(smoke_run, precision):

@@ -78,23 +78,39 @@ def summarize(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int =
 
 
 def shares_against_base(per_prompt: dict[str, np.ndarray], n_boot: int = 1000, seed: int = 0) -> dict:
-    """A per-prompt share (0-1) of each variant, and each variant's minus base's, with 95% bootstrap
-    CIs over prompts (the same resampled prompts for every variant: paired by prompt). Values are
-    [prompts], every variant's in the same prompt order; `base` among them for the differences."""
+    """A per-prompt share (0-1) of each variant, and each variant's minus base's (where base is
+    among them), with 95% CIs that resample prompts (`hierarchical`: every call draws the same
+    prompts, so the differences are paired by prompt). Values are [prompts], every variant's in
+    the same prompt order."""
     arr = {v: np.asarray(x, dtype=float) for v, x in per_prompt.items()}
     if len({a.shape for a in arr.values()}) > 1:
         raise ValueError(f"every variant needs one value per prompt, not {[a.shape for a in arr.values()]}")
-    rng = np.random.default_rng(seed)
-    n = len(next(iter(arr.values()))) if arr else 0
-    draws = [rng.integers(0, n, n) for _ in range(n_boot)] if n else []
-    out: dict = {"share": {v: float(a.mean()) for v, a in arr.items()}}
-    out["share_ci95"] = {v: _percentile_ci([a[i].mean() for i in draws]) for v, a in arr.items()}
+    out: dict = {
+        "share": {v: float(a.mean()) for v, a in arr.items()},
+        "share_ci95": {v: hierarchical(a, n_boot, seed) for v, a in arr.items()},
+    }
     if "base" in arr:
-        b = arr["base"]
-        others = [v for v in arr if v != "base"]
-        out["minus_base"] = {v: float(arr[v].mean() - b.mean()) for v in others}
-        out["minus_base_ci95"] = {v: _percentile_ci([(arr[v][i] - b[i]).mean() for i in draws]) for v in others}
+        d = {v: a - arr["base"] for v, a in arr.items() if v != "base"}
+        out["minus_base"] = {v: float(x.mean()) for v, x in d.items()}
+        out["minus_base_ci95"] = {v: hierarchical(x, n_boot, seed) for v, x in d.items()}
     return out
+
+
+def hierarchical(arr: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> list[float] | None:
+    """A 95% percentile CI of stat(arr) for arr [seeds, prompts]: seeds resampled with replacement,
+    then prompts (the same prompt draws for every seed drawn, so paired arrays stay paired when
+    the same generator state resamples them)."""
+    arr = np.atleast_2d(np.asarray(arr, dtype=float))
+    if not n_boot or not np.isfinite(arr).any():
+        return None
+    rng = np.random.default_rng(seed)
+    s, p = arr.shape
+    vals = []
+    for _ in range(n_boot):
+        si = rng.integers(0, s, s) if s > 1 else np.zeros(1, dtype=int)
+        pi = rng.integers(0, p, p)
+        vals.append(stat(arr[np.ix_(si, pi)]))
+    return _percentile_ci(vals)
 
 
 def _reduction_ci(gaps: list, sft_collapses: list) -> list[float] | None:

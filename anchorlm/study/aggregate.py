@@ -7,27 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from anchorlm.metrics.registry import RATES, SUMMARY_METRICS
-from anchorlm.metrics.summary import summarize
+from anchorlm.metrics.summary import hierarchical, summarize  # noqa: F401 (hierarchical: this module's API too)
 from anchorlm.study.results import Figures, MetricSummary
-
-
-def hierarchical(arr: np.ndarray, n_boot: int, seed: int, stat=np.mean) -> list[float] | None:
-    """A 95% percentile CI of stat(arr) for arr [seeds, prompts]: seeds resampled with replacement,
-    then prompts (the same prompt draws for every seed drawn, so paired arrays stay paired when
-    the same generator state resamples them)."""
-    arr = np.atleast_2d(np.asarray(arr, dtype=float))
-    if not n_boot or not np.isfinite(arr).any():
-        return None
-    rng = np.random.default_rng(seed)
-    s, p = arr.shape
-    vals = []
-    for _ in range(n_boot):
-        si = rng.integers(0, s, s) if s > 1 else np.zeros(1, dtype=int)
-        pi = rng.integers(0, p, p)
-        vals.append(stat(arr[np.ix_(si, pi)]))
-    v = np.asarray(vals, dtype=float)
-    v = v[np.isfinite(v)]
-    return [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
 
 
 def mean_figures(runs: list[dict], n_boot: int = 0, seed: int = 0) -> Figures:

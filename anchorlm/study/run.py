@@ -180,7 +180,8 @@ def run_demo(cfg: StagesConfig, reuse_dir: bool = False, reuse_other_code: bool 
         cells.timings["evaluate"] += time.time() - t1
         minutes = round((time.time() - t0) / 60, 2)
         results["pipeline"] = {"minutes_this_invocation": minutes, "out_dir": str(cells.out),
-                               "minutes_by_stage": {k: round(v / 60, 2) for k, v in cells.timings.items()}}  # fmt: skip
+                               "minutes_by_stage": {k: round(v / 60, 2) for k, v in cells.timings.items()},
+                               "earlier_invocations": earlier_invocations(cells.out / "results.json")}  # fmt: skip
         results["made_by"] = made_by(cells.out)
         if cells.ledger.other_code:
             results["cells_from_other_code"] = sorted(cells.ledger.other_code)
@@ -188,6 +189,18 @@ def run_demo(cfg: StagesConfig, reuse_dir: bool = False, reuse_other_code: bool 
         log(f"done in {minutes} min; report: {cells.out / 'report.md'}")
         print(table)
         return results
+
+
+def earlier_invocations(path: Path) -> list[dict]:
+    """The `pipeline` of every earlier invocation that wrote the demo's results (a resumed or
+    re-scored demo keeps what the runs before it took, oldest first); [] where there were none or
+    the file cannot be read."""
+    try:
+        old = json.loads(path.read_text()).get("pipeline") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    before = old.get("earlier_invocations") or []
+    return [*before, {k: v for k, v in old.items() if k != "earlier_invocations"}] if old else before
 
 
 def made_by(out: Path) -> dict:
