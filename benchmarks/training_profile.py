@@ -9,6 +9,8 @@ fraction of that peak; the step's time by kind of operation (torch.profiler, sel
 step's matrix products alone (every linear layer's forward, input-gradient and weight-gradient
 product at the step's shapes, each timed apart, as often as the step runs it) as a fraction of the
 peak and of the step's time: what the step could reach if nothing but its products cost anything.
+With --compile, also the same step with the model under `torch.compile` (inductor: the
+elementwise work fused), timed against the eager step in alternating rounds after compiling.
 Prints JSON (and writes it to --out).
 """
 
@@ -95,14 +97,46 @@ def one(prec: str, peak: float) -> dict:
     }
 
 
+def compiled_against_eager(prec: str, peak: float, rounds: int = 4) -> dict:
+    """The step under torch.compile against the eager step, alternating which goes first: the
+    compile time, each one's median step time and fraction of the peak, and their ratio."""
+    model, tok = load_model("smollm2")
+    eager = _train_step(model, B, T, prec, len(tok))
+    compiled = _train_step(torch.compile(model), B, T, prec, len(tok))
+    t = time.perf_counter()
+    compiled()
+    first = time.perf_counter() - t
+    compiled()
+    eager()
+    secs: dict = {"eager": [], "compiled": []}
+    for r in range(rounds):
+        for name, fn in (("eager", eager), ("compiled", compiled)) if r % 2 else (("compiled", compiled), ("eager", eager)):
+            t = time.perf_counter()
+            fn()
+            secs[name].append(time.perf_counter() - t)
+    fpt = flops_per_token(model, T)
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    return {
+        "compile_and_first_step_s": round(first, 1),
+        **{f"{k}_step_s": [round(x, 3) for x in v] for k, v in secs.items()},
+        **{f"{k}_fraction_of_peak": round(B * T * fpt / m / 1e9 / peak, 3) for k, m in med.items()},
+        "compiled_over_eager_speed": round(med["eager"] / med["compiled"], 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    ap.add_argument("--precisions", default="", help="comma-separated (default: fp32, and bf16 where fast)")
     args = ap.parse_args()
     pk = peaks()
     out = {"machine": machine(), "code": code_version(), "batch": [B, T], "peak_gflops": pk, "by_precision": {}}
-    for prec in ("fp32", "bf16") if fast_bf16() else ("fp32",):
+    precs = args.precisions.split(",") if args.precisions else ("fp32", "bf16") if fast_bf16() else ("fp32",)
+    for prec in precs:
         out["by_precision"][prec] = one(prec, pk[prec])
+        if args.compile:
+            out["by_precision"][prec]["compiled"] = compiled_against_eager(prec, pk[prec])
     out["peak_gflops_at_end"] = peaks()
     text = json.dumps(out, indent=2)
     print(text)
