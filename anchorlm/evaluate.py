@@ -282,7 +282,7 @@ def evaluate(
         "versions": versions(),
         "provenance": provenance(precision=resolve(cfg.precision, hidden_size(scorer.ref_model))),
     }
-    if sft.categories:
+    if sft.categories and "base" in per_prompt:  # against base: a comparison of post-trained models with their start
         results[IN_SFT_TOPICS] = {
             "topics": list(sft.categories),
             **shares_against_base({v: d[IN_SFT_TOPICS] for v, d in per_prompt.items()}, cfg.bootstrap, cfg.seed),

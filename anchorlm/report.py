@@ -147,8 +147,8 @@ def sft_topics_section(results: dict) -> list[str]:
         "",
         f"Share of each variant's samples the attribute classifier puts in the SFT data's topics ({topics}), "
         "over every prompt; CIs resample prompts, the same ones for every variant (not training runs). "
-        "This counts how many samples land in those topics across prompts, which the table above, "
-        "variety within one prompt's samples, does not measure.",
+        "This counts how many samples land in those topics across prompts, which the diversity figures "
+        "at the top of the report (variety within one prompt's samples) do not measure.",
         "",
     ]
 

@@ -171,7 +171,7 @@ def test_rerun_skips_finished_stages_and_gives_the_same_numbers(smoke_run, preci
     after = json.loads((smoke_run / "results.json").read_text())
     for v in before["variants"]:  # evaluate ran again on the same samples: the same bits
         assert after["variants"][v]["diversity"] == before["variants"][v]["diversity"], v
-    # what the run before took is kept beside this one's (the first run's stage times included)
+    # what the run before took is kept beside this one's (the fixture's first complete run's stage times included)
     kept = after["pipeline"]["earlier_invocations"]
     assert kept[-1] == {k: v for k, v in before["pipeline"].items() if k != "earlier_invocations"}
     assert kept[0]["minutes_by_stage"].get("pretrain", 0) > 0
@@ -201,3 +201,24 @@ def test_rerun_by_other_code_is_refused_unless_asked(smoke_run, precision):
     assert after["variants"]["aat"]["diversity"] == before["variants"]["aat"]["diversity"]
     md = (smoke_run / "report.md").read_text()  # the report says so too, not only the JSON
     assert "**made by other code**" in md and "models/aat" in md.split("**made by other code**")[1]
+
+
+def test_earlier_invocations_survive_a_results_file_of_another_shape(tmp_path):
+    """A demo's results.json whose pipeline is missing, not an object, or carries a malformed history
+    gives what can be kept, never an error (the run goes on to write its report)."""
+    from anchorlm.study.run import earlier_invocations
+
+    path = tmp_path / "results.json"
+    assert earlier_invocations(path) == []  # the first run
+    for text, want in [
+        ("not json", []),
+        ('["a list"]', []),
+        ('{"pipeline": "text"}', []),
+        ('{"pipeline": {}}', []),
+        ('{"pipeline": {"minutes_this_invocation": 1.0, "earlier_invocations": {"a": 1}}}',
+         [{"minutes_this_invocation": 1.0}]),
+        ('{"pipeline": {"minutes_this_invocation": 2.0, "earlier_invocations": [{"minutes_this_invocation": 1.0}, 3]}}',
+         [{"minutes_this_invocation": 1.0}, {"minutes_this_invocation": 2.0}]),
+    ]:  # fmt: skip
+        path.write_text(text)
+        assert earlier_invocations(path) == want, text

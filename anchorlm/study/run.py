@@ -199,7 +199,10 @@ def earlier_invocations(path: Path) -> list[dict]:
         old = json.loads(path.read_text()).get("pipeline") or {}
     except (OSError, ValueError, AttributeError):
         return []
-    before = old.get("earlier_invocations") or []
+    if not isinstance(old, dict):
+        return []
+    before = old.get("earlier_invocations")
+    before = [x for x in before if isinstance(x, dict)] if isinstance(before, list) else []
     return [*before, {k: v for k, v in old.items() if k != "earlier_invocations"}] if old else before
 
 
