@@ -131,19 +131,25 @@ def bible(root: Path):
         }
 
 
+def unpack(packages: list[str], tmp: Path, debs: Path | None = None) -> Path:
+    """The Debian `packages` fetched with `apt-get download` into `tmp` (or the .deb files already in
+    `debs`) and unpacked with `dpkg -x` (no root needed); returns the root they were unpacked into."""
+    if debs is None:
+        debs = tmp
+        subprocess.run(["apt-get", "download", *packages], cwd=tmp, check=True)
+    root = tmp / "root"
+    for deb in sorted(debs.glob("*.deb")):
+        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="anchorlm/corpus/corpus.jsonl.gz")
     ap.add_argument("--debs", default=None, help="directory that already holds the .deb files")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        debs = Path(args.debs) if args.debs else tmp
-        if not args.debs:
-            subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, check=True)
-        root = tmp / "root"
-        for deb in sorted(debs.glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+        root = unpack(PACKAGES, Path(tmp), Path(args.debs) if args.debs else None)
         docs = [*fortunes(root), *jargon(root), *bible(root)]
     n_bytes = 0
     # a fixed name and time in the gzip header: the same bytes wherever the output is written

@@ -3,7 +3,7 @@
 
     python scripts/wordnet_corpus.py OUT.jsonl      # fetches wordnet-base with `apt-get download`
 
-Needs no root (`apt-get download` and `dpkg -x` into a temporary directory). One document per
+Needs no root (`build_corpus.unpack`: `apt-get download` and `dpkg -x` into a temporary directory). One document per
 synset: its words, then its gloss (definition and example sentences), e.g. "dog, domestic dog,
 Canis familiaris: a member of the genus Canis ...". Fields `id`, `text`, `category` only: like the
 corpus a user tried (issue 21: 14 categories named `group.name`, no split field), so the
@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import tempfile
 from pathlib import Path
+
+from build_corpus import unpack  # scripts/, beside this one
 
 # WordNet's lexicographer files (lexnames(5WN)): number -> name, of the 14 kept
 CATEGORIES = {
@@ -45,10 +46,7 @@ def synsets(data: Path):
 
 def build(out: Path) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", "wordnet-base"], cwd=tmp, check=True, capture_output=True)
-        deb = next(Path(tmp).glob("wordnet-base_*.deb"))
-        subprocess.run(["dpkg", "-x", str(deb), "x"], cwd=tmp, check=True)
-        root = Path(tmp) / "x/usr/share/wordnet"
+        root = unpack(["wordnet-base"], Path(tmp)) / "usr/share/wordnet"
         by_cat: dict[str, list[dict]] = {c: [] for c in CATEGORIES.values()}
         for part in ("noun", "verb"):
             for lex, words, gloss in synsets(root / f"data.{part}"):
