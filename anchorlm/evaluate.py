@@ -179,8 +179,9 @@ class Scorer:
         nll = fluency_nll([shown[i] for i in pick], self.ref_model, self.ref_tok)
         q = Quality(rows, texts, sft, nll, len(pick), content_nll)
         rates = {m: np.asarray(registry.METRICS[m].per_response(q), dtype=float) for m in registry.RATES}
-        if sft.categories:  # each sample in one of the SFT data's topics, by the classifier
-            rates[IN_SFT_TOPICS] = np.isin(np.asarray(labels, dtype=object), list(sft.categories)).astype(float)
+        topics = set(sft.categories)
+        if topics:  # each sample in one of the SFT data's topics, by the classifier
+            rates[IN_SFT_TOPICS] = np.array([lab in topics for lab in labels], dtype=float)
         by_prompt = defaultdict(list)
         for (pid, _), idx in sorted(groups.items(), key=lambda kv: str(kv[0])):
             figs = registry.diversity([texts[i] for i in idx], emb[idx], [labels[i] for i in idx], conf[idx])

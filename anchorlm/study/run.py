@@ -196,14 +196,14 @@ def earlier_invocations(path: Path) -> list[dict]:
     re-scored demo keeps what the runs before it took, oldest first); [] where there were none or
     the file cannot be read."""
     try:
-        old = json.loads(path.read_text()).get("pipeline") or {}
+        old = json.loads(path.read_text()).get("pipeline")
     except (OSError, ValueError, AttributeError):
         return []
-    if not isinstance(old, dict):
+    if not old or not isinstance(old, dict):
         return []
     before = old.get("earlier_invocations")
     before = [x for x in before if isinstance(x, dict)] if isinstance(before, list) else []
-    return [*before, {k: v for k, v in old.items() if k != "earlier_invocations"}] if old else before
+    return [*before, {k: v for k, v in old.items() if k != "earlier_invocations"}]
 
 
 def made_by(out: Path) -> dict:
